@@ -1,0 +1,1 @@
+"""DecAlign (ICLR 2026): decoupled multimodal representation learning."""

@@ -1,0 +1,1 @@
+"""Shared engine for the cross-modal alignment methods (knows no method)."""
