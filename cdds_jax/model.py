@@ -1,0 +1,249 @@
+"""CDDS model: token encoders and the dual-path UNet decoupler (spec/cdds.md 1-2).
+
+Shapes: images ``[B, P, D_v]`` -> tokens ``[B, P, d]``; captions ``[B, L, D_t]``
+(stored features) or ``[B, L]`` word ids (``bigru``) -> ``[B, L, d]`` with a
+``[B, L]`` mask. Each modality has its own decoupler (separate weights):
+
+    h0 = x, h1 = Enc1(h0), h2 = Enc2(h1)
+    h^(k) = LN(h2) + sigma * eps^(k),  k = 1..z    (training; sigma = 0, z = 1 at eval)
+    for p in {s, m}:  g1 = Dec1_p(h^(k)),  g2 = Dec2_p(Dense([g1; h1])),
+                      out_p = Dense([g2; h0])
+    x^s = mean_k out_s(k),  x^m = mean_k out_m(k)
+
+Blocks are pre-LN transformer blocks (d, H heads, MLP ratio 4, GELU, no dropout); text
+blocks mask padded keys. The z noisy copies are a batch axis. ``Dense([a; b])`` is
+computed as ``Dense(a) + Dense_nobias(b)``, which is the same linear map without
+materialising the concatenation or tiling the skip over the z copies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = ["Block", "CDDSModel", "Decoupler", "TextGRU"]
+
+Array = jax.Array
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block over ``[N, L, d]`` with a key mask ``[N, L]``."""
+
+    dim: int
+    num_heads: int
+    mlp_ratio: int = 4
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array) -> Array:
+        h = nn.LayerNorm(dtype=self.dtype, name="ln1")(x)
+        attn_mask = mask[:, None, None, :]  # [N, 1, 1, L]: every query sees valid keys
+        h = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads,
+            qkv_features=self.dim,
+            out_features=self.dim,
+            dtype=self.dtype,
+            deterministic=True,
+            name="attn",
+        )(h, h, mask=attn_mask)
+        x = x + h
+        h = nn.LayerNorm(dtype=self.dtype, name="ln2")(x)
+        h = nn.Dense(self.dim * self.mlp_ratio, dtype=self.dtype, name="mlp_in")(h)
+        h = nn.gelu(h)
+        h = nn.Dense(self.dim, dtype=self.dtype, name="mlp_out")(h)
+        return x + h
+
+
+class _SkipMerge(nn.Module):
+    """``Dense([a; b])`` for ``a [z, N, L, d]`` and a skip ``b [N, L, d]`` shared by z."""
+
+    dim: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, a: Array, skip: Array) -> Array:
+        from_a = nn.Dense(self.dim, dtype=self.dtype, name="from_path")(a)
+        from_skip = nn.Dense(
+            self.dim, use_bias=False, dtype=self.dtype, name="from_skip"
+        )(skip)
+        return from_a + from_skip[None]
+
+
+class Decoupler(nn.Module):
+    """Dual-path UNet decoupler: ``x [N, L, d] -> (x^s, x^m)``, each ``[N, L, d]``.
+
+    Attributes:
+      dim, num_heads, mlp_ratio: block sizes.
+      num_samples: z, the number of noisy bottleneck copies in training.
+      sigma: noise scale at the bottleneck in training (0 disables the noise).
+    """
+
+    dim: int
+    num_heads: int
+    mlp_ratio: int = 4
+    num_samples: int = 4
+    sigma: float = 0.1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, *, train: bool) -> tuple[Array, Array]:
+        block = lambda name: Block(  # noqa: E731
+            self.dim, self.num_heads, self.mlp_ratio, self.dtype, name=name
+        )
+        n, length, d = x.shape
+        h0 = x
+        h1 = block("enc1")(h0, mask)
+        h2 = block("enc2")(h1, mask)
+        bottleneck = nn.LayerNorm(dtype=self.dtype, name="bottleneck_ln")(h2)
+        if train and self.sigma > 0 and self.num_samples > 0:
+            z = self.num_samples
+            eps = jax.random.normal(self.make_rng("noise"), (z, *bottleneck.shape))
+            noisy = bottleneck[None] + self.sigma * eps.astype(bottleneck.dtype)
+        else:
+            z = 1
+            noisy = bottleneck[None]
+        mask_z = jnp.broadcast_to(mask[None], (z, n, length)).reshape(z * n, length)
+
+        outputs = []
+        for path in ("s", "m"):
+            g1 = block(f"dec1_{path}")(noisy.reshape(z * n, length, d), mask_z)
+            g1 = g1.reshape(z, n, length, d)
+            g2_in = _SkipMerge(self.dim, self.dtype, name=f"skip1_{path}")(g1, h1)
+            g2 = block(f"dec2_{path}")(g2_in.reshape(z * n, length, d), mask_z)
+            g2 = g2.reshape(z, n, length, d)
+            out = _SkipMerge(self.dim, self.dtype, name=f"skip0_{path}")(g2, h0)
+            outputs.append(jnp.mean(out, axis=0))
+        return outputs[0], outputs[1]
+
+
+class TextGRU(nn.Module):
+    """Word embeddings + bidirectional GRU (SCAN/VSE style, trained from scratch).
+
+    ``tokens [N, L]`` int32 with ``mask [N, L]`` -> ``[N, L, dim]``, the mean of the
+    forward and backward hidden states (each direction only reads valid words).
+    """
+
+    vocab_size: int
+    word_dim: int
+    dim: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: Array, mask: Array) -> Array:
+        emb = nn.Embed(self.vocab_size, self.word_dim, dtype=self.dtype, name="embed")(
+            tokens
+        )
+        lengths = jnp.sum(mask.astype(jnp.int32), axis=-1)
+        forward = nn.RNN(nn.GRUCell(self.dim, dtype=self.dtype), name="forward")
+        backward = nn.RNN(nn.GRUCell(self.dim, dtype=self.dtype), name="backward")
+        out = nn.Bidirectional(
+            forward, backward, merge_fn=lambda a, b: (a + b) / 2, name="bigru"
+        )(emb, seq_lengths=lengths)
+        return out * mask[..., None].astype(out.dtype)
+
+
+class CDDSModel(nn.Module):
+    """Projections / text encoder, one decoupler per modality, learned CDDS scalars.
+
+    Parameters outside the encoders: ``alpha_v``, ``alpha_t`` ``[d]`` (soft-threshold
+    rows, init ``alpha_init``) and ``w_s``, ``w_m`` (reconstruction weights, init 1).
+
+    Attributes:
+      dim: d. num_heads, mlp_ratio: decoupler blocks.
+      text_encoder: ``precomputed`` (Dense on stored features) or ``bigru``.
+      vocab_size, word_dim: for ``bigru``.
+      decouple: False = ablation "w/o Dec." (x^s = x, no UNet, no x^m).
+      num_samples, sigma: decoupler noise (z, sigma).
+    """
+
+    dim: int = 512
+    num_heads: int = 8
+    mlp_ratio: int = 4
+    text_encoder: str = "precomputed"
+    vocab_size: int = 0
+    word_dim: int = 300
+    decouple: bool = True
+    num_samples: int = 4
+    sigma: float = 0.1
+    alpha_init: float = 1.0
+    dtype: Any = jnp.float32
+
+    def setup(self) -> None:
+        self.image_proj = nn.Dense(self.dim, dtype=self.dtype)
+        if self.text_encoder == "precomputed":
+            self.text_proj = nn.Dense(self.dim, dtype=self.dtype)
+        elif self.text_encoder == "bigru":
+            if self.vocab_size <= 0:
+                raise ValueError("model.text_encoder='bigru' needs vocab_size > 0")
+            self.text_gru = TextGRU(
+                self.vocab_size, self.word_dim, self.dim, self.dtype
+            )
+        else:
+            raise ValueError(
+                f"model.text_encoder: unknown {self.text_encoder!r} "
+                "(known: precomputed, bigru)"
+            )
+        if self.decouple:
+            kwargs = dict(
+                dim=self.dim,
+                num_heads=self.num_heads,
+                mlp_ratio=self.mlp_ratio,
+                num_samples=self.num_samples,
+                sigma=self.sigma,
+                dtype=self.dtype,
+            )
+            self.image_decoupler = Decoupler(**kwargs)
+            self.text_decoupler = Decoupler(**kwargs)
+        init = nn.initializers.constant(self.alpha_init)
+        self.alpha_v = self.param("alpha_v", init, (self.dim,), jnp.float32)
+        self.alpha_t = self.param("alpha_t", init, (self.dim,), jnp.float32)
+        self.w_s = self.param("w_s", nn.initializers.ones, (), jnp.float32)
+        self.w_m = self.param("w_m", nn.initializers.ones, (), jnp.float32)
+
+    def _decouple(
+        self, decoupler: Any, x: Array, mask: Array, train: bool
+    ) -> dict[str, Array]:
+        if not self.decouple:
+            return {"x": x, "s": x, "m": jnp.zeros_like(x), "mask": mask}
+        s, m = decoupler(x, mask, train=train)
+        return {"x": x, "s": s, "m": m, "mask": mask}
+
+    def encode_image(self, images: Array, *, train: bool) -> dict[str, Array]:
+        """``images [B, P, D_v]`` -> dict of ``x``, ``s``, ``m`` ``[B, P, d]``, ``mask``."""
+        x = self.image_proj(images.astype(self.dtype))
+        mask = jnp.ones(x.shape[:2], bool)
+        return self._decouple(
+            self.image_decoupler if self.decouple else None, x, mask, train
+        )
+
+    def encode_text(self, text: Array, mask: Array, *, train: bool) -> dict[str, Array]:
+        """Features ``[B, L, D_t]`` or ids ``[B, L]`` + ``mask [B, L]`` -> token dict."""
+        mask = mask.astype(bool)
+        if self.text_encoder == "precomputed":
+            x = self.text_proj(text.astype(self.dtype))
+        else:
+            x = self.text_gru(text, mask)
+        x = x * mask[..., None].astype(x.dtype)
+        return self._decouple(
+            self.text_decoupler if self.decouple else None, x, mask, train
+        )
+
+    def scalars(self) -> dict[str, Array]:
+        """The learned CDDS scalars: ``alpha_v``, ``alpha_t`` ``[d]``, ``w_s``, ``w_m``."""
+        return {
+            "alpha_v": self.alpha_v,
+            "alpha_t": self.alpha_t,
+            "w_s": self.w_s,
+            "w_m": self.w_m,
+        }
+
+    def __call__(
+        self, images: Array, text: Array, text_mask: Array, *, train: bool
+    ) -> tuple[dict[str, Array], dict[str, Array], dict[str, Array]]:
+        """Both modalities and the scalars (used by ``init`` and the train step)."""
+        img = self.encode_image(images, train=train)
+        txt = self.encode_text(text, text_mask, train=train)
+        return img, txt, self.scalars()

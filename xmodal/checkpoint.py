@@ -1,0 +1,106 @@
+"""Orbax checkpointing of the train state, the data iterator and run metadata.
+
+One checkpoint step holds three items:
+
+- ``state``: the :class:`xmodal.state.TrainState` pytree (params, optimiser state,
+  step, RNG, method statistics), restored onto the shardings of an abstract target
+  (``ocp.args.StandardRestore``: restoring without a target would turn optax tuples
+  into lists);
+- ``data``: the grain iterator position (``grain.checkpoint.CheckpointSave``);
+- ``meta``: JSON (epoch, best dev metric so far, early-stopping counters, ...).
+
+A run directory has ``checkpoints/`` (the latest few, for resuming) and ``best/`` (the
+best-on-dev state only, for evaluation). Saves are asynchronous; :meth:`wait` blocks.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+__all__ = ["Checkpointer", "abstract_like"]
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) describing ``tree``, as restore targets."""
+
+    def leaf(x: Any) -> Any:
+        if isinstance(x, jax.Array):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+        return x
+
+    return jax.tree_util.tree_map(leaf, tree)
+
+
+class Checkpointer:
+    """A thin wrapper around ``ocp.CheckpointManager`` for {state, data, meta}.
+
+    Args:
+      directory: where the step folders go (created).
+      max_to_keep: how many recent steps to keep.
+      async_save: save in the background (call :meth:`wait` before exiting).
+    """
+
+    def __init__(
+        self,
+        directory: str | pathlib.Path,
+        *,
+        max_to_keep: int = 2,
+        async_save: bool = True,
+    ) -> None:
+        self.directory = pathlib.Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=True,
+            enable_async_checkpointing=async_save,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint step, or None."""
+        return self.manager.latest_step()
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        *,
+        data_iter: Any = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        """Saves ``state`` (and the iterator position and ``meta``) as ``step``."""
+        items: dict[str, Any] = {
+            "state": ocp.args.StandardSave(state),
+            "meta": ocp.args.JsonSave(meta or {}),
+        }
+        if data_iter is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        self.manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+
+    def restore(
+        self, step: int, target: Any, *, data_iter: Any = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Restores ``step`` onto ``target`` (a state or its abstract version).
+
+        Also sets ``data_iter``'s position when given. Returns ``(state, meta)``.
+        """
+        items: dict[str, Any] = {
+            "state": ocp.args.StandardRestore(abstract_like(target)),
+            "meta": ocp.args.JsonRestore(),
+        }
+        if data_iter is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        restored = self.manager.restore(int(step), args=ocp.args.Composite(**items))
+        return restored["state"], dict(restored["meta"] or {})
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous saves are on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

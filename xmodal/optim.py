@@ -1,0 +1,163 @@
+"""Config -> optax chain: Adam(W), learning-rate groups by regex, schedules, clipping.
+
+The chain is ``clip_by_global_norm -> [coupled L2 decay] -> scale_by_adam ->
+[decoupled decay] -> lr schedule -> per-group multipliers -> host factor -> -1``:
+
+- ``weight_decay`` with ``decoupled_weight_decay=True`` is AdamW (PyTorch ``AdamW``:
+  ``p -= lr_group * (adam + wd * p)``); ``False`` is PyTorch ``Adam(weight_decay=...)``,
+  the decay added to the gradient *after* clipping, as ``clip_grad_norm_`` sees it.
+- ``lr_groups``: ``((regex, multiplier), ...)``; the first regex that matches a
+  parameter path (``text_encoder/embed/embedding``) scales its learning rate (and so
+  its decoupled decay, as in PyTorch parameter groups).
+- ``schedule``: ``constant``, ``step`` (x ``decay_factor`` at each of ``decay_epochs``),
+  ``cosine``; optional linear ``warmup_steps``.
+- A *host factor* in the optimiser state multiplies the learning rate; drivers change it
+  between steps (ReduceLROnPlateau) with :func:`set_lr_factor`. It is checkpointed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+__all__ = [
+    "HostFactorState",
+    "get_lr_factor",
+    "learning_rate_fn",
+    "lr_multipliers",
+    "make_optimizer",
+    "scale_by_host_factor",
+    "set_lr_factor",
+]
+
+
+class HostFactorState(NamedTuple):
+    """State of :func:`scale_by_host_factor`: the current learning-rate factor."""
+
+    lr_factor: jax.Array
+
+
+def scale_by_host_factor() -> optax.GradientTransformation:
+    """Multiplies updates by a factor held in the state and set from the host."""
+
+    def init_fn(params: Any) -> HostFactorState:
+        del params
+        return HostFactorState(lr_factor=jnp.ones((), jnp.float32))
+
+    def update_fn(updates: Any, state: HostFactorState, params: Any = None):
+        del params
+        updates = jax.tree_util.tree_map(
+            lambda u: u * state.lr_factor.astype(u.dtype), updates
+        )
+        return updates, state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def get_lr_factor(opt_state: Any) -> float:
+    """The host learning-rate factor stored in ``opt_state``."""
+    return float(optax.tree_utils.tree_get(opt_state, "lr_factor"))
+
+
+def set_lr_factor(opt_state: Any, factor: float) -> Any:
+    """A copy of ``opt_state`` with the host learning-rate factor set to ``factor``."""
+    current = optax.tree_utils.tree_get(opt_state, "lr_factor")
+    value = jnp.asarray(factor, jnp.float32)
+    if isinstance(current, jax.Array):
+        value = jax.device_put(value, current.sharding)
+    return optax.tree_utils.tree_set(opt_state, lr_factor=value)
+
+
+def _path_name(path: Sequence[Any]) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def lr_multipliers(params: Any, groups: Sequence[tuple[str, float]]) -> Any:
+    """Per-leaf learning-rate multipliers (a tree of Python floats) from regex groups."""
+    compiled = [(re.compile(pattern), float(mult)) for pattern, mult in groups]
+
+    def leaf_mult(path: Sequence[Any], leaf: Any) -> float:
+        del leaf
+        name = _path_name(path)
+        for pattern, mult in compiled:
+            if pattern.search(name):
+                return mult
+        return 1.0
+
+    return jax.tree_util.tree_map_with_path(leaf_mult, params)
+
+
+def _scale_by_tree(multipliers: Any) -> optax.GradientTransformation:
+    def update_fn(updates: Any, state: Any, params: Any = None):
+        del params
+        return jax.tree_util.tree_map(lambda u, m: u * m, updates, multipliers), state
+
+    return optax.GradientTransformation(lambda p: optax.EmptyState(), update_fn)
+
+
+def learning_rate_fn(
+    cfg: ml_collections.ConfigDict, steps_per_epoch: int
+) -> Callable[[jax.Array], jax.Array]:
+    """The base learning-rate schedule (without group multipliers / host factor)."""
+    base = float(cfg.lr)
+    kind = cfg.get("schedule", "constant")
+    if kind == "constant":
+        schedule = optax.constant_schedule(base)
+    elif kind == "step":
+        boundaries = {
+            int(e * steps_per_epoch): float(cfg.decay_factor)
+            for e in cfg.decay_epochs
+            if e * steps_per_epoch > 0
+        }
+        schedule = optax.piecewise_constant_schedule(base, boundaries)
+    elif kind == "cosine":
+        total = int(cfg.total_epochs * steps_per_epoch)
+        schedule = optax.cosine_decay_schedule(base, max(total, 1))
+    else:
+        raise ValueError(f"optim.schedule: unknown schedule {kind!r}")
+    warmup = int(cfg.get("warmup_steps", 0))
+    if warmup > 0:
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(0.0, base, warmup), schedule], [warmup]
+        )
+    return schedule
+
+
+def make_optimizer(
+    cfg: ml_collections.ConfigDict, params: Any, *, steps_per_epoch: int
+) -> optax.GradientTransformation:
+    """Builds the optax chain described in the module docstring from ``cfg``.
+
+    Fields of ``cfg``: ``lr``, ``b1``, ``b2``, ``eps``, ``weight_decay``,
+    ``decoupled_weight_decay``, ``clip_norm`` (0 = off), ``lr_groups``, ``schedule``
+    (+ ``decay_epochs``, ``decay_factor`` / ``total_epochs``), ``warmup_steps``.
+    """
+    parts: list[optax.GradientTransformation] = []
+    if cfg.get("clip_norm", 0.0):
+        parts.append(optax.clip_by_global_norm(float(cfg.clip_norm)))
+    weight_decay = float(cfg.get("weight_decay", 0.0))
+    decoupled = bool(cfg.get("decoupled_weight_decay", True))
+    if weight_decay and not decoupled:
+        parts.append(optax.add_decayed_weights(weight_decay))
+    parts.append(
+        optax.scale_by_adam(
+            b1=float(cfg.get("b1", 0.9)),
+            b2=float(cfg.get("b2", 0.999)),
+            eps=float(cfg.get("eps", 1e-8)),
+        )
+    )
+    if weight_decay and decoupled:
+        parts.append(optax.add_decayed_weights(weight_decay))
+    parts.append(optax.scale_by_schedule(learning_rate_fn(cfg, steps_per_epoch)))
+    groups = tuple(cfg.get("lr_groups", ()))
+    if groups:
+        parts.append(_scale_by_tree(lr_multipliers(params, groups)))
+    parts.append(scale_by_host_factor())
+    parts.append(optax.scale(-1.0))
+    return optax.chain(*parts)
