@@ -90,7 +90,7 @@ class Decoupler(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, *, train: bool) -> tuple[Array, Array]:
-        block = lambda name: Block(  # noqa: E731
+        block = lambda name: Block(
             self.dim, self.num_heads, self.mlp_ratio, self.dtype, name=name
         )
         n, length, d = x.shape

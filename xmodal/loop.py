@@ -85,7 +85,7 @@ class _Preemption:
 
     def reached(self, step: int) -> bool:
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils  # noqa: PLC0415
+            from jax.experimental import multihost_utils
 
             try:
                 return bool(multihost_utils.reached_preemption_sync_point(step))

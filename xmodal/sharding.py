@@ -157,6 +157,6 @@ def to_host(tree: Any) -> Any:
     """Fetches a tree of (possibly sharded, multi-host) arrays to NumPy on every host."""
     if jax.process_count() == 1:
         return jax.device_get(tree)
-    from jax.experimental import multihost_utils  # noqa: PLC0415
+    from jax.experimental import multihost_utils
 
     return multihost_utils.process_allgather(tree, tiled=True)

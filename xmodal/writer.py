@@ -50,7 +50,7 @@ class MetricWriter:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.workdir / "metrics.jsonl", "a")  # noqa: SIM115
         if tensorboard:
-            from tensorboardX import SummaryWriter  # noqa: PLC0415
+            from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
 
@@ -86,7 +86,7 @@ def format_duration(seconds: float) -> str:
     """``3h02m``, ``4m05s``, ``12s``."""
     if not math.isfinite(seconds):
         return "?"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
