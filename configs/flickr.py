@@ -1,0 +1,188 @@
+r"""CDDS on Flickr30K (spec/cdds.md section 8 defaults).
+
+    python -m cdds_jax.train --config configs/flickr.py --workdir runs/f30k \
+        --config.data.root=/data/f30k_features
+
+Expected (paper, Table 1): rSum 510.6 with ViT-224 features, 552.5 with Swin-384
+(both from fine-tuned backbones; stored frozen features give lower numbers).
+
+Arguments (``configs/flickr.py:ARG``):
+
+- ``demo``: a synthetic feature store written on first use into the cache folder
+  (``$XMODAL_CACHE`` or ``~/.cache/xmodal``) and a small model; a few minutes on a
+  2-core CPU. See the README for the expected numbers.
+- ``tiny``: the demo shrunk further, for tests.
+- ``scan``: the SCAN/VSE precomp layout (``{split}_ims.npy`` + ``{split}_caps.txt``,
+  bottom-up regions 36 x 2048) with the BiGRU text encoder.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Paper defaults shared by Flickr30K and COCO (spec sections 2-8)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # parameter init, shuffling and noise all derive from it
+
+    # ------------------------------------------------------------------ data
+    c.data = ml_collections.ConfigDict()
+    c.data.format = "features"  # "features" (our store) | "scan_precomp"
+    c.data.root = ""  # folder holding the splits (required unless data.synthetic)
+    c.data.train_split = "train"
+    c.data.dev_split = "dev"  # model selection (rSum on the "full" protocol)
+    c.data.test_split = "test"  # reported at the end with the best-on-dev state
+    c.data.test_protocols = ("full",)  # "full" (F30K 1K, COCO 5K), "1k_5fold" (COCO 1K)
+    c.data.max_words = 32  # caption length for the bigru text encoder (tokens)
+    c.data.vocab_min_count = 4  # words seen fewer times in train -> <unk> (SCAN: 4)
+    c.data.num_threads = 4  # grain read threads
+    c.data.worker_count = 0  # grain worker processes (0 = read in the main process)
+    # Synthetic feature store (the :demo configs): empty = use data.root.
+    c.data.synthetic = ml_collections.ConfigDict()
+    c.data.synthetic.enabled = False
+    c.data.synthetic.seed = 0
+    c.data.synthetic.num_train = 1000  # images; 5 captions each
+    c.data.synthetic.num_dev = 100
+    c.data.synthetic.num_test = 100
+    c.data.synthetic.num_tokens = 16  # P
+    c.data.synthetic.image_dim = 64  # D_v
+    c.data.synthetic.text_dim = 48  # D_t
+    c.data.synthetic.max_words = 12
+    c.data.synthetic.num_concepts = 48
+
+    # ----------------------------------------------------------------- model
+    c.model = ml_collections.ConfigDict()
+    c.model.image_encoder = "precomputed"  # stored token features -> Dense(d)
+    c.model.text_encoder = "precomputed"  # "precomputed" (stored features) | "bigru"
+    c.model.dim = 512  # d
+    c.model.num_heads = 8
+    c.model.mlp_ratio = 4
+    c.model.word_dim = 300  # bigru word embeddings
+    c.model.num_samples = 4  # z noisy bottleneck copies
+    c.model.sigma = 0.1  # bottleneck noise scale
+    c.model.dtype = "float32"  # compute dtype of the encoders
+
+    # ------------------------------------------------------------- semantics
+    c.semantics = ml_collections.ConfigDict()
+    c.semantics.kl = "histogram"  # "histogram" | "gaussian" column KL estimator
+    c.semantics.num_bins = 16  # K soft histogram bins
+    c.semantics.kl_chunk_size = 16  # pairs per chunk of the histogram KL (memory)
+    c.semantics.tau = 1.0  # temperature of p(j|i) = softmax(-S / tau)
+    c.semantics.alpha_init = 1.0  # soft-threshold alpha (learnable per row)
+    c.semantics.num_levels = 32  # G quantile levels
+    c.semantics.ema_momentum = 0.99  # EMA of S used at evaluation
+
+    # ------------------------------------------------------------------ loss
+    c.loss = ml_collections.ConfigDict()
+    c.loss.contrastive = "hinge"  # "hinge" (VSE++, LAPS) | "infonce"
+    c.loss.margin = 0.2
+    c.loss.temperature = 0.05  # infonce only
+    c.loss.max_violation_after_epochs = 1  # all violations before, hardest after
+    c.loss.ramp_epochs = 1  # L_s x (step / steps) over the first epoch(s), LAPS
+    c.loss.a_s = 1.0
+    c.loss.a_m = 1.0
+    c.loss.a_f = 0.5  # L_f weight; L_x gets 1 - a_f
+
+    # -------------------------------------------------- ablations (Table 3)
+    c.ablate = ml_collections.ConfigDict()
+    c.ablate.decouple = True  # False: V^s = V, no UNet, no L_m / L_f / L_x
+    c.ablate.modality = True  # False: a_m = 0
+    c.ablate.integrity = True  # False: no L_f, L_x
+    c.ablate.noise = True  # False: sigma = 0 in training too
+    c.ablate.sampling = True  # False: mean-pooled cosine of V^s, T^s, same hinge
+
+    # ----------------------------------------------------------------- optim
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 2e-4
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 1e-4
+    c.optim.decoupled_weight_decay = True  # AdamW
+    c.optim.clip_norm = 2.0
+    c.optim.schedule = "step"
+    c.optim.decay_epochs = (9, 15, 20)
+    c.optim.decay_factor = 0.3
+    c.optim.warmup_steps = 0
+    # (regex on parameter path, lr multiplier); backbones get 0.1x when they exist.
+    c.optim.lr_groups = (("backbone", 0.1),)
+
+    # ----------------------------------------------------------------- train
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 64  # global, in captions
+    c.train.num_epochs = 25
+    c.train.num_steps = -1  # > 0 overrides num_epochs (tests, smoke runs)
+    c.train.log_every_steps = 100
+    c.train.eval_every_epochs = 1
+    c.train.eval_every_steps = 0  # > 0 overrides eval_every_epochs
+    c.train.checkpoint_every_steps = 1000
+    c.train.keep_checkpoints = 2
+
+    # ------------------------------------------------------------------ eval
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 128  # items per encoding batch (global)
+    c.eval.block_size = 1024  # score matrix block (images and captions)
+    c.eval.select_on_test = False  # True = LAPS protocol (selects on TEST; flagged)
+
+    # Data-parallel mesh; param sharding rules (regex, partition) - replicated here.
+    c.mesh = (("data", -1),)
+    c.sharding_rules = ()
+    return c
+
+
+def demo_overrides(c: ml_collections.ConfigDict, *, tiny: bool = False) -> None:
+    """Shrinks ``c`` to the synthetic demo (few minutes on 2 CPU cores)."""
+    c.data.synthetic.enabled = True
+    c.data.test_protocols = ("full",)
+    c.model.dim = 64
+    c.model.num_heads = 4
+    c.model.num_samples = 2
+    c.model.word_dim = 32
+    c.semantics.num_levels = 8
+    c.semantics.num_bins = 8
+    c.semantics.kl_chunk_size = 0
+    c.optim.lr = 1e-3
+    c.optim.decay_epochs = (6,)
+    c.train.batch_size = 64
+    c.train.num_epochs = 8
+    c.train.log_every_steps = 20
+    c.train.checkpoint_every_steps = 200
+    c.eval.batch_size = 100
+    c.eval.block_size = 256
+    if tiny:
+        c.data.synthetic.num_train = 48
+        c.data.synthetic.num_dev = 16
+        c.data.synthetic.num_test = 16
+        c.data.synthetic.num_tokens = 6
+        c.data.synthetic.image_dim = 12
+        c.data.synthetic.text_dim = 10
+        c.data.synthetic.max_words = 6
+        c.data.synthetic.num_concepts = 12
+        c.data.max_words = 8
+        c.model.dim = 16
+        c.model.num_heads = 2
+        c.model.word_dim = 8
+        c.semantics.num_levels = 4
+        c.semantics.num_bins = 4
+        c.train.batch_size = 16
+        c.train.num_epochs = 2
+        c.train.log_every_steps = 5
+        c.train.checkpoint_every_steps = 10
+        c.eval.batch_size = 16
+        c.eval.block_size = 32
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = base_config()
+    c.data.root = ""
+    if arg in ("demo", "tiny"):
+        demo_overrides(c, tiny=arg == "tiny")
+    elif arg == "scan":
+        c.data.format = "scan_precomp"
+        c.model.text_encoder = "bigru"
+    elif arg:
+        raise ValueError(
+            f"configs/flickr.py: unknown argument {arg!r} (demo, tiny, scan)"
+        )
+    return c

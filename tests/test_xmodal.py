@@ -1,0 +1,391 @@
+"""Engine tests: config, optimiser, pipelines, checkpointing, loop, writer, sharding."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from xmodal import checkpoint, optim, pipeline, sharding
+from xmodal import config as config_lib
+from xmodal import loop as loop_lib
+from xmodal.state import TrainState
+from xmodal.writer import MetricWriter, Progress, format_duration
+
+# ------------------------------------------------------------------------- config
+
+
+def _write_config(tmp_path: pathlib.Path) -> str:
+    path = tmp_path / "exp.py"
+    path.write_text(
+        "import ml_collections\n"
+        "def get_config(arg=None):\n"
+        "    c = ml_collections.ConfigDict()\n"
+        "    c.arg = arg or ''\n"
+        "    c.train = ml_collections.ConfigDict()\n"
+        "    c.train.batch_size = 64\n"
+        "    c.train.lr = 0.1\n"
+        "    c.train.flag = True\n"
+        "    c.train.epochs = (9, 15)\n"
+        "    c.train.name = 'x'\n"
+        "    return c\n"
+    )
+    return str(path)
+
+
+def test_load_config_arg_overrides_and_lock(tmp_path):
+    path = _write_config(tmp_path)
+    c = config_lib.load_config(f"{path}:demo")
+    assert c.arg == "demo"
+    config_lib.apply_overrides(
+        c,
+        [
+            "train.batch_size=128",
+            "train.lr=3e-4",
+            "train.flag=false",
+            "train.epochs=(1,2,3)",
+            "train.name=abc",
+        ],
+    )
+    assert c.train.batch_size == 128 and isinstance(c.train.batch_size, int)
+    assert c.train.lr == pytest.approx(3e-4)
+    assert c.train.flag is False
+    assert c.train.epochs == (1, 2, 3)
+    assert c.train.name == "abc"
+    with pytest.raises(KeyError, match=r"train\.batchsize"):
+        config_lib.apply_overrides(c, ["train.batchsize=1"])
+    with pytest.raises(AttributeError):
+        c.train.typo_field = 1  # locked: typos fail
+    config_lib.save_config(c, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["epochs"] == [1, 2, 3]
+
+
+def test_load_config_missing_file():
+    with pytest.raises(FileNotFoundError, match=r"nope\.py"):
+        config_lib.load_config("nope.py:demo")
+
+
+def test_repo_configs_load():
+    for spec in ("configs/flickr.py", "configs/flickr.py:demo", "configs/coco.py"):
+        c = config_lib.load_config(spec)
+        assert c.optim.lr > 0
+
+
+# ------------------------------------------------------------------------- optim
+
+
+def _optim_cfg(**kw) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict(
+        dict(
+            lr=0.1,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.01,
+            decoupled_weight_decay=True,
+            clip_norm=0.0,
+            schedule="step",
+            decay_epochs=(2,),
+            decay_factor=0.3,
+            warmup_steps=0,
+            lr_groups=(("backbone", 0.1),),
+        )
+    )
+    c.update(kw)
+    return c
+
+
+def _reference_adam(
+    params, grads_seq, cfg, mults, steps_per_epoch, coupled=False, clip=0.0
+):
+    """Float64 PyTorch-style Adam(W) with per-group lr and step decay (plain loops)."""
+    p = {k: np.asarray(v, np.float64).copy() for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in p.items()}
+    v2 = {k: np.zeros_like(v) for k, v in p.items()}
+    for t, grads in enumerate(grads_seq):
+        g = {k: np.asarray(val, np.float64) for k, val in grads.items()}
+        if clip:
+            norm = math.sqrt(sum(float(np.sum(x * x)) for x in g.values()))
+            if norm > clip:
+                g = {k: x * clip / norm for k, x in g.items()}
+        lr = cfg.lr * (
+            cfg.decay_factor if t >= cfg.decay_epochs[0] * steps_per_epoch else 1.0
+        )
+        for k in p:
+            gk = g[k] + (cfg.weight_decay * p[k] if coupled else 0.0)
+            m[k] = cfg.b1 * m[k] + (1 - cfg.b1) * gk
+            v2[k] = cfg.b2 * v2[k] + (1 - cfg.b2) * gk * gk
+            mhat = m[k] / (1 - cfg.b1 ** (t + 1))
+            vhat = v2[k] / (1 - cfg.b2 ** (t + 1))
+            upd = mhat / (np.sqrt(vhat) + cfg.eps)
+            if not coupled:
+                upd = upd + cfg.weight_decay * p[k]
+            p[k] = p[k] - lr * mults[k] * upd
+    return p
+
+
+@pytest.mark.parametrize("coupled,clip", [(False, 0.0), (True, 0.5)])
+def test_optimizer_matches_reference(coupled, clip):
+    rng = np.random.default_rng(0)
+    params = {"backbone": rng.normal(size=(3, 2)), "head": rng.normal(size=(4,))}
+    grads_seq = [
+        {k: rng.normal(size=v.shape) for k, v in params.items()} for _ in range(5)
+    ]
+    cfg = _optim_cfg(decoupled_weight_decay=not coupled, clip_norm=clip)
+    tx = optim.make_optimizer(cfg, params, steps_per_epoch=1)
+    p = jax.tree_util.tree_map(jnp.asarray, params)
+    state = tx.init(p)
+    update = jax.jit(tx.update)
+    for grads in grads_seq:
+        updates, state = update(jax.tree_util.tree_map(jnp.asarray, grads), state, p)
+        p = jax.tree_util.tree_map(lambda a, b: a + b, p, updates)
+    ref = _reference_adam(
+        params,
+        grads_seq,
+        cfg,
+        {"backbone": 0.1, "head": 1.0},
+        1,
+        coupled=coupled,
+        clip=clip,
+    )
+    for k in params:
+        np.testing.assert_allclose(np.asarray(p[k]), ref[k], rtol=2e-5, atol=1e-6)
+
+
+def test_host_lr_factor_scales_updates():
+    params = {"w": jnp.ones((3,))}
+    cfg = _optim_cfg(weight_decay=0.0, lr_groups=())
+    tx = optim.make_optimizer(cfg, params, steps_per_epoch=10)
+    state = tx.init(params)
+    assert optim.get_lr_factor(state) == 1.0
+    grads = {"w": jnp.array([1.0, -2.0, 3.0])}
+    full, _ = tx.update(grads, state, params)
+    state = optim.set_lr_factor(state, 0.1)
+    assert optim.get_lr_factor(state) == pytest.approx(0.1)
+    scaled, _ = tx.update(grads, state, params)
+    np.testing.assert_allclose(
+        np.asarray(scaled["w"]), 0.1 * np.asarray(full["w"]), rtol=1e-6
+    )
+
+
+def test_lr_schedule_step_and_warmup():
+    fn = optim.learning_rate_fn(_optim_cfg(decay_epochs=(1, 3)), steps_per_epoch=10)
+    assert float(fn(9)) == pytest.approx(0.1)
+    assert float(fn(10)) == pytest.approx(0.03)
+    assert float(fn(30)) == pytest.approx(0.009)
+    warm = optim.learning_rate_fn(_optim_cfg(schedule="constant", warmup_steps=4), 10)
+    assert float(warm(2)) == pytest.approx(0.05)
+    assert float(warm(8)) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        optim.learning_rate_fn(_optim_cfg(schedule="bogus"), 10)
+
+
+# ---------------------------------------------------------------------- pipeline
+
+
+class _Range:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return {"x": np.int64(i), "v": np.full((2,), i, np.float32)}
+
+
+def test_train_iterator_epochs_are_permutations_and_resume_exactly():
+    n, batch = 12, 4
+    it = pipeline.train_iterator(
+        _Range(n), global_batch_size=batch, seed=3, num_threads=0
+    )
+    epochs = [
+        np.concatenate([next(it)["x"] for _ in range(n // batch)]) for _ in range(2)
+    ]
+    for e in epochs:
+        assert sorted(e.tolist()) == list(range(n))
+    assert epochs[0].tolist() != epochs[1].tolist()  # reshuffled every epoch
+    state = it.get_state()
+    ahead = [next(it)["x"].tolist() for _ in range(3)]
+    again = pipeline.train_iterator(
+        _Range(n), global_batch_size=batch, seed=3, num_threads=0
+    )
+    again.set_state(state)
+    assert [next(again)["x"].tolist() for _ in range(3)] == ahead
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        pipeline.train_iterator(_Range(3), global_batch_size=4, seed=0)
+
+
+def test_eval_batches_pad_with_mask_and_cover_everything():
+    batches = list(
+        pipeline.eval_batches(_Range(10), global_batch_size=4, num_threads=0)
+    )
+    assert len(batches) == 3
+    assert all(b["x"].shape == (4,) for b in batches)
+    valid = np.concatenate([b["valid"] for b in batches])
+    index = np.concatenate([b["index"] for b in batches])
+    assert valid.sum() == 10 and not valid[10:].any()
+    assert sorted(index[valid].tolist()) == list(range(10))
+
+
+# ---------------------------------------------------------------------- sharding
+
+
+def test_mesh_and_global_batch_on_8_devices():
+    assert jax.device_count() == 8
+    mesh = sharding.make_mesh((("data", -1),))
+    assert mesh.shape == {"data": 8}
+    mesh2 = sharding.make_mesh((("replica", 2), ("data", -1)))
+    assert dict(mesh2.shape) == {"replica": 2, "data": 4}
+    with pytest.raises(ValueError, match="needs 6 devices"):
+        sharding.make_mesh((("data", 6),))
+    local = {"a": np.arange(16, dtype=np.float32).reshape(8, 2), "b": np.arange(8)}
+    glob = sharding.global_batch(local, mesh)
+    assert glob["a"].shape == (8, 2)
+    assert len(glob["a"].sharding.device_set) == 8
+    np.testing.assert_array_equal(np.asarray(sharding.to_host(glob["a"])), local["a"])
+    rules = (("kernel", ("data", None)),)
+    tree = {"dense": {"kernel": jnp.zeros((8, 3)), "bias": jnp.zeros((3,))}}
+    sh = sharding.param_shardings(tree, mesh, rules)
+    assert sh["dense"]["kernel"].spec == jax.sharding.PartitionSpec("data", None)
+    assert sh["dense"]["bias"].spec == jax.sharding.PartitionSpec()
+
+
+# -------------------------------------------------------------------- checkpoint
+
+
+def _toy_state(value: float = 1.0) -> TrainState:
+    params = {"w": jnp.full((3,), value), "b": jnp.zeros(())}
+    tx = optim.make_optimizer(_optim_cfg(), params, steps_per_epoch=5)
+    return TrainState.create(
+        params=params, tx=tx, rng=jax.random.PRNGKey(0), extra={"ema": jnp.ones((2, 2))}
+    )
+
+
+def test_checkpoint_round_trip_with_optimizer_and_iterator(tmp_path):
+    state = _toy_state()
+    grads = {"w": jnp.ones((3,)), "b": jnp.ones(())}
+    state, _ = state.apply_gradients(grads)
+    state = state.replace(opt_state=optim.set_lr_factor(state.opt_state, 0.5))
+    it = pipeline.train_iterator(_Range(8), global_batch_size=2, seed=1, num_threads=0)
+    next(it)
+    ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
+    ckpt.save(1, state, data_iter=it, meta={"best_metric": 3.5})
+    ckpt.wait()
+    expected_next = next(it)["x"].tolist()
+
+    fresh = _toy_state(value=7.0)
+    it2 = pipeline.train_iterator(_Range(8), global_batch_size=2, seed=1, num_threads=0)
+    restored, meta = ckpt.restore(ckpt.latest_step(), fresh, data_iter=it2)
+    ckpt.close()
+    assert meta == {"best_metric": 3.5}
+    chex.assert_trees_all_close(restored.params, state.params)
+    chex.assert_trees_all_close(restored.opt_state, state.opt_state)
+    chex.assert_trees_all_equal_structs(restored.opt_state, state.opt_state)
+    assert int(restored.step) == 1 and optim.get_lr_factor(restored.opt_state) == 0.5
+    assert next(it2)["x"].tolist() == expected_next
+    # A restored state keeps working with the optimiser (no tuple -> list damage).
+    restored.apply_gradients(grads)
+
+
+# -------------------------------------------------------------------------- loop
+
+
+def _loop_step(state: TrainState, batch):
+    loss = jnp.sum(state.params["w"] ** 2) * batch["scale"]
+    grads = {"w": 2 * state.params["w"], "b": jnp.zeros(())}
+    new, _ = state.apply_gradients(grads)
+    return new, {"loss": loss}
+
+
+def test_loop_stops_on_nonfinite_loss_and_keeps_last_good_checkpoint(tmp_path):
+    state = _toy_state()
+    scales = iter([1.0, 1.0, 1.0, 1.0, float("nan"), 1.0, 1.0, 1.0])
+    writer = MetricWriter(tmp_path, tensorboard=False)
+    ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
+    with pytest.raises(loop_lib.NonFiniteLossError) as err:
+        loop_lib.train_loop(
+            state=state,
+            train_step=jax.jit(_loop_step),
+            next_batch=lambda: {"scale": jnp.asarray(next(scales))},
+            total_steps=8,
+            steps_per_epoch=4,
+            writer=writer,
+            checkpointer=ckpt,
+            log_every_steps=3,
+            checkpoint_every_steps=3,
+        )
+    assert err.value.step == 5
+    assert "step 5" in str(err.value) and "step 3" in str(err.value)
+    ckpt.wait()
+    assert ckpt.latest_step() == 3
+    ckpt.close()
+    writer.close()
+
+
+def test_loop_best_on_dev_early_stopping_and_rerun(tmp_path):
+    devs = iter([0.5, 0.7, 0.6, 0.65, 0.1])
+    calls = []
+
+    def evaluate(state):
+        calls.append(int(state.step))
+        return {"score": next(devs)}
+
+    def run(state, meta=None):
+        ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
+        best = checkpoint.Checkpointer(tmp_path / "best", max_to_keep=1)
+        result = loop_lib.train_loop(
+            state=state,
+            train_step=jax.jit(_loop_step),
+            next_batch=lambda: {"scale": jnp.asarray(1.0)},
+            total_steps=20,
+            steps_per_epoch=2,
+            writer=MetricWriter(tmp_path, tensorboard=True),
+            checkpointer=ckpt,
+            best_checkpointer=best,
+            evaluate=evaluate,
+            select_metric="score",
+            select_mode="max",
+            early_stop_patience=2,
+            eval_every_steps=2,
+            meta=meta,
+        )
+        return result, ckpt, best
+
+    result, ckpt, best = run(_toy_state())
+    assert result.reason == "early_stopped"
+    assert calls == [2, 4, 6, 8]
+    assert result.meta["best_step"] == 4 and result.meta["best_metric"] == 0.7
+    assert best.latest_step() == 4 and ckpt.latest_step() == 8
+    restored, meta = ckpt.restore(8, _toy_state())
+    ckpt.close()
+    best.close()
+    again, c2, b2 = run(restored, meta)  # a rerun must not train past the stop
+    c2.close()
+    b2.close()
+    assert again.reason == "early_stopped" and int(again.state.step) == 8
+    records = [
+        json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert {r["split"] for r in records} == {"train", "dev"}
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_improved_and_progress_line():
+    assert loop_lib.improved(1.0, None, "max")
+    assert not loop_lib.improved(float("nan"), None, "max")
+    assert loop_lib.improved(0.5, 1.0, "min") and not loop_lib.improved(1.0, 1.0, "min")
+    progress = Progress(100, steps_per_epoch=10, enabled=False)
+    progress.update(10)
+    line = progress.update(20, {"loss": 1.5})
+    assert line.startswith("step 20/100 (epoch 2.00/10)") and "loss 1.5" in line
+    assert "step/s" in line and "ETA" in line
+    assert format_duration(3725) == "1h02m" and format_duration(65) == "1m05s"
