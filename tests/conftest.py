@@ -10,7 +10,7 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("PJRT_NPROC", "16")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from absl import flags  # noqa: E402
+from absl import flags
 
 # grain workers read absl flags; nothing here goes through absl.app.run.
 flags.FLAGS.mark_as_parsed()
