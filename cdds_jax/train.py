@@ -31,7 +31,8 @@ from cdds_jax.model import CDDSModel
 from xmodal import config as config_lib
 from xmodal import loop as loop_lib
 from xmodal import optim, pipeline, sharding
-from xmodal.checkpoint import Checkpointer
+from xmodal.checkpoint import Checkpointer, restore_for_eval
+from xmodal.inference import map_source
 from xmodal.state import TrainState
 from xmodal.writer import MetricWriter
 
@@ -40,11 +41,9 @@ __all__ = [
     "build_model",
     "compute_loss",
     "create_train_state",
-    "encode_split",
     "evaluate_split",
     "load_data",
     "main",
-    "restore_for_eval",
     "train_and_evaluate",
     "train_step",
 ]
@@ -105,6 +104,10 @@ def data_root(config: ml_collections.ConfigDict) -> pathlib.Path:
             text_dim=syn.text_dim,
             max_words=syn.max_words,
             num_concepts=syn.num_concepts,
+            concepts_per_image=syn.concepts_per_image,
+            noise=syn.noise,
+            colour_scale=syn.colour_scale,
+            syntax_scale=syn.syntax_scale,
         )
     if not config.data.root:
         raise ValueError(
@@ -319,7 +322,9 @@ def compute_loss(
     scores = jnp.einsum("ae,be->ab", ie, ce, precision=jax.lax.Precision.HIGHEST)
 
     if lc.contrastive == "hinge":
-        max_violation = epoch >= lc.max_violation_after_epochs
+        # Hardest negatives after a warm-up of all violations (LAPS: 1 epoch); < 0 = never.
+        after = lc.max_violation_after_epochs
+        max_violation = (epoch >= after) if after >= 0 else jnp.zeros((), bool)
         l_s = losses.hinge_loss(
             scores, batch["image_id"], margin=lc.margin, max_violation=max_violation
         )
@@ -459,30 +464,6 @@ def _embed_captions(params, extra, batch, *, model, config):
     return emb
 
 
-def encode_split(
-    embed_fn: Any,
-    state: TrainState,
-    source: pipeline.Source,
-    *,
-    mesh: jax.sharding.Mesh,
-    batch_size: int,
-    num_threads: int,
-) -> np.ndarray:
-    """Embeds every item of ``source`` once; host array ``[len(source), E]`` in order."""
-    out: np.ndarray | None = None
-    for local in pipeline.eval_batches(
-        source, global_batch_size=batch_size, num_threads=num_threads
-    ):
-        batch = sharding.global_batch(local, mesh)
-        emb = embed_fn(state.params, state.extra, batch)
-        emb, index, valid = sharding.to_host((emb, batch["index"], batch["valid"]))
-        if out is None:
-            out = np.zeros((len(source), emb.shape[-1]), np.float32)
-        out[index[valid]] = emb[valid]
-    assert out is not None
-    return out
-
-
 class Evaluator:
     """Jitted embedding functions + the retrieval protocols, for one config."""
 
@@ -507,21 +488,16 @@ class Evaluator:
     ) -> dict[str, dict[str, float]]:
         ec = self.config.eval
         threads = self.config.data.num_threads
-        img = encode_split(
-            self.embed_images,
-            state,
+        kw = dict(mesh=self.mesh, batch_size=ec.batch_size, num_threads=threads)
+        img = map_source(
+            functools.partial(self.embed_images, state.params, state.extra),
             data_lib.ImageSource(split),
-            mesh=self.mesh,
-            batch_size=ec.batch_size,
-            num_threads=threads,
+            **kw,
         )
-        cap = encode_split(
-            self.embed_captions,
-            state,
+        cap = map_source(
+            functools.partial(self.embed_captions, state.params, state.extra),
             self.data.caption_source(split),
-            mesh=self.mesh,
-            batch_size=ec.batch_size,
-            num_threads=threads,
+            **kw,
         )
         return retrieval.evaluate_protocols(
             img,
@@ -553,26 +529,6 @@ def evaluate_split(
 def _log(message: str) -> None:
     if jax.process_index() == 0:
         print(message, flush=True)
-
-
-def restore_for_eval(
-    workdir: pathlib.Path, state: TrainState, *, which: str = "best"
-) -> tuple[TrainState, dict[str, Any], str]:
-    """The ``best`` (falling back to the latest) or ``latest`` checkpointed state."""
-    for name in ("best", "checkpoints") if which == "best" else ("checkpoints",):
-        folder = workdir / name
-        if not folder.exists():
-            continue
-        ckpt = Checkpointer(folder, max_to_keep=None)
-        step = ckpt.latest_step()
-        if step is not None:
-            restored, meta = ckpt.restore(step, state)
-            ckpt.close()
-            return restored, meta, f"{name}/{step}"
-        ckpt.close()
-    raise FileNotFoundError(
-        f"no checkpoint under {workdir}/best or {workdir}/checkpoints"
-    )
 
 
 def train_and_evaluate(

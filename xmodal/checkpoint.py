@@ -22,7 +22,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer", "abstract_like"]
+__all__ = ["Checkpointer", "abstract_like", "restore_for_eval"]
 
 
 def abstract_like(tree: Any) -> Any:
@@ -104,3 +104,34 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def restore_for_eval(
+    workdir: str | pathlib.Path, target: Any, *, which: str = "best"
+) -> tuple[Any, dict[str, Any], str]:
+    """The state to evaluate: ``best/`` (falling back to the latest) or ``latest``.
+
+    Returns ``(state, meta, "best/<step>" | "checkpoints/<step>")``.
+
+    Raises:
+      FileNotFoundError: the run directory has no checkpoint.
+      ValueError: ``which`` is neither "best" nor "latest".
+    """
+    if which not in ("best", "latest"):
+        raise ValueError(f"which: expected 'best' or 'latest', got {which!r}")
+    workdir = pathlib.Path(workdir)
+    for name in ("best", "checkpoints") if which == "best" else ("checkpoints",):
+        folder = workdir / name
+        if not folder.is_dir():
+            continue
+        ckpt = Checkpointer(folder, max_to_keep=None)
+        try:
+            step = ckpt.latest_step()
+            if step is not None:
+                state, meta = ckpt.restore(step, target)
+                return state, meta, f"{name}/{step}"
+        finally:
+            ckpt.close()
+    raise FileNotFoundError(
+        f"no checkpoint under {workdir}/best or {workdir}/checkpoints"
+    )

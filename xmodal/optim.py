@@ -32,6 +32,7 @@ __all__ = [
     "learning_rate_fn",
     "lr_multipliers",
     "make_optimizer",
+    "plateau_update",
     "scale_by_host_factor",
     "set_lr_factor",
 ]
@@ -161,3 +162,40 @@ def make_optimizer(
     parts.append(scale_by_host_factor())
     parts.append(optax.scale(-1.0))
     return optax.chain(*parts)
+
+
+def plateau_update(
+    state: dict[str, Any] | None,
+    value: float,
+    *,
+    mode: str,
+    patience: int,
+    factor: float,
+    threshold: float = 1e-4,
+) -> dict[str, Any]:
+    """One epoch of PyTorch ``ReduceLROnPlateau`` (relative threshold, no cooldown).
+
+    ``state`` is a JSON-able dict (kept in the checkpoint metadata) with ``best``,
+    ``bad_epochs`` and ``lr_factor``; pass None the first time. A value is better when
+    it beats ``best`` by the relative ``threshold``; after more than ``patience`` bad
+    epochs the factor is multiplied by ``factor`` and the count resets. Apply the
+    returned ``lr_factor`` with :func:`set_lr_factor`.
+    """
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode: expected 'min' or 'max', got {mode!r}")
+    state = dict(state or {"best": None, "bad_epochs": 0, "lr_factor": 1.0})
+    best = state["best"]
+    if best is None:
+        better = True
+    elif mode == "min":  # exactly torch's rule, including for negative values
+        better = value < best * (1.0 - threshold)
+    else:
+        better = value > best * (1.0 + threshold)
+    if better:
+        state["best"], state["bad_epochs"] = float(value), 0
+    else:
+        state["bad_epochs"] += 1
+    if state["bad_epochs"] > patience:
+        state["lr_factor"] *= factor
+        state["bad_epochs"] = 0
+    return state

@@ -1,0 +1,19 @@
+r"""DecAlign on IEMOCAP (HEAD defaults of the official repository).
+
+    python -m decalign_jax.train --config configs/iemocap.py --workdir runs/iemocap \
+        --config.data.path=data/IEMOCAP/iemocap_data.pkl
+
+Arguments: ``paper`` (alpha = beta = 0.05, the paper's sensitivity optimum),
+``demo`` (a synthetic pickle in the real layout; minutes on a CPU), ``tiny`` (tests).
+Expected results: see README ("DecAlign") and the paper's tables (spec 6.1).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import decalign_base
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    return decalign_base.get_config("iemocap", arg)

@@ -1,0 +1,19 @@
+r"""DecAlign on MOSI (HEAD defaults of the official repository).
+
+    python -m decalign_jax.train --config configs/mosi.py --workdir runs/mosi \
+        --config.data.path=data/MOSI/aligned_50.pkl
+
+Arguments: ``paper`` (alpha = beta = 0.05, the paper's sensitivity optimum),
+``demo`` (a synthetic pickle in the real layout; minutes on a CPU), ``tiny`` (tests).
+Expected results: see README ("DecAlign") and the paper's tables (spec 6.1).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import decalign_base
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    return decalign_base.get_config("mosi", arg)
