@@ -42,7 +42,7 @@ def evaluate(
     mesh = sharding.make_mesh(config.mesh)
     data = train.load_data(config, workdir, splits=())
     root = train.data_root(config)
-    from cdds_jax import data as data_lib  # noqa: PLC0415
+    from cdds_jax import data as data_lib
 
     target_split = data_lib.read_split(config.data.format, root, split_name)
     model = train.build_model(config, len(data.vocab) if data.vocab else 0)

@@ -74,7 +74,7 @@ def data_path(config: ml_collections.ConfigDict) -> pathlib.Path:
     """``data.path``, or the synthetic pickle (written on first use) for demo configs."""
     syn = config.data.synthetic
     if syn.enabled:
-        from decalign_jax import synthetic  # noqa: PLC0415
+        from decalign_jax import synthetic
 
         kwargs: dict[str, Any] = dict(
             seed=syn.seed,
