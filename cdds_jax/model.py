@@ -137,11 +137,11 @@ class TextGRU(nn.Module):
             tokens
         )
         lengths = jnp.sum(mask.astype(jnp.int32), axis=-1)
-        forward = nn.RNN(nn.GRUCell(self.dim, dtype=self.dtype), name="forward")
-        backward = nn.RNN(nn.GRUCell(self.dim, dtype=self.dtype), name="backward")
-        out = nn.Bidirectional(
-            forward, backward, merge_fn=lambda a, b: (a + b) / 2, name="bigru"
-        )(emb, seq_lengths=lengths)
+        forward = nn.RNN(nn.GRUCell(self.dim, dtype=self.dtype, name="gru_forward"))
+        backward = nn.RNN(nn.GRUCell(self.dim, dtype=self.dtype, name="gru_backward"))
+        out = nn.Bidirectional(forward, backward, merge_fn=lambda a, b: (a + b) / 2)(
+            emb, seq_lengths=lengths
+        )
         return out * mask[..., None].astype(out.dtype)
 
 

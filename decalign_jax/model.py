@@ -76,7 +76,7 @@ class _Layer(nn.Module):
             kernel_init=nn.initializers.xavier_uniform(),
             deterministic=not train,
             name="attn",
-        )(x, ctx_k, ctx_v, mask=mask)
+        )(x, inputs_k=ctx_k, inputs_v=ctx_v, mask=mask)
         x = nn.LayerNorm(epsilon=LN_EPS, name="ln_attn")(
             x + nn.Dropout(self.res_dropout, deterministic=not train)(attn)
         )

@@ -48,6 +48,7 @@ __all__ = [
     "evaluate_split",
     "load_data",
     "main",
+    "reference_baselines",
     "summarize_seeds",
     "train_and_evaluate",
     "train_one_seed",
@@ -501,6 +502,19 @@ def summarize_seeds(
     return out
 
 
+def reference_baselines(
+    dataset: str, splits: Mapping[str, data_lib.MMSASplit]
+) -> dict[str, float]:
+    """Trivial test-set references: predict the training mean (regression) or the
+    training majority class (classification)."""
+    train_label = np.asarray(splits["train"].label)
+    test_label = np.asarray(splits["test"].label)
+    if dataset == "iemocap":
+        majority = np.bincount(train_label.astype(np.int64)).argmax()
+        return {"majority_class_WAcc": float(np.mean(test_label == majority) * 100)}
+    return {"train_mean_MAE": float(np.mean(np.abs(test_label - train_label.mean())))}
+
+
 def format_table(
     dataset: str, summary: Mapping[str, Mapping[str, float]], n: int
 ) -> str:
@@ -556,12 +570,17 @@ def train_and_evaluate(
         "variant": splits["train"].meta.get("file_meta", {}).get("variant"),
         "seeds": seeds,
         "test_mean_std": summary,
+        "baseline": reference_baselines(config.data.dataset, splits),
         "per_seed": per_seed,
     }
     if jax.process_index() == 0:
         (workdir / "results.json").write_text(json.dumps(results, indent=2))
         _log(f"\nTest split, best-on-valid checkpoints ({config.eval.select_metric}):")
         _log(format_table(config.data.dataset, summary, len(seeds)))
+        _log(
+            "reference: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in results["baseline"].items())
+        )
         _log(f"results written to {workdir / 'results.json'}")
     return results
 

@@ -1,6 +1,7 @@
 """Test set-up: 8 simulated CPU devices, set before JAX is imported anywhere."""
 
 import os
+import tempfile
 
 # 8 simulated devices so the sharded paths run in every test. PJRT_NPROC >= 2x the
 # device count avoids the XLA CPU deadlock of simulated devices on a 2-core machine.
@@ -9,6 +10,13 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("PJRT_NPROC", "16")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Identical programs (the same step compiled by a straight and a resumed run, by two
+# seeds) are compiled once per test session: a persistent cache in a fresh folder.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="xmodal-test-jax-cache-")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 from absl import flags
 

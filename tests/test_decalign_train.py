@@ -27,7 +27,7 @@ def _tiny(**overrides):
     return c
 
 
-def test_sharded_step_equals_single_device():
+def test_sharded_loss_and_grads_equal_single_device():
     # All loss terms on (alpha, beta, ct), with dropout active: the PRNG stream must
     # not depend on the device layout.
     config = _tiny(**{"loss.beta": 0.05})
@@ -48,29 +48,22 @@ def test_sharded_step_equals_single_device():
             jax.value_and_grad(
                 functools.partial(train.compute_loss, model=model, config=config),
                 has_aux=True,
-            )
+            ),
+            in_shardings=(shardings.params, sharding.data_sharding(mesh), None),
+            out_shardings=sharding.replicated(mesh),
         )
-        (loss, parts), grads = loss_and_grad(state.params, batch, jax.random.PRNGKey(5))
-        step = jax.jit(
-            functools.partial(train.train_step, model=model, config=config),
-            in_shardings=(shardings, sharding.data_sharding(mesh)),
-            out_shardings=(shardings, sharding.replicated(mesh)),
-        )
+        rng = jax.device_put(jax.random.PRNGKey(5), sharding.replicated(mesh))
         with jax.transfer_guard("disallow"):
-            _, metrics = step(state, batch)
-        return jax.device_get((loss, parts, grads, metrics))
+            out = loss_and_grad(state.params, batch, rng)
+        return jax.device_get(out)
 
-    one, eight = run(jax.devices()[:1]), run(jax.devices())
+    (loss1, parts1), grads1 = run(jax.devices()[:1])
+    (loss8, parts8), grads8 = run(jax.devices())
     for key in ("task", "dec", "hete", "homo", "ct"):
-        assert np.isfinite(one[1][key]) and one[1][key] != 0, key
-    chex.assert_trees_all_close(one[0], eight[0], rtol=1e-5, atol=1e-5)
-    chex.assert_trees_all_close(one[1], eight[1], rtol=1e-5, atol=1e-5)
-    chex.assert_trees_all_close(one[2], eight[2], rtol=1e-5, atol=1e-5)
-    # The jitted sharded step gives the same loss and gradient norm. (Updated params
-    # are not compared: e.g. attention key biases have an exactly-zero gradient whose
-    # float noise Adam's first step turns into a full +-lr move.)
-    for key in ("loss", "grad_norm", "task", "hete"):
-        chex.assert_trees_all_close(one[3][key], eight[3][key], rtol=1e-5, atol=1e-6)
+        assert np.isfinite(parts1[key]) and parts1[key] != 0, key
+    chex.assert_trees_all_close(loss1, loss8, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(parts1, parts8, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(grads1, grads8, rtol=1e-5, atol=1e-5)
 
 
 def test_train_and_evaluate_two_seeds(tmp_path):
