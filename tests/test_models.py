@@ -117,7 +117,7 @@ def _decalign_batch(b, lengths=(6, 7, 8), dims=(10, 3, 4), valid=None):
 def test_decalign_shapes():
     kernels = (3, 2, 5)
     model = DecAlignModel(
-        dim=8, num_heads=2, num_layers=1, kernel_sizes=kernels, pde_dim=6
+        dim=12, num_heads=2, num_layers=1, kernel_sizes=kernels, pde_dim=6
     )
     batch = _decalign_batch(3)
     params = jax.jit(model.init, static_argnames="train")(
@@ -126,8 +126,8 @@ def test_decalign_shapes():
     out = jax.jit(model.apply, static_argnames="train")(params, batch, train=False)
     assert out["output"].shape == (3,)
     for seq, t, k in zip(out["unique"], (6, 7, 8), kernels, strict=True):
-        assert seq.shape == (3, t - k + 1, 8)
-    assert out["final_rep"].shape == (3, 48)
+        assert seq.shape == (3, t - k + 1, 12)
+    assert out["final_rep"].shape == (3, 72)
     assert all(z.shape == (3, 6) for z in out["z"])
 
 
