@@ -109,12 +109,14 @@ def data_root(config: ml_collections.ConfigDict) -> pathlib.Path:
             colour_scale=syn.colour_scale,
             syntax_scale=syn.syntax_scale,
         )
-    if not config.data.root:
-        raise ValueError(
-            "config.data.root is empty: point it at the data folder "
-            "(--config.data.root=/path; see README 'Real data'), or use a :demo config"
+    root = pathlib.Path(config.data.root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"config.data.root: data folder {str(root)!r} not found. Put the "
+            f"{config.data.format!r} files there or pass --config.data.root=... (README "
+            "'Real data'), or use a :demo config"
         )
-    return pathlib.Path(config.data.root).expanduser()
+    return root
 
 
 def load_data(

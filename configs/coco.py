@@ -1,7 +1,7 @@
 r"""CDDS on MS-COCO (Karpathy split; spec/cdds.md section 8 defaults).
 
     python -m cdds_jax.train --config configs/coco.py --workdir runs/coco \
-        --config.data.root=/data/coco_features
+        --config.data.root=data/coco
 
 Expected (paper, Table 1): rSum 548.6 (COCO 1K, 5-fold mean) and 472.1 (COCO 5K) with
 Swin-384; 437.8 (5K) with ViT-224 (fine-tuned backbones; stored frozen features give
@@ -22,6 +22,7 @@ from configs import flickr
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = flickr.base_config()
+    c.data.root = "data/coco"
     c.data.test_protocols = ("1k_5fold", "full")  # COCO 1K (5 folds) and COCO 5K
     if arg in ("demo", "tiny"):
         flickr.demo_overrides(c, tiny=arg == "tiny")
@@ -30,6 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.test_protocols = ("1k_5fold", "full")
     elif arg == "scan":
         c.data.format = "scan_precomp"
+        c.data.root = "data/coco_precomp"
         c.data.test_split = "testall"
         c.model.text_encoder = "bigru"
     elif arg:

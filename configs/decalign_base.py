@@ -63,8 +63,7 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     # ------------------------------------------------------------------ data
     c.data = ml_collections.ConfigDict()
     c.data.dataset = dataset  # mosi | mosei | sims | iemocap
-    c.data.path = ""  # the MMSA pickle (README: data/<file below>) or IEMOCAP file
-    c.data.default_file = h["file"]  # where the README says to put it, under data/
+    c.data.path = "data/" + h["file"]  # the MMSA pickle (or converted IEMOCAP file)
     c.data.standardize = "auto"  # "auto" (MOSEI, SIMS on), "on", "off": audio/vision
     c.data.verify_checksum = False  # SHA-256 against the known MMSA sums (slow)
     c.data.num_classes = 6 if dataset == "iemocap" else 1

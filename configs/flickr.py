@@ -1,7 +1,7 @@
 r"""CDDS on Flickr30K (spec/cdds.md section 8 defaults).
 
     python -m cdds_jax.train --config configs/flickr.py --workdir runs/f30k \
-        --config.data.root=/data/f30k_features
+        --config.data.root=data/f30k
 
 Expected (paper, Table 1): rSum 510.6 with ViT-224 features, 552.5 with Swin-384
 (both from fine-tuned backbones; stored frozen features give lower numbers).
@@ -29,7 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
     # ------------------------------------------------------------------ data
     c.data = ml_collections.ConfigDict()
     c.data.format = "features"  # "features" (our store) | "scan_precomp"
-    c.data.root = ""  # folder holding the splits (required unless data.synthetic)
+    c.data.root = "data/f30k"  # folder holding the splits (unused by data.synthetic)
     c.data.train_split = "train"
     c.data.dev_split = "dev"  # model selection (rSum on the "full" protocol)
     c.data.test_split = "test"  # reported at the end with the best-on-dev state
@@ -185,7 +185,6 @@ def demo_overrides(c: ml_collections.ConfigDict, *, tiny: bool = False) -> None:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = base_config()
-    c.data.root = ""
     if arg in ("demo", "tiny"):
         demo_overrides(c, tiny=arg == "tiny")
     elif arg == "scan":

@@ -1,11 +1,12 @@
 r"""DecAlign on IEMOCAP (HEAD defaults of the official repository).
 
-    python -m decalign_jax.train --config configs/iemocap.py --workdir runs/iemocap \
-        --config.data.path=data/IEMOCAP/iemocap_data.pkl
+    python -m decalign_jax.train --config configs/iemocap.py --workdir runs/iemocap
+
+Reads ``data/IEMOCAP/iemocap_data.pkl`` (``--config.data.path=...`` to point elsewhere).
 
 Arguments: ``paper`` (alpha = beta = 0.05, the paper's sensitivity optimum),
 ``demo`` (a synthetic pickle in the real layout; minutes on a CPU), ``tiny`` (tests).
-Expected results: see README ("DecAlign") and the paper's tables (spec 6.1).
+Expected (paper, Table 2, six classes): WAcc 73.35, WAF1 73.43.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 r"""DecAlign on MOSEI (HEAD defaults of the official repository).
 
-    python -m decalign_jax.train --config configs/mosei.py --workdir runs/mosei \
-        --config.data.path=data/MOSEI/aligned_50.pkl
+    python -m decalign_jax.train --config configs/mosei.py --workdir runs/mosei
+
+Reads ``data/MOSEI/aligned_50.pkl`` (``--config.data.path=...`` to point elsewhere).
 
 Arguments: ``paper`` (alpha = beta = 0.05, the paper's sensitivity optimum),
 ``demo`` (a synthetic pickle in the real layout; minutes on a CPU), ``tiny`` (tests).
-Expected results: see README ("DecAlign") and the paper's tables (spec 6.1).
+Expected (paper, Table 1): MAE 0.543, Corr 0.768, Acc-2 86.48, F1 86.07, Acc-7 55.02
+(with BERT fine-tuning; stored BERT features, as here, are expected to give less).
 """
 
 from __future__ import annotations

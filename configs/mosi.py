@@ -1,11 +1,13 @@
 r"""DecAlign on MOSI (HEAD defaults of the official repository).
 
-    python -m decalign_jax.train --config configs/mosi.py --workdir runs/mosi \
-        --config.data.path=data/MOSI/aligned_50.pkl
+    python -m decalign_jax.train --config configs/mosi.py --workdir runs/mosi
+
+Reads ``data/MOSI/aligned_50.pkl`` (``--config.data.path=...`` to point elsewhere).
 
 Arguments: ``paper`` (alpha = beta = 0.05, the paper's sensitivity optimum),
 ``demo`` (a synthetic pickle in the real layout; minutes on a CPU), ``tiny`` (tests).
-Expected results: see README ("DecAlign") and the paper's tables (spec 6.1).
+Expected (paper, Table 1): MAE 0.735, Corr 0.811, Acc-2 85.75, F1 85.82, Acc-7 45.07
+(with BERT fine-tuning; stored BERT features, as here, are expected to give less).
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 r"""DecAlign on SIMS (HEAD defaults of the official repository).
 
-    python -m decalign_jax.train --config configs/sims.py --workdir runs/sims \
-        --config.data.path=data/SIMS/unaligned_39.pkl
+    python -m decalign_jax.train --config configs/sims.py --workdir runs/sims
+
+Reads ``data/SIMS/unaligned_39.pkl`` (``--config.data.path=...`` to point elsewhere).
 
 Arguments: ``paper`` (alpha = beta = 0.05, the paper's sensitivity optimum),
 ``demo`` (a synthetic pickle in the real layout; minutes on a CPU), ``tiny`` (tests).
-Expected results: see README ("DecAlign") and the paper's tables (spec 6.1).
+Expected (paper, Table 2): MAE 0.403, F1 81.85 (with BERT fine-tuning).
 """
 
 from __future__ import annotations

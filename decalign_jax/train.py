@@ -91,13 +91,14 @@ def data_path(config: ml_collections.ConfigDict) -> pathlib.Path:
                 seed=syn.seed, dataset="iemocap", num_classes=config.data.num_classes
             )
         return synthetic.ensure_demo_pickle(cache_dir() / "decalign", **kwargs)
-    if not config.data.path:
-        raise ValueError(
-            "config.data.path is empty: point it at the MMSA pickle "
-            f"(--config.data.path=data/{config.data.default_file}; README 'Real data'), "
-            "or use a :demo config"
+    path = pathlib.Path(config.data.path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"config.data.path: {config.data.dataset} pickle {str(path)!r} not found. Put "
+            "the MMSA file there or pass --config.data.path=... (README 'Real data'), or "
+            "use a :demo config"
         )
-    return pathlib.Path(config.data.path).expanduser()
+    return path
 
 
 def load_data(config: ml_collections.ConfigDict) -> dict[str, data_lib.MMSASplit]:
