@@ -7,7 +7,7 @@ Reads ``data/MOSEI/aligned_50.pkl`` (``--config.data.path=...`` to point elsewhe
 Arguments: ``paper`` (alpha = beta = 0.05, the paper's sensitivity optimum),
 ``demo`` (a synthetic pickle in the real layout; minutes on a CPU), ``tiny`` (tests).
 Expected (paper, Table 1): MAE 0.543, Corr 0.768, Acc-2 86.48, F1 86.07, Acc-7 55.02
-(with BERT fine-tuning; stored BERT features, as here, are expected to give less).
+(the paper fine-tunes BERT; these configs read the stored BERT features for now).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Reads ``data/MOSI/aligned_50.pkl`` (``--config.data.path=...`` to point elsewher
 Arguments: ``paper`` (alpha = beta = 0.05, the paper's sensitivity optimum),
 ``demo`` (a synthetic pickle in the real layout; minutes on a CPU), ``tiny`` (tests).
 Expected (paper, Table 1): MAE 0.735, Corr 0.811, Acc-2 85.75, F1 85.82, Acc-7 45.07
-(with BERT fine-tuning; stored BERT features, as here, are expected to give less).
+(the paper fine-tunes BERT; these configs read the stored BERT features for now).
 """
 
 from __future__ import annotations

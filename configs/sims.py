@@ -6,7 +6,8 @@ Reads ``data/SIMS/unaligned_39.pkl`` (``--config.data.path=...`` to point elsewh
 
 Arguments: ``paper`` (alpha = beta = 0.05, the paper's sensitivity optimum),
 ``demo`` (a synthetic pickle in the real layout; minutes on a CPU), ``tiny`` (tests).
-Expected (paper, Table 2): MAE 0.403, F1 81.85 (with BERT fine-tuning).
+Expected (paper, Table 2): MAE 0.403, F1 81.85 (the paper fine-tunes BERT; these
+configs read the stored BERT features for now).
 """
 
 from __future__ import annotations
