@@ -151,8 +151,8 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     elif arg in ("demo", "tiny"):
         c.data.synthetic.enabled = True
         c.optim.lr = 1e-3
-        c.train.num_epochs = 12
-        c.train.early_stop_patience = 12
+        c.train.num_epochs = 8
+        c.train.early_stop_patience = 8
         if arg == "tiny":
             c.data.synthetic.num_train = 64
             c.data.synthetic.num_valid = 24
