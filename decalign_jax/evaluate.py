@@ -11,10 +11,8 @@ writes ``workdir/results.json``.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import pathlib
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -26,7 +24,7 @@ from decalign_jax import train
 from xmodal import sharding
 from xmodal.checkpoint import restore_for_eval
 
-__all__ = ["evaluate", "main"]
+__all__ = ["evaluate"]
 
 
 def evaluate(
@@ -80,25 +78,7 @@ def evaluate(
     return results
 
 
-def main(argv: Sequence[str]) -> None:
-    del argv
-    sharding.initialize_distributed()
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    evaluate(
-        FLAGS.config, FLAGS.workdir, checkpoint=FLAGS.checkpoint, split=FLAGS.split
-    )
-
-
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
+    from xmodal import cli
 
-    FLAGS = flags.FLAGS
-    config_flags.DEFINE_config_file(
-        "config", None, "config file[:arg]", lock_config=True
-    )
-    flags.DEFINE_string("workdir", None, "the run directory")
-    flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "which state to score")
-    flags.DEFINE_enum("split", "test", ["train", "valid", "test"], "split to score")
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run_evaluate(evaluate)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -47,7 +46,6 @@ __all__ = [
     "create_train_state",
     "evaluate_split",
     "load_data",
-    "main",
     "reference_baselines",
     "summarize_seeds",
     "train_and_evaluate",
@@ -586,21 +584,7 @@ def train_and_evaluate(
     return results
 
 
-def main(argv: Sequence[str]) -> None:
-    del argv
-    sharding.initialize_distributed()
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
-
-
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
+    from xmodal import cli
 
-    FLAGS = flags.FLAGS
-    config_flags.DEFINE_config_file(
-        "config", None, "config file[:arg]", lock_config=True
-    )
-    flags.DEFINE_string("workdir", None, "run directory (created; reruns resume)")
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run_train(train_and_evaluate)
