@@ -92,6 +92,13 @@ def test_train_and_evaluate_then_resume_matches_straight_run(tmp_path):
     assert set(metrics) >= {"i2t_r1", "t2i_r1", "rsum", "i2t_medr", "t2i_meanr"}
     assert 0 <= metrics["rsum"] <= 600
     assert results["steps"] == 30
+    # The evaluate entry point scores the same best checkpoint to the same numbers.
+    from cdds_jax import evaluate
+
+    rescored = evaluate.evaluate(_tiny(), straight)
+    assert rescored["checkpoint"] == saved["checkpoint"]
+    for key, value in metrics.items():
+        assert rescored["test"]["full"][key] == pytest.approx(value, abs=1e-6), key
 
     parted = tmp_path / "parted"
     train.train_and_evaluate(_tiny(**{"train.num_steps": 10}), parted)  # stops at 10

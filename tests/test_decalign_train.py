@@ -82,11 +82,20 @@ def test_train_and_evaluate_two_seeds(tmp_path):
     assert summary["MAE"]["std"] == pytest.approx(np.std(per_seed_mae))
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["dataset"] == "mosi"
-    # Rerunning resumes (nothing left to train) and reproduces the same test numbers.
+    assert saved["baseline"]["train_mean_MAE"] > 0
+    # Rerunning resumes (nothing left to train) and reproduces the same test numbers;
+    # so does the evaluate entry point.
     again = train.train_and_evaluate(config, tmp_path)
     assert again["test_mean_std"]["MAE"]["mean"] == pytest.approx(
         summary["MAE"]["mean"]
     )
+    from decalign_jax import evaluate
+
+    rescored = evaluate.evaluate(config, tmp_path)
+    for key in ("MAE", "Corr", "Acc_2", "F1"):
+        assert rescored["test_mean_std"][key]["mean"] == pytest.approx(
+            summary[key]["mean"]
+        )
 
 
 def test_plateau_update_matches_torch_rule():
