@@ -224,6 +224,22 @@ def test_train_iterator_epochs_are_permutations_and_resume_exactly():
         pipeline.train_iterator(_Range(3), global_batch_size=4, seed=0)
 
 
+def test_block_shards_are_disjoint_and_rebuild_the_global_batches_in_order():
+    import grain
+
+    ds = grain.MapDataset.range(40).seed(2).shuffle().repeat(None)
+    glob = ds.batch(6, drop_remainder=True)
+    shards = [
+        pipeline.BlockShard(ds, block=2, index=p, count=3).batch(2, drop_remainder=True)
+        for p in range(3)
+    ]
+    for step in range(8):  # crosses the epoch boundary (40 is not a multiple of 6)
+        rebuilt = np.concatenate([shard[step] for shard in shards])
+        np.testing.assert_array_equal(rebuilt, glob[step])
+    with pytest.raises(ValueError, match="BlockShard"):
+        pipeline.BlockShard(ds, block=2, index=3, count=3)
+
+
 def test_eval_batches_pad_with_mask_and_cover_everything():
     batches = list(
         pipeline.eval_batches(_Range(10), global_batch_size=4, num_threads=0)

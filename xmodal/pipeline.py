@@ -4,10 +4,14 @@ A *source* is any picklable object with ``__len__`` and ``__getitem__(i) -> dict
 NumPy arrays`` of identical shapes (the method packages' readers provide them).
 
 Training: ``source -> seeded shuffle (a new permutation every epoch) -> repeat ->
-this process's slice -> batch(drop_remainder)``. Every process walks the same global
-permutation and keeps every ``process_count``-th element, so the shards are disjoint and
-their union is the global batch. The iterator state (``get_state``/``set_state``) is
-saved with the checkpoint, so a resumed run sees exactly the batches it would have seen.
+this process's block of every global batch -> batch(drop_remainder)``. Every process
+walks the same global permutation; global batch g is elements ``[gB, (g+1)B)`` of it and
+process p reads rows ``[p B/P, (p+1) B/P)`` of that batch, so the shards are disjoint,
+their union is the global batch, and the global array assembled in process order is the
+batch a single process would have built, in the same order (losses that depend on the
+order within a batch, such as DecAlign's GMM initialisation, match exactly). The
+iterator state (``get_state``/``set_state``) is saved with the checkpoint, so a resumed
+run sees exactly the batches it would have seen.
 
 Evaluation: the index set is padded up to a multiple of the global batch size with
 copies of item 0 marked ``valid = False``; every item carries its ``index`` so results
@@ -25,6 +29,7 @@ import jax
 import numpy as np
 
 __all__ = [
+    "BlockShard",
     "PaddedSource",
     "Source",
     "eval_batches",
@@ -50,6 +55,35 @@ def local_batch_size(global_batch_size: int) -> int:
             f"{count} processes"
         )
     return global_batch_size // count
+
+
+class BlockShard(grain.MapDataset):
+    """Process ``index`` of ``count``'s rows of every global batch of ``count * block``.
+
+    Element ``j`` of the shard is element ``(j // block * count + index) * block +
+    j % block`` of the parent: the ``index``-th block of ``block`` consecutive elements
+    in each run of ``count`` blocks.
+    """
+
+    def __init__(self, parent: grain.MapDataset, *, block: int, index: int, count: int):
+        super().__init__(parent)
+        if not 0 <= index < count or block < 1:
+            raise ValueError(
+                f"BlockShard: bad block={block} index={index} count={count}"
+            )
+        self.block, self.index, self.count = block, index, count
+
+    def __len__(self) -> int:
+        return len(self._parent) // (self.block * self.count) * self.block
+
+    def __getitem__(self, j: Any) -> Any:
+        if isinstance(j, slice):
+            return self.slice(j)
+        k, r = divmod(j, self.block)
+        return self._parent[(k * self.count + self.index) * self.block + r]
+
+    def __str__(self) -> str:
+        return f"BlockShard(block={self.block}, index={self.index}, count={self.count})"
 
 
 def train_iterator(
@@ -81,7 +115,10 @@ def train_iterator(
         )
     local = local_batch_size(global_batch_size)
     ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
-    ds = ds[jax.process_index() :: jax.process_count()]
+    if jax.process_count() > 1:
+        ds = BlockShard(
+            ds, block=local, index=jax.process_index(), count=jax.process_count()
+        )
     ds = ds.batch(local, drop_remainder=True)
     options = grain.ReadOptions(
         num_threads=num_threads, prefetch_buffer_size=prefetch_batches * local
@@ -126,11 +163,10 @@ def eval_batches(
     local = local_batch_size(global_batch_size)
     padded = math.ceil(len(source) / global_batch_size) * global_batch_size
     ds = grain.MapDataset.source(PaddedSource(source, padded))
-    ds = ds[jax.process_index() :: jax.process_count()].batch(local)
+    if jax.process_count() > 1:
+        ds = BlockShard(
+            ds, block=local, index=jax.process_index(), count=jax.process_count()
+        )
+    ds = ds.batch(local)
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * local)
     yield from ds.to_iter_dataset(options)
-
-
-def batch_spec(source: Source) -> dict[str, Any]:
-    """Shapes and dtypes of one item (for building abstract inputs)."""
-    return {k: (np.shape(v), np.asarray(v).dtype) for k, v in source[0].items()}
