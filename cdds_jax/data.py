@@ -21,6 +21,11 @@ Formats (``spec/data.md``, image-text part):
   ``i // (N_cap // N_img)`` (identity when the counts are equal; the caption count must
   be an exact multiple of the image count).
 
+``arrayrecord`` - a feature store converted to TFDS ArrayRecord datasets
+  (:mod:`cdds_jax.tfds_builder`, ``scripts/convert_to_arrayrecord.py``); the root is the
+  TFDS ``data_dir``. Images and caption features are lazy random-access columns read with
+  ``tfds.data_source`` machinery (no TensorFlow); the sources below work unchanged.
+
 Every array is opened memory-mapped (COCO train at 36 x 2048 is ~33 GB), so opening a
 split is cheap. Each validation failure raises ONE ``ValueError`` (``FileNotFoundError``
 for missing files) whose single-line message names the file, the field, what was
@@ -74,7 +79,7 @@ FINITE_SCAN_MAX_BYTES: int = 512 * 2**20
 _SCAN_CHUNK_BYTES = 32 * 2**20
 
 #: Formats :func:`read_split` knows, and those planned for later.
-FORMATS: tuple[str, ...] = ("features", "scan_precomp")
+FORMATS: tuple[str, ...] = ("features", "scan_precomp", "arrayrecord")
 _LATER_FORMATS = ("laps", "karpathy")
 
 _FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
@@ -264,6 +269,11 @@ def _reopen(
 @dataclasses.dataclass(frozen=True, eq=False)
 class RetrievalSplit:
     """One split of an image-text retrieval dataset, arrays memory-mapped.
+
+    ``images`` and ``caption_features`` may also be lazy random-access array-likes
+    (``__getitem__(int)``, ``shape``, ``dtype``, ``len``; the ``arrayrecord`` format's
+    :class:`xmodal.arrayrecord.ArrayColumn`) and ``captions`` a lazy sequence of ``str``;
+    they pickle as paths.
 
     Attributes:
       root: the dataset root the split was read from.
@@ -646,11 +656,16 @@ def read_scan_precomp(root: str | os.PathLike, split: str) -> RetrievalSplit:
 
 
 def read_split(format: str, root: str | os.PathLike, split: str) -> RetrievalSplit:
-    """Dispatches on ``format`` (config ``data.format``): ``features`` | ``scan_precomp``."""
+    """Dispatches on ``format`` (config ``data.format``): ``features`` |
+    ``scan_precomp`` | ``arrayrecord`` (``root`` = the TFDS data_dir)."""
     if format == "features":
         return read_features(root, split)
     if format == "scan_precomp":
         return read_scan_precomp(root, split)
+    if format == "arrayrecord":
+        from cdds_jax import tfds_builder  # imports tensorflow_datasets (not TF)
+
+        return tfds_builder.read_arrayrecord(root, split)
     raise ValueError(
         f"data.format: expected one of {list(FORMATS)}, got {format!r} "
         f"({', '.join(_LATER_FORMATS)} are planned but not implemented yet; convert "

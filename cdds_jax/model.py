@@ -86,11 +86,14 @@ class Decoupler(nn.Module):
     mlp_ratio: int = 4
     num_samples: int = 4
     sigma: float = 0.1
+    remat: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, *, train: bool) -> tuple[Array, Array]:
-        block = lambda name: Block(
+        # Rematerialised blocks recompute their activations in the backward pass.
+        block_cls = nn.remat(Block) if self.remat else Block
+        block = lambda name: block_cls(
             self.dim, self.num_heads, self.mlp_ratio, self.dtype, name=name
         )
         n, length, d = x.shape
@@ -169,6 +172,7 @@ class CDDSModel(nn.Module):
     num_samples: int = 4
     sigma: float = 0.1
     alpha_init: float = 1.0
+    remat: bool = False
     dtype: Any = jnp.float32
 
     def setup(self) -> None:
@@ -193,6 +197,7 @@ class CDDSModel(nn.Module):
                 mlp_ratio=self.mlp_ratio,
                 num_samples=self.num_samples,
                 sigma=self.sigma,
+                remat=self.remat,
                 dtype=self.dtype,
             )
             self.image_decoupler = Decoupler(**kwargs)

@@ -182,6 +182,7 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int = 0) -> CDDSM
         num_samples=m.num_samples if sigma > 0 else 1,
         sigma=sigma,
         alpha_init=config.semantics.alpha_init,
+        remat=m.remat,
         dtype=jnp.dtype(m.dtype),
     )
 

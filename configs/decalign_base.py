@@ -90,6 +90,9 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     c.model.text_dropout = h["text"]
     c.model.positional = False  # sinusoidal positions (the official model has none)
     c.model.padding_mask = False  # mask padded frames (the official model does not)
+    c.model.dropout_impl = "hash"  # "hash" (fast counter-based masks) | "threefry"
+    c.model.remat = False  # recompute transformer activations in backward (memory)
+    c.model.dtype = "float32"  # transformer compute dtype ("bfloat16"); params float32
 
     # ------------------------------------------------------------------ loss
     c.loss = ml_collections.ConfigDict()

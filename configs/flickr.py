@@ -65,7 +65,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.word_dim = 300  # bigru word embeddings
     c.model.num_samples = 4  # z noisy bottleneck copies
     c.model.sigma = 0.1  # bottleneck noise scale
-    c.model.dtype = "float32"  # compute dtype of the encoders
+    c.model.dtype = "float32"  # compute dtype of the encoders ("bfloat16"); params f32
+    c.model.remat = False  # recompute decoupler block activations in backward (memory)
 
     # ------------------------------------------------------------- semantics
     c.semantics = ml_collections.ConfigDict()

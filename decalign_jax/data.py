@@ -14,6 +14,10 @@ Formats (see ``spec/data.md``, "Multimodal sentiment", and ``spec/decalign.md`` 
   file plus its per-utterance feature folders (or a DialogueRNN-style pickle that embeds
   the features) into that MMSA-style layout, refusing all-zero feature arrays.
 * ``MMSASource`` is a picklable random-access source for ``grain.MapDataset.source``.
+* ``read_dataset`` dispatches on the config's ``data.format``: ``"mmsa"`` (the pickle,
+  ``read_mmsa``) or ``"arrayrecord"`` (a TFDS ArrayRecord folder written by
+  ``decalign_jax.tfds_builder`` / ``scripts/convert_to_arrayrecord.py``; lazy columns,
+  no TensorFlow).
 
 Every problem in a file raises ONE error (``FileNotFoundError`` or ``MMSAFormatError``, a
 ``ValueError``) whose message names the file, split, key, what was expected and what was
@@ -50,6 +54,7 @@ import numpy as np
 
 __all__ = [
     "DATASET_SPECS",
+    "FORMATS",
     "GCNET_FEATURE_NAMES",
     "KNOWN_SHA256",
     "MODALITIES",
@@ -64,6 +69,7 @@ __all__ = [
     "canonical_dataset",
     "convert_iemocap",
     "fit_standardizer",
+    "read_dataset",
     "read_mmsa",
     "sha256_file",
 ]
@@ -71,6 +77,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
+#: Formats :func:`read_dataset` reads (config ``data.format``).
+FORMATS: tuple[str, ...] = ("mmsa", "arrayrecord")
 MODALITIES: tuple[str, ...] = ("text", "audio", "vision")
 
 #: Floor on the per-dim standard deviation used by the standardisation (spec 1.3).
@@ -177,9 +185,22 @@ def canonical_dataset(name: str) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def _is_array_like(value: Any) -> bool:
+    """A NumPy array, or a lazy array-like with shape / dtype / len / item access."""
+    return isinstance(value, np.ndarray) or all(
+        hasattr(value, a) for a in ("shape", "dtype", "__len__", "__getitem__")
+    )
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class MMSASplit:
     """One split of a multimodal sentiment dataset, validated and sanitised.
+
+    ``text`` / ``audio`` / ``vision`` / ``text_bert`` are NumPy arrays, or lazy
+    random-access array-likes with ``shape``, ``ndim``, ``dtype``, ``len`` and
+    ``__getitem__(int)`` (the ``arrayrecord`` format's
+    :class:`xmodal.arrayrecord.ArrayColumn`, which pickles as paths); ``raw_text`` may be
+    a lazy sequence of ``str``.
 
     Attributes:
       text: ``[N, T_l, D_l]`` float32 text features (BERT last hidden states in MMSA).
@@ -217,7 +238,7 @@ class MMSASplit:
     def __post_init__(self) -> None:
         for key in MODALITIES:
             arr = getattr(self, key)
-            if not isinstance(arr, np.ndarray) or arr.ndim != 3:
+            if not _is_array_like(arr) or len(arr.shape) != 3:
                 raise ValueError(
                     f"MMSASplit.{key}: expected a rank-3 array [N, T, D], got "
                     f"{type(arr).__name__} with shape {getattr(arr, 'shape', None)}"
@@ -886,6 +907,53 @@ def read_mmsa(
             name=s,
         )
     return result
+
+
+def read_dataset(
+    path: str | os.PathLike[str],
+    *,
+    dataset: str,
+    format: str = "mmsa",
+    standardize: bool | None = None,
+    clip_percentiles: Sequence[float] | None = None,
+    num_classes: int | None = None,
+    verify_checksum: bool = False,
+) -> dict[str, MMSASplit]:
+    """Reads ``{train, valid, test}`` in the config's ``data.format``.
+
+    Args:
+      path: the MMSA pickle (``format="mmsa"``) or the TFDS data folder written by
+        ``scripts/convert_to_arrayrecord.py`` (``format="arrayrecord"``).
+      dataset: ``mosi`` | ``mosei`` | ``sims`` | ``iemocap`` (aliases accepted).
+      format: ``"mmsa"`` or ``"arrayrecord"``.
+      standardize, clip_percentiles, num_classes: as in :func:`read_mmsa`. For
+        ``arrayrecord`` the data were sanitised and standardised when converted:
+        ``None`` accepts what is stored, other values must match it.
+      verify_checksum: ``mmsa`` only (the conversion recorded its input).
+
+    Returns:
+      ``{"train", "valid", "test"} -> MMSASplit``.
+    """
+    if format == "mmsa":
+        return read_mmsa(
+            path,
+            dataset=dataset,
+            standardize=standardize,
+            clip_percentiles=clip_percentiles,
+            num_classes=num_classes,
+            verify_checksum=verify_checksum,
+        )
+    if format == "arrayrecord":
+        from decalign_jax import tfds_builder  # imports tensorflow_datasets (not TF)
+
+        return tfds_builder.read_mmsa_arrayrecord(
+            path,
+            dataset=dataset,
+            standardize=standardize,
+            clip_percentiles=clip_percentiles,
+            num_classes=num_classes,
+        )
+    raise ValueError(f"data.format: expected one of {list(FORMATS)}, got {format!r}")
 
 
 # --------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xmodal.layers import Dropout, attention_fn
+
 __all__ = [
     "MODALITIES",
     "CrossModalTransformer",
@@ -62,11 +64,14 @@ class _Layer(nn.Module):
     attn_dropout: float
     relu_dropout: float
     res_dropout: float
+    dropout_impl: str = "hash"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(
-        self, x: Array, ctx_k: Array, ctx_v: Array, mask: Array | None, *, train: bool
+        self, x: Array, ctx_k: Array, ctx_v: Array, mask: Array | None, train: bool
     ) -> Array:
+        drop = lambda rate: Dropout(rate, self.dropout_impl, deterministic=not train)
         attn = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads,
             qkv_features=self.dim,
@@ -75,16 +80,21 @@ class _Layer(nn.Module):
             broadcast_dropout=False,
             kernel_init=nn.initializers.xavier_uniform(),
             deterministic=not train,
+            attention_fn=attention_fn(self.dropout_impl),
+            dtype=self.dtype,
             name="attn",
         )(x, inputs_k=ctx_k, inputs_v=ctx_v, mask=mask)
-        x = nn.LayerNorm(epsilon=LN_EPS, name="ln_attn")(
-            x + nn.Dropout(self.res_dropout, deterministic=not train)(attn)
+        x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_attn")(
+            x + drop(self.res_dropout)(attn)
         )
-        h = nn.Dense(4 * self.dim, kernel_init=torch_kernel_init, name="fc1")(x)
-        h = nn.Dropout(self.relu_dropout, deterministic=not train)(nn.relu(h))
-        h = nn.Dense(self.dim, kernel_init=torch_kernel_init, name="fc2")(h)
-        return nn.LayerNorm(epsilon=LN_EPS, name="ln_ffn")(
-            x + nn.Dropout(self.res_dropout, deterministic=not train)(h)
+        dense = lambda n, name: nn.Dense(
+            n, kernel_init=torch_kernel_init, dtype=self.dtype, name=name
+        )
+        h = dense(4 * self.dim, "fc1")(x)
+        h = drop(self.relu_dropout)(nn.relu(h))
+        h = dense(self.dim, "fc2")(h)
+        return nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_ffn")(
+            x + drop(self.res_dropout)(h)
         )
 
 
@@ -103,6 +113,9 @@ class CrossModalTransformer(nn.Module):
     res_dropout: float
     embed_dropout: float
     positional: bool = False
+    dropout_impl: str = "hash"
+    remat: bool = False
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(
@@ -118,19 +131,24 @@ class CrossModalTransformer(nn.Module):
         if self.positional:
             x = x + sinusoidal_positions(x.shape[1], self.dim)[None]
             ctx = ctx + sinusoidal_positions(ctx.shape[1], self.dim)[None]
-        drop = nn.Dropout(self.embed_dropout, deterministic=not train)
+        drop = Dropout(self.embed_dropout, self.dropout_impl, deterministic=not train)
         x = drop(x)
         ctx_k, ctx_v = drop(ctx), drop(ctx)  # two independent draws, as the reference
         mask = None if context_mask is None else context_mask[:, None, None, :]
+        # Rematerialisation recomputes each layer's activations in the backward pass
+        # instead of storing them (memory for compute); ``train`` is static.
+        layer_cls = nn.remat(_Layer, static_argnums=(5,)) if self.remat else _Layer
         for i in range(self.num_layers):
-            x = _Layer(
+            x = layer_cls(
                 self.dim,
                 self.num_heads,
                 self.attn_dropout,
                 self.relu_dropout,
                 self.res_dropout,
+                self.dropout_impl,
+                self.dtype,
                 name=f"layer{i}",
-            )(x, ctx_k, ctx_v, mask, train=train)
+            )(x, ctx_k, ctx_v, mask, train)
         return x
 
 
@@ -155,6 +173,11 @@ class DecAlignModel(nn.Module):
       positional: add sinusoidal position embeddings in the transformers (off).
       padding_mask: mask padded frames (from ``*_lengths``) in attention and pooling
         (off; the official model uses neither).
+      dropout_impl: ``hash`` (counter-based masks, :mod:`xmodal.layers`) or
+        ``threefry`` (``jax.random.bernoulli``).
+      remat: rematerialise the transformer layers in the backward pass.
+      dtype: compute dtype of the transformers (parameters stay float32); the
+        convolutions, pooled features and losses stay float32.
     """
 
     dim: int = 64
@@ -171,6 +194,9 @@ class DecAlignModel(nn.Module):
     text_dropout: float = 0.0
     positional: bool = False
     padding_mask: bool = False
+    dropout_impl: str = "hash"
+    remat: bool = False
+    dtype: Any = jnp.float32
 
     def _frame_masks(self, batch: dict[str, Array], lengths_in: list[int]) -> list[Any]:
         if not self.padding_mask:
@@ -194,7 +220,8 @@ class DecAlignModel(nn.Module):
                     f"{m}: sequence length {x.shape[1]} shorter than its conv kernel {k}"
                 )
         masks = self._frame_masks(batch, [x.shape[1] for x in inputs])
-        inputs[0] = nn.Dropout(self.text_dropout, deterministic=not train)(inputs[0])
+        drop = lambda rate: Dropout(rate, self.dropout_impl, deterministic=not train)
+        inputs[0] = drop(self.text_dropout)(inputs[0])
 
         common = nn.Dense(
             self.dim, use_bias=False, kernel_init=torch_kernel_init, name="common"
@@ -244,6 +271,9 @@ class DecAlignModel(nn.Module):
                 self.res_dropout,
                 self.embed_dropout,
                 self.positional,
+                self.dropout_impl,
+                self.remat,
+                self.dtype,
                 name=f"trans_{m}",
             )(unique[i], context, context_mask, train=train)
             hidden.append(_masked_time_mean(out, masks[i]))
@@ -253,7 +283,7 @@ class DecAlignModel(nn.Module):
             h = nn.Dense(self.dim, kernel_init=torch_kernel_init, name=f"pde_{m}_fc1")(
                 c
             )
-            h = nn.Dropout(self.output_dropout, deterministic=not train)(nn.relu(h))
+            h = drop(self.output_dropout)(nn.relu(h))
             pde_out.append(
                 nn.Dense(
                     self.pde_dim, kernel_init=torch_kernel_init, name=f"pde_{m}_fc2"
@@ -262,7 +292,7 @@ class DecAlignModel(nn.Module):
 
         final_rep = jnp.concatenate(hidden + pooled_common, axis=-1)  # [B, 6d]
         logits = nn.Dense(self.out_dim, kernel_init=torch_kernel_init, name="head")(
-            nn.Dropout(self.output_dropout, deterministic=not train)(final_rep)
+            drop(self.output_dropout)(final_rep)
         )
         return {
             "output": logits[:, 0] if self.out_dim == 1 else logits,

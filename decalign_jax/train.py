@@ -133,6 +133,9 @@ def build_model(config: ml_collections.ConfigDict) -> DecAlignModel:
         text_dropout=m.text_dropout,
         positional=m.positional,
         padding_mask=m.padding_mask,
+        dropout_impl=m.dropout_impl,
+        remat=m.remat,
+        dtype=jnp.dtype(m.dtype),
     )
 
 

@@ -16,6 +16,7 @@ best-on-dev state only, for evaluation). Saves are asynchronous; :meth:`wait` bl
 from __future__ import annotations
 
 import pathlib
+import re
 from typing import Any
 
 import grain
@@ -53,10 +54,21 @@ class Checkpointer:
         async_save: bool = True,
     ) -> None:
         self.directory = pathlib.Path(directory).absolute()
+        # Multi-process: orbax finalises an async save with cross-process barriers
+        # whose keys are the same for every manager ("ThreadSaveMultiHostValueHolder:
+        # set_value_start"), so two managers finishing saves at once (``checkpoints/``
+        # and ``best/`` after the same step) collide ("Barrier ... is already
+        # ongoing") and the job fails or hangs. A key prefix per directory keeps them
+        # apart; it is built from the last two path parts (``seed_1/best``), which
+        # every process agrees on even where the shared folder is mounted elsewhere.
+        prefix = re.sub(r"[^A-Za-z0-9_.-]", "_", "/".join(self.directory.parts[-2:]))
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=True,
             enable_async_checkpointing=async_save,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=f"xmodal.{prefix}"
+            ),
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 

@@ -34,10 +34,18 @@ __all__ = [
 def initialize_distributed() -> None:
     """Starts multi-host JAX when the environment asks for it; a no-op otherwise.
 
-    ``jax.distributed.initialize()`` reads its settings from the usual places: the
+    ``jax.distributed.initialize()`` takes its settings from the usual places: the
     cluster environments JAX detects itself (SLURM, Open MPI, TPU pods, Kubernetes) or
     ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``. A plain
     one-machine run sets none of them and stays single-process.
+
+    jax 0.10 reads ``JAX_COORDINATOR_ADDRESS`` (and ``JAX_COORDINATOR_BIND_ADDRESS``,
+    ``JAX_LOCAL_DEVICE_IDS``) itself but not the process count and id, so those two
+    are read here and passed explicitly when set. CPU processes exchange collectives through gloo
+    over TCP, JAX's default ``jax_cpu_collectives_implementation`` - nothing to set.
+
+    Raises:
+      ValueError: ``JAX_NUM_PROCESSES`` or ``JAX_PROCESS_ID`` is not an integer.
     """
     wanted = any(
         k in os.environ
@@ -52,7 +60,19 @@ def initialize_distributed() -> None:
         return
     if "SLURM_JOB_ID" in os.environ and "SLURM_NTASKS" not in os.environ:
         return  # an interactive SLURM shell, not a job step
-    jax.distributed.initialize()
+    kwargs: dict[str, int] = {}
+    for env, name in (
+        ("JAX_NUM_PROCESSES", "num_processes"),
+        ("JAX_PROCESS_ID", "process_id"),
+    ):
+        if os.environ.get(env, "").strip():
+            try:
+                kwargs[name] = int(os.environ[env])
+            except ValueError:
+                raise ValueError(
+                    f"{env}: expected an integer, got {os.environ[env]!r}"
+                ) from None
+    jax.distributed.initialize(**kwargs)
     logging.info(
         "jax.distributed: process %d of %d, %d local / %d global devices",
         jax.process_index(),

@@ -1,0 +1,234 @@
+r"""One process of the multi-host test job of ``tests/test_multihost.py`` (not a test).
+
+    JAX_COORDINATOR_ADDRESS=127.0.0.1:PORT JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 \
+        python tests/multihost_worker.py --workdir W --out O --steps 4
+
+Started by the test once per process of a 2-process job (and once, without the
+``JAX_*`` variables, as the 1-process reference). Each process:
+
+1. starts multi-host JAX exactly as the command line entry points do
+   (:func:`xmodal.sharding.initialize_distributed`);
+2. trains CDDS (``configs/flickr.py:tiny``) and DecAlign (``configs/mosi.py:tiny``) for
+   ``--steps`` steps through the real drivers, every process writing into the same
+   ``--workdir/<method>`` as a real multi-host job would;
+3. restores the final state from the latest checkpoint and writes its parameters (as
+   fetched by :func:`xmodal.sharding.to_host`) to ``--out/<method>_params_p<i>.npz``;
+4. checks that the data iterator position saved in the checkpoint resumes this
+   process's own shard, and that the host learning-rate factor can be set on a
+   multi-process state (the plateau rule does it), writing ``--out/probes_p<i>.json``.
+
+It lives beside the tests (so ``python tests/multihost_worker.py`` works from the
+repository root) and is named so that pytest does not collect it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import json
+import pathlib
+import sys
+from typing import Any
+
+import numpy as np
+
+METHODS = ("cdds", "decalign")
+# The tiny configs, shortened: a loss record every step, evaluation only at the end
+# (dev, then test on the restored best state), two checkpoints for CDDS.
+CONFIGS = {
+    "cdds": (
+        "configs/flickr.py:tiny",
+        [
+            "train.log_every_steps=1",
+            "train.checkpoint_every_steps=2",
+        ],
+    ),
+    "decalign": ("configs/mosi.py:tiny", ["train.log_every_steps=1"]),
+}
+
+
+def load_config(method: str, steps: int) -> Any:
+    """The tiny config of ``method`` trained for ``steps`` steps."""
+    from xmodal import config as config_lib
+
+    spec, overrides = CONFIGS[method]
+    config = config_lib.load_config(spec)
+    config_lib.apply_overrides(config, [*overrides, f"train.num_steps={steps}"])
+    if method == "cdds":
+        config_lib.apply_overrides(config, [f"train.eval_every_steps={steps}"])
+    return config
+
+
+def flatten(tree: Any) -> dict[str, np.ndarray]:
+    """``{"a/b/kernel": array}`` of a nested dict of arrays."""
+    import jax
+
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        out[name] = np.asarray(leaf)
+    return out
+
+
+def restore_target(method: str, config: Any, workdir: pathlib.Path) -> tuple:
+    """``(target_state, train_source, run_dir)``: what to restore the run's state onto."""
+    from xmodal import sharding
+
+    mesh = sharding.make_mesh(config.mesh)
+    bs = int(config.train.batch_size)
+    if method == "cdds":
+        from cdds_jax import train
+
+        data = train.load_data(config, workdir, splits=("train",))
+        source = data.pair_source(data.train)
+        model = train.build_model(config, len(data.vocab) if data.vocab else 0)
+        example = {k: np.asarray(v)[None] for k, v in source[0].items()}
+        target, _ = train.create_train_state(
+            config, model, example, mesh, steps_per_epoch=len(source) // bs
+        )
+        return target, source, workdir
+    from decalign_jax import data as data_lib
+    from decalign_jax import train
+
+    source = data_lib.MMSASource(train.load_data(config)["train"])
+    example = {k: np.asarray(v)[None] for k, v in source[0].items()}
+    target, _ = train.create_train_state(
+        config,
+        train.build_model(config),
+        example,
+        mesh,
+        seed=int(config.seed),
+        steps_per_epoch=len(source) // bs,
+    )
+    return target, source, workdir / f"seed_{int(config.seed)}"
+
+
+def check_iterator_resume(
+    config: Any, target: Any, source: Any, run_dir: pathlib.Path, steps: int
+) -> dict[str, Any]:
+    """The saved iterator position resumes this process's shard at batch ``steps``.
+
+    A fresh iterator restored from the checkpoint must yield the same batch as a fresh
+    iterator advanced by ``steps`` batches, and that batch must be this process's
+    block of the global batch (its rows of a single-process iterator's batch).
+    """
+    import jax
+
+    from xmodal import pipeline
+    from xmodal.checkpoint import Checkpointer
+
+    bs = int(config.train.batch_size)
+    seed = int(config.seed)
+
+    def fresh() -> Any:
+        return pipeline.train_iterator(
+            source, global_batch_size=bs, seed=seed, num_threads=1
+        )
+
+    skipped = fresh()
+    for _ in range(steps):
+        next(skipped)
+    expected = next(skipped)
+    restored_iter = fresh()
+    ckpt = Checkpointer(run_dir / "checkpoints", max_to_keep=None)
+    try:
+        step = ckpt.latest_step()
+        ckpt.restore(step, target, data_iter=restored_iter)
+    finally:
+        ckpt.close()
+    got = next(restored_iter)
+    same = all(np.array_equal(got[k], expected[k]) for k in expected)
+    # The rows of the global batch this process owns, from the same global
+    # permutation (``seed``): elements [steps*B, (steps+1)*B) of the shuffled order.
+    import grain
+
+    order = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+    local = bs // jax.process_count()
+    start = steps * bs + jax.process_index() * local
+    rows = [order[start + i] for i in range(local)]
+    block = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    own = all(np.array_equal(got[k], block[k]) for k in block)
+    return {"step": step, "resumes_same_batch": same, "is_own_block": own}
+
+
+def check_lr_factor(state: Any) -> float:
+    """Sets the host learning-rate factor on a (multi-process) state and reads it."""
+    from xmodal import optim
+
+    opt_state = optim.set_lr_factor(state.opt_state, 0.25)
+    return optim.get_lr_factor(opt_state)
+
+
+def run_method(
+    method: str, workdir: pathlib.Path, out: pathlib.Path, steps: int
+) -> dict[str, Any]:
+    import jax
+
+    from xmodal import sharding
+    from xmodal.checkpoint import restore_for_eval
+
+    config = load_config(method, steps)
+    if method == "cdds":
+        from cdds_jax import train
+    else:
+        from decalign_jax import train
+    train.train_and_evaluate(config, workdir)
+
+    target, source, run_dir = restore_target(method, config, workdir)
+    state, _, which = restore_for_eval(run_dir, target, which="latest")
+    params = flatten(sharding.to_host(state.params))
+    np.savez(out / f"{method}_params_p{jax.process_index()}.npz", **params)
+    probes = {
+        "checkpoint": which,
+        "step": int(jax.device_get(state.step)),
+        "lr_factor": check_lr_factor(state),
+        "iterator": check_iterator_resume(config, target, source, run_dir, steps),
+    }
+    return probes
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, type=pathlib.Path)
+    parser.add_argument("--out", required=True, type=pathlib.Path)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument(
+        "--timeout", type=float, default=0, help="dump all stacks and exit after (s)"
+    )
+    args = parser.parse_args(argv)
+    if args.timeout > 0:
+        # A hung collective or barrier: print where every thread is, then exit, so
+        # the test reports the stack instead of only a timeout.
+        faulthandler.dump_traceback_later(args.timeout, exit=True)
+
+    from absl import flags
+
+    flags.FLAGS.mark_as_parsed()  # grain reads absl flags; no absl.app.run here
+    import jax
+
+    from xmodal import sharding
+
+    sharding.initialize_distributed()
+    me = jax.process_index()
+    print(
+        f"worker {me}/{jax.process_count()}: {jax.local_device_count()} local, "
+        f"{jax.device_count()} global devices",
+        flush=True,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "process_index": me,
+        "process_count": jax.process_count(),
+        "device_count": jax.device_count(),
+        "devices": [[d.id, d.process_index] for d in jax.devices()],  # the global order
+    }
+    for method in args.methods.split(","):
+        report[method] = run_method(method, args.workdir / method, args.out, args.steps)
+    (args.out / f"probes_p{me}.json").write_text(json.dumps(report, indent=2))
+    print(f"worker {me}: done", flush=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    main()
