@@ -80,7 +80,7 @@ VERSION = "1.0.0"
 #: The configs, in build order.
 CONFIGS: tuple[str, ...] = ("images", "captions", "caption_features")
 
-_BYTES = tfds.features.Encoding.BYTES  # raw little-endian bytes: exact, no up-casting
+_BYTES = tfds.features.Encoding.BYTES  # raw bytes: exact, no up-casting to float32
 _SPLIT_RE = re.compile(r"[A-Za-z0-9_]+")
 _BLOCK_BYTES = 32 * 2**20  # rows read from the memory maps per block while writing
 
@@ -383,12 +383,36 @@ def dataset_dir(data_dir: str | os.PathLike, config: str) -> pathlib.Path:
     return arrayrecord.builder_dir(data_dir, BUILDER_NAME, config, VERSION)
 
 
+def _check_consistent(
+    store: pathlib.Path, splits: dict[str, data_lib.RetrievalSplit]
+) -> None:
+    """Every split must fit one feature spec per config (shapes, dtypes, text kinds)."""
+    checks = {
+        "images.npy shape/dtype": lambda s: (s.images.shape[1:], s.images.dtype.str),
+        "captions.txt present": lambda s: s.captions is not None,
+        "captions.npy shape/dtype": lambda s: (
+            None
+            if s.caption_features is None
+            else (s.caption_features.shape[1:], s.caption_features.dtype.str)
+        ),
+    }
+    for key, get in checks.items():
+        values = {name: get(s) for name, s in splits.items()}
+        if len({repr(v) for v in values.values()}) != 1:
+            raise ValueError(
+                f"{store} [{key}]: expected every converted split to agree (one TFDS "
+                f"feature spec), got {values}; convert the splits into separate "
+                "folders (splits=...)"
+            )
+
+
 def build_arrayrecord(
     store: str | os.PathLike,
     data_dir: str | os.PathLike,
     *,
     splits: Sequence[str] | None = None,
     overwrite: bool = False,
+    writer_options: str = arrayrecord.WRITER_OPTIONS,
 ) -> dict[str, pathlib.Path]:
     """Converts a ``features`` store into ArrayRecord datasets under ``data_dir``.
 
@@ -397,6 +421,8 @@ def build_arrayrecord(
       data_dir: the TFDS data folder to write (``data.root`` for ``format=arrayrecord``).
       splits: store splits to convert (default: all).
       overwrite: replace datasets already in ``data_dir``.
+      writer_options: ArrayRecord writer options (default uncompressed; see
+        :data:`xmodal.arrayrecord.WRITER_OPTIONS`).
 
     Returns:
       config -> the dataset folder written (``caption_features`` only when the store
@@ -410,6 +436,7 @@ def build_arrayrecord(
     store = pathlib.Path(store)
     names = list(splits) if splits is not None else store_splits(store)
     opened = {n: data_lib.read_features(store, n) for n in names}
+    _check_consistent(store, opened)  # before anything is written
     source = _source_identity(store, opened)
     has_feat = {n: s.caption_features is not None for n, s in opened.items()}
     configs = [c for c in CONFIGS if c != "caption_features" or any(has_feat.values())]
@@ -427,7 +454,11 @@ def build_arrayrecord(
             )
 
         out[config] = arrayrecord.prepare(
-            make, path, source=source, overwrite=overwrite
+            make,
+            path,
+            source=source,
+            overwrite=overwrite,
+            writer_options=writer_options,
         )
     return out
 

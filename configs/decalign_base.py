@@ -63,6 +63,8 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     # ------------------------------------------------------------------ data
     c.data = ml_collections.ConfigDict()
     c.data.dataset = dataset  # mosi | mosei | sims | iemocap
+    c.data.format = "mmsa"  # "mmsa" (the pickle) | "arrayrecord" (a TFDS folder from
+    # scripts/convert_to_arrayrecord.py; data.path = that folder)
     c.data.path = "data/" + h["file"]  # the MMSA pickle (or converted IEMOCAP file)
     c.data.standardize = "auto"  # "auto" (MOSEI, SIMS on), "on", "off": audio/vision
     c.data.verify_checksum = False  # SHA-256 against the known MMSA sums (slow)

@@ -28,7 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     # ------------------------------------------------------------------ data
     c.data = ml_collections.ConfigDict()
-    c.data.format = "features"  # "features" (our store) | "scan_precomp"
+    c.data.format = (
+        "features"  # "features" (our store) | "scan_precomp" | "arrayrecord"
+    )
     c.data.root = "data/f30k"  # folder holding the splits (unused by data.synthetic)
     c.data.train_split = "train"
     c.data.dev_split = "dev"  # model selection (rSum on the "full" protocol)

@@ -345,6 +345,7 @@ def build_arrayrecord(
     num_classes: int | None = None,
     verify_checksum: bool = False,
     overwrite: bool = False,
+    writer_options: str = arrayrecord.WRITER_OPTIONS,
 ) -> pathlib.Path:
     """Converts an MMSA pickle into an ArrayRecord dataset under ``data_dir``.
 
@@ -355,6 +356,8 @@ def build_arrayrecord(
       standardize, clip_percentiles, num_classes, verify_checksum: for
         :func:`decalign_jax.data.read_mmsa` (applied before writing).
       overwrite: replace a dataset of the same name already in ``data_dir``.
+      writer_options: ArrayRecord writer options (default uncompressed; see
+        :data:`xmodal.arrayrecord.WRITER_OPTIONS`).
 
     Returns:
       The dataset folder written (or reused, when an identical conversion exists).
@@ -382,7 +385,11 @@ def build_arrayrecord(
         )
 
     return arrayrecord.prepare(
-        make, dataset_dir(data_dir, name), source=source, overwrite=overwrite
+        make,
+        dataset_dir(data_dir, name),
+        source=source,
+        overwrite=overwrite,
+        writer_options=writer_options,
     )
 
 

@@ -90,7 +90,7 @@ def data_path(config: ml_collections.ConfigDict) -> pathlib.Path:
             )
         return synthetic.ensure_demo_pickle(cache_dir() / "decalign", **kwargs)
     path = pathlib.Path(config.data.path).expanduser()
-    if not path.is_file():
+    if not (path.is_dir() if config.data.format == "arrayrecord" else path.is_file()):
         raise FileNotFoundError(
             f"config.data.path: {config.data.dataset} pickle {str(path)!r} not found. Put "
             "the MMSA file there or pass --config.data.path=... (README 'Real data'), or "
@@ -102,8 +102,9 @@ def data_path(config: ml_collections.ConfigDict) -> pathlib.Path:
 def load_data(config: ml_collections.ConfigDict) -> dict[str, data_lib.MMSASplit]:
     """Reads, validates and sanitises the pickle; ``{train, valid, test}`` splits."""
     standardize = {"auto": None, "on": True, "off": False}[config.data.standardize]
-    return data_lib.read_mmsa(
+    return data_lib.read_dataset(
         data_path(config),
+        format=config.data.format,
         dataset=config.data.dataset,
         standardize=standardize,
         num_classes=config.data.num_classes if config.loss.task == "ce" else None,

@@ -46,6 +46,7 @@ import argparse
 import dataclasses
 import datetime
 import functools
+import itertools
 import json
 import math
 import os
@@ -79,6 +80,8 @@ __all__ = [
     "EvalCase",
     "Settings",
     "cdds_flops",
+    "kernels_cdds",
+    "kernels_decalign",
     "machine_info",
     "main",
     "make_settings",
@@ -87,7 +90,9 @@ __all__ = [
     "measure_ceilings",
     "measure_decalign",
     "measure_kernels",
+    "memory_growth",
     "render_markdown",
+    "time_hetero",
 ]
 
 #: Sections in the order they run (ceilings first: every ratio needs them).
@@ -506,14 +511,16 @@ def measure_ceilings(settings: Settings) -> dict[str, Any]:
     n = settings.gemm_size
     flops = 2.0 * n**3
     k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-    a = jax.random.normal(k1, (n, n), jnp.float32)
-    b = jax.random.normal(k2, (n, n), jnp.float32)
+    mats = [
+        jax.random.normal(k1, (n, n), jnp.float32),
+        jax.random.normal(k2, (n, n), jnp.float32),
+    ]
     cpu = jax.default_backend() == "cpu"
     out: dict[str, Any] = {"gemm_size": n, "gemm_flops": flops}
 
     def gemm(dtype: Any, precision: Any) -> dict[str, Any]:
         f = jax.jit(functools.partial(jnp.matmul, precision=precision))
-        x, y = a.astype(dtype), b.astype(dtype)
+        x, y = mats[0].astype(dtype), mats[1].astype(dtype)
         compile_s, _ = _timed(lambda: f(x, y))
         timing, _ = time_calls(lambda: f(x, y), settings, min_reps=5)
         return {
@@ -536,7 +543,7 @@ def measure_ceilings(settings: Settings) -> dict[str, Any]:
     except Exception as err:  # a backend without bf16 dots
         out["bf16"] = {"supported": False, "error": repr(err)}
         log(f"bf16 GEMM: not supported ({err!r})")
-    del a, b
+    mats.clear()  # free the GEMM inputs before the copy buffers
 
     nbytes = settings.copy_bytes
     count = nbytes // 4
@@ -553,7 +560,7 @@ def measure_ceilings(settings: Settings) -> dict[str, Any]:
     out["copy_donated"] = {"gb_per_s": moved / timing["median_s"] / 1e9, **timing}
     timing, _ = time_calls(lambda: neg(holder["x"]), settings, min_reps=5)
     out["copy_fresh"] = {"gb_per_s": moved / timing["median_s"] / 1e9, **timing}
-    del holder
+    holder.clear()
     src = np.ones(count, np.float32)
     dst = np.zeros_like(src)
     timing, _ = time_calls(lambda: np.copyto(dst, src), settings, min_reps=5)
@@ -782,7 +789,7 @@ def _run_step(
     out["loss"] = float(metrics["loss"])
     out["loss_finite"] = bool(np.isfinite(out["loss"]))
     out["device_peak_bytes"] = _device_peak_bytes()
-    del holder
+    holder.clear()  # the donated state chain ends here
     return out
 
 
@@ -800,25 +807,68 @@ def _memory_of(entry: dict[str, Any]) -> tuple[int | None, str]:
     return None, "unavailable"
 
 
+def memory_growth(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Memory growth per batch doubling between consecutive rows (sorted by batch).
+
+    ``(m2 / m1) ** (1 / log2(B2 / B1))`` for the reported memory, the compiled total and
+    the temp buffers alone; ``violates`` when the reported growth exceeds
+    ``MEMORY_GROWTH_LIMIT`` (x2.2, the issue's bound).
+    """
+
+    def analysis(row: dict[str, Any], key: str) -> Any:
+        return (row.get("memory_analysis") or {}).get(key)
+
+    growth = []
+    for prev, cur in itertools.pairwise(rows):
+        doublings = math.log2(cur["batch"] / prev["batch"])
+        g: dict[str, Any] = {"from": prev["batch"], "to": cur["batch"]}
+        pairs = {
+            "reported": (prev.get("memory_bytes"), cur.get("memory_bytes")),
+            "analysis_total": (
+                analysis(prev, "total_bytes"),
+                analysis(cur, "total_bytes"),
+            ),
+            "analysis_temp": (
+                analysis(prev, "temp_size_in_bytes"),
+                analysis(cur, "temp_size_in_bytes"),
+            ),
+        }
+        for key, (a, b) in pairs.items():
+            g[f"{key}_per_doubling"] = (
+                (b / a) ** (1.0 / doublings) if a and b and doublings > 0 else None
+            )
+        g["violates"] = bool(
+            g["reported_per_doubling"] is not None
+            and g["reported_per_doubling"] > MEMORY_GROWTH_LIMIT
+        )
+        if g["violates"]:
+            log(
+                f"FLAG: CDDS step memory grows x{g['reported_per_doubling']:.2f} per "
+                f"batch doubling from B={g['from']} to B={g['to']} (> x"
+                f"{MEMORY_GROWTH_LIMIT})"
+            )
+        growth.append(g)
+    return growth
+
+
 def measure_cdds_train(settings: Settings, ceilings: dict[str, Any]) -> dict[str, Any]:
     """The CDDS step through the driver's functions at each batch size."""
     s = settings.cdds
     mesh = _single_device_mesh()
     rate = ceilings["f32"]["gflops"] * 1e9 if ceilings else None
+    steps_per_epoch = 1000  # only the L_s ramp / hardest-negative switch read it
     rows = []
     for batch_size in s.batches:
         config = cdds_config(s, batch_size)
         model = cdds_train.build_model(config)
         batch_np = cdds_batch(s, batch_size)
         example = {k: v[:1] for k, v in batch_np.items()}
-        steps_per_epoch = 1000
-        init_s, (state, shardings) = _timed(
-            lambda config=config, model=model, example=example: (
-                cdds_train.create_train_state(
-                    config, model, example, mesh, steps_per_epoch=steps_per_epoch
-                )
-            )
+        t0 = time.perf_counter()
+        state, shardings = cdds_train.create_train_state(
+            config, model, example, mesh, steps_per_epoch=steps_per_epoch
         )
+        _sync(state)
+        init_s = time.perf_counter() - t0
         n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
         step = jax.jit(
             functools.partial(
@@ -836,8 +886,7 @@ def measure_cdds_train(settings: Settings, ceilings: dict[str, Any]) -> dict[str
         label = f"cdds_train B={batch_size}"
         entry = _run_step(step, state, batch, settings, label=label)
         del state, batch
-        comps = cdds_flops(s, batch_size)
-        flops = batch_size * sum(c["train_per_pair"] for c in comps)
+        flops = batch_size * sum(c["train_per_pair"] for c in cdds_flops(s, batch_size))
         entry.update(
             batch=batch_size,
             init_s=init_s,
@@ -852,60 +901,25 @@ def measure_cdds_train(settings: Settings, ceilings: dict[str, Any]) -> dict[str
             entry["fraction_of_f32_gemm"] = (
                 flops / entry["median_s"] / rate if rate else None
             )
-            log(
-                f"{label}: compile {entry['compile_s']:.1f} s, step "
-                f"{entry['median_s'] * 1e3:.1f} ms (median of {entry['reps']}), "
-                f"{flops / 1e12:.3f} TFLOP, {entry['achieved_gflops']:.1f} GFLOP/s"
-                + (
-                    f" = {entry['fraction_of_f32_gemm']:.1%} of f32 GEMM"
-                    if rate
-                    else ""
-                )
-                + (
-                    f", memory {entry['memory_bytes'] / 2**30:.2f} GiB"
-                    if entry["memory_bytes"] is not None
-                    else ""
-                )
-            )
+            parts = [
+                f"compile {entry['compile_s']:.1f} s",
+                f"step {entry['median_s'] * 1e3:.1f} ms (median of {entry['reps']})",
+                f"{flops / 1e12:.3f} TFLOP",
+                f"{entry['achieved_gflops']:.1f} GFLOP/s",
+            ]
+            if rate:
+                parts.append(f"{entry['fraction_of_f32_gemm']:.1%} of f32 GEMM")
+            if entry["memory_bytes"] is not None:
+                parts.append(f"memory {entry['memory_bytes'] / 2**30:.2f} GiB")
+            log(f"{label}: " + ", ".join(parts))
         rows.append(entry)
 
-    # Memory growth per batch doubling between consecutive batch sizes.
-    growth = []
-    for prev, cur in zip(rows, rows[1:], strict=False):
-        doublings = math.log2(cur["batch"] / prev["batch"])
-        g: dict[str, Any] = {"from": prev["batch"], "to": cur["batch"]}
-        for key, (a, b) in {
-            "reported": (prev["memory_bytes"], cur["memory_bytes"]),
-            "analysis_total": (
-                (prev.get("memory_analysis") or {}).get("total_bytes"),
-                (cur.get("memory_analysis") or {}).get("total_bytes"),
-            ),
-            "analysis_temp": (
-                (prev.get("memory_analysis") or {}).get("temp_size_in_bytes"),
-                (cur.get("memory_analysis") or {}).get("temp_size_in_bytes"),
-            ),
-        }.items():
-            g[f"{key}_per_doubling"] = (
-                (b / a) ** (1.0 / doublings) if a and b and doublings > 0 else None
-            )
-        g["violates"] = bool(
-            g["reported_per_doubling"] is not None
-            and g["reported_per_doubling"] > MEMORY_GROWTH_LIMIT
-        )
-        if g["violates"]:
-            log(
-                f"FLAG: CDDS step memory grows x{g['reported_per_doubling']:.2f} per "
-                f"batch doubling from B={g['from']} to B={g['to']} (> x"
-                f"{MEMORY_GROWTH_LIMIT})"
-            )
-        growth.append(g)
-    ref = cdds_flops(s, s.batches[-1])
     return {
         "sizes": dataclasses.asdict(s),
         "rows": rows,
-        "memory_growth": growth,
+        "memory_growth": memory_growth(rows),
         "memory_growth_limit": MEMORY_GROWTH_LIMIT,
-        "flops_components": ref,
+        "flops_components": cdds_flops(s, s.batches[-1]),
         "flops_components_batch": s.batches[-1],
         "blocks_dense_only_per_pair": _blocks_dense_only(s),
         "issue_gflop_per_pair": ISSUE_GFLOP_PER_PAIR,
@@ -1079,6 +1093,17 @@ def _hetero_fn(config: ml_collections.ConfigDict) -> Callable[..., Any]:
     return loss
 
 
+def time_hetero(
+    config: ml_collections.ConfigDict, batch: int, settings: Settings
+) -> dict[str, Any]:
+    """``losses.hetero_loss`` forward + backward alone on random ``[B, d]`` inputs."""
+    fn = jax.jit(jax.value_and_grad(_hetero_fn(config)))
+    keys = jax.random.split(jax.random.PRNGKey(2), 3)
+    pooled = tuple(jax.random.normal(k, (batch, config.model.dim)) for k in keys)
+    timing, _ = _time_jit(fn, (pooled,), settings)
+    return timing
+
+
 def measure_decalign(settings: Settings) -> dict[str, Any]:
     """DecAlign step (HEAD, alpha = 0, no dropout) and hetero_loss alone, per case."""
     mesh = _single_device_mesh()
@@ -1114,17 +1139,8 @@ def measure_decalign(settings: Settings) -> dict[str, Any]:
                 f"{res['median_s'] * 1e3:.2f} ms (median of {res['reps']})"
             )
             del state, batch
-        config = decalign_config(case, settings)
-        fn = jax.jit(jax.value_and_grad(_hetero_fn(config)))
-        keys = jax.random.split(jax.random.PRNGKey(2), 3)
-        pooled = tuple(
-            jax.random.normal(k, (case.batch, config.model.dim)) for k in keys
-        )
-        compile_s, _ = _timed(lambda fn=fn, pooled=pooled: fn(pooled))
-        timing, _ = time_calls(
-            lambda fn=fn, pooled=pooled: fn(pooled), settings, min_reps=5
-        )
-        entry["hetero_fwd_bwd"] = {"compile_s": compile_s, **timing}
+        timing = time_hetero(decalign_config(case, settings), case.batch, settings)
+        entry["hetero_fwd_bwd"] = timing
         head = entry["head"]["median_s"]
         entry["hetero_share"] = timing["median_s"] / head
         entry["alpha0_share"] = 1.0 - entry["alpha0"]["median_s"] / head
@@ -1281,8 +1297,8 @@ def _time_jit(
     return {"compile_s": compile_s, **timing}, out
 
 
-def measure_kernels(settings: Settings) -> dict[str, Any]:
-    """Each library kernel against its naive form, same inputs, same run."""
+def kernels_cdds(settings: Settings) -> list[dict[str, Any]]:
+    """KL correlation and pair scores: naive forms vs the library, CDDS sizes."""
     s = settings.cdds
     b, d, k, g = settings.kernel_batch, s.dim, s.bins, s.levels
     p, length = s.image_tokens, s.text_tokens
@@ -1367,87 +1383,99 @@ def measure_kernels(settings: Settings) -> dict[str, Any]:
     )
     del q_v, q_t, w_v, w_t
 
-    # -- EM and Sinkhorn at the last DecAlign case's sizes (forward + backward).
-    if settings.decalign:
-        case = settings.decalign[-1]
-        config = decalign_config(case, settings)
-        lc = config.loss
-        kp, iters, floor = lc.num_prototypes, lc.em_iters, lc.var_floor
-        x = jax.random.normal(jax.random.PRNGKey(4), (case.batch, config.model.dim))
+    return rows
 
-        def lib_gmm(x):
-            fit = prototypes.fit_diag_gmm(x, kp, num_iters=iters, var_floor=floor)
-            return _gmm_objective(fit.means, fit.variances, fit.responsibilities)
 
-        def naive_gmm(x):
-            return _gmm_objective(*_naive_gmm(x, kp, iters, floor))
+def kernels_decalign(settings: Settings) -> list[dict[str, Any]]:
+    """EM and Sinkhorn (forward + backward): Python loops vs ``lax.fori_loop``.
 
-        lib_t, lib_v = _time_jit(jax.jit(jax.value_and_grad(lib_gmm)), (x,), settings)
-        size = f"B {case.batch}, d {config.model.dim}, K {kp}, {iters} iterations"
-        unrolled_t, unrolled_v = _time_jit(
-            jax.jit(jax.value_and_grad(naive_gmm)), (x,), settings
-        )
-        eager_t, eager_v = _time_jit(jax.value_and_grad(naive_gmm), (x,), settings)
-        lib_means = prototypes.fit_diag_gmm(x, kp, num_iters=iters, var_floor=floor)
-        naive_means = _naive_gmm(x, kp, iters, floor)[0]
-        diff = float(jnp.max(jnp.abs(lib_means.means - naive_means)))
-        for form, timing in (
-            ("eager Python loop", eager_t),
-            ("jit of unrolled Python loop", unrolled_t),
-        ):
-            rows.append(
-                _kernel_row(
-                    "EM (fwd+bwd)",
-                    size,
-                    form,
-                    timing,
-                    lib_t,
-                    diff,
-                    library_form="prototypes.fit_diag_gmm (lax.fori_loop)",
-                )
+    Sizes of the last DecAlign case (B, d, K, iterations of its HEAD config).
+    """
+    if not settings.decalign:
+        return []
+    rows = []
+    case = settings.decalign[-1]
+    config = decalign_config(case, settings)
+    lc = config.loss
+    kp, iters, floor = lc.num_prototypes, lc.em_iters, lc.var_floor
+    x = jax.random.normal(jax.random.PRNGKey(4), (case.batch, config.model.dim))
+
+    def lib_gmm(x):
+        fit = prototypes.fit_diag_gmm(x, kp, num_iters=iters, var_floor=floor)
+        return _gmm_objective(fit.means, fit.variances, fit.responsibilities)
+
+    def naive_gmm(x):
+        return _gmm_objective(*_naive_gmm(x, kp, iters, floor))
+
+    lib_t, lib_v = _time_jit(jax.jit(jax.value_and_grad(lib_gmm)), (x,), settings)
+    size = f"B {case.batch}, d {config.model.dim}, K {kp}, {iters} iterations"
+    unrolled_t, unrolled_v = _time_jit(
+        jax.jit(jax.value_and_grad(naive_gmm)), (x,), settings
+    )
+    eager_t, _ = _time_jit(jax.value_and_grad(naive_gmm), (x,), settings)
+    lib_means = prototypes.fit_diag_gmm(x, kp, num_iters=iters, var_floor=floor)
+    naive_means = _naive_gmm(x, kp, iters, floor)[0]
+    diff = float(jnp.max(jnp.abs(lib_means.means - naive_means)))
+    for form, timing in (
+        ("eager Python loop", eager_t),
+        ("jit of unrolled Python loop", unrolled_t),
+    ):
+        rows.append(
+            _kernel_row(
+                "EM (fwd+bwd)",
+                size,
+                form,
+                timing,
+                lib_t,
+                diff,
+                library_form="prototypes.fit_diag_gmm (lax.fori_loop)",
             )
-
-        key = jax.random.PRNGKey(5)
-        k1, k2, k3, k4 = jax.random.split(key, 4)
-        pair = jnp.abs(jax.random.normal(k1, (3, kp, kp)))
-        cost = prototypes.joint_cost(pair[0], pair[1], pair[2])
-        marg = tuple(
-            jax.nn.softmax(jax.random.normal(kk, (kp,))) for kk in (k2, k3, k4)
         )
-        eps, sweeps, log_domain = lc.ot_epsilon, lc.ot_iters, lc.ot_log_domain
 
-        def lib_ot(cost):
-            return prototypes.multi_marginal_sinkhorn(
-                cost, marg, epsilon=eps, num_iters=sweeps, log_domain=log_domain
-            )[1]
+    key = jax.random.PRNGKey(5)
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    pair = jnp.abs(jax.random.normal(k1, (3, kp, kp)))
+    cost = prototypes.joint_cost(pair[0], pair[1], pair[2])
+    marg = tuple(jax.nn.softmax(jax.random.normal(kk, (kp,))) for kk in (k2, k3, k4))
+    eps, sweeps, log_domain = lc.ot_epsilon, lc.ot_iters, lc.ot_log_domain
 
-        def naive_ot(cost):
-            return _naive_sinkhorn_value(cost, marg, eps, sweeps)
+    def lib_ot(cost):
+        return prototypes.multi_marginal_sinkhorn(
+            cost, marg, epsilon=eps, num_iters=sweeps, log_domain=log_domain
+        )[1]
 
-        size = f"K {kp}^3, {sweeps} sweeps, eps {eps}"
-        lib_t, lib_v = _time_jit(jax.jit(jax.value_and_grad(lib_ot)), (cost,), settings)
-        unrolled_t, unrolled_v = _time_jit(
-            jax.jit(jax.value_and_grad(naive_ot)), (cost,), settings
-        )
-        eager_t, eager_v = _time_jit(jax.value_and_grad(naive_ot), (cost,), settings)
-        diff = float(abs(lib_v[0] - unrolled_v[0]))
-        for form, timing in (
-            ("eager Python loop", eager_t),
-            ("jit of unrolled Python loop", unrolled_t),
-        ):
-            rows.append(
-                _kernel_row(
-                    "Sinkhorn 3-marginal (fwd+bwd)",
-                    size,
-                    form,
-                    timing,
-                    lib_t,
-                    diff,
-                    library_form="prototypes.multi_marginal_sinkhorn "
-                    f"({'log' if log_domain else 'plain'} domain, lax.fori_loop)",
-                )
+    def naive_ot(cost):
+        return _naive_sinkhorn_value(cost, marg, eps, sweeps)
+
+    size = f"K {kp}^3, {sweeps} sweeps, eps {eps}"
+    lib_t, lib_v = _time_jit(jax.jit(jax.value_and_grad(lib_ot)), (cost,), settings)
+    unrolled_t, unrolled_v = _time_jit(
+        jax.jit(jax.value_and_grad(naive_ot)), (cost,), settings
+    )
+    eager_t, _ = _time_jit(jax.value_and_grad(naive_ot), (cost,), settings)
+    diff = float(abs(lib_v[0] - unrolled_v[0]))
+    for form, timing in (
+        ("eager Python loop", eager_t),
+        ("jit of unrolled Python loop", unrolled_t),
+    ):
+        rows.append(
+            _kernel_row(
+                "Sinkhorn 3-marginal (fwd+bwd)",
+                size,
+                form,
+                timing,
+                lib_t,
+                diff,
+                library_form="prototypes.multi_marginal_sinkhorn "
+                f"({'log' if log_domain else 'plain'} domain, lax.fori_loop)",
             )
-    return {"rows": rows}
+        )
+    return rows
+
+
+def measure_kernels(settings: Settings) -> dict[str, Any]:
+    """Each library kernel against its naive form, same inputs, same run."""
+    return {"rows": kernels_cdds(settings) + kernels_decalign(settings)}
 
 
 # =====================================================================================

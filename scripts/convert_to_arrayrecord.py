@@ -24,6 +24,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from xmodal.arrayrecord import WRITER_OPTIONS
+
 
 def _cdds(args: argparse.Namespace) -> str:
     from cdds_jax import data, tfds_builder
@@ -31,7 +33,11 @@ def _cdds(args: argparse.Namespace) -> str:
     splits = args.splits or tfds_builder.store_splits(args.src)
     print(f"cdds: {args.src} splits {splits} -> {args.out}", flush=True)
     out = tfds_builder.build_arrayrecord(
-        args.src, args.out, splits=splits, overwrite=args.overwrite
+        args.src,
+        args.out,
+        splits=splits,
+        overwrite=args.overwrite,
+        writer_options=args.writer_options,
     )
     for config, path in out.items():
         print(f"  {config}: {path}", flush=True)
@@ -62,6 +68,7 @@ def _decalign(args: argparse.Namespace) -> str:
         num_classes=args.num_classes,
         verify_checksum=args.verify_checksum,
         overwrite=args.overwrite,
+        writer_options=args.writer_options,
     )
     print(f"  {path}", flush=True)
     splits = data.read_dataset(args.out, dataset=args.dataset, format="arrayrecord")
@@ -100,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--num-classes", type=int, help="IEMOCAP class count")
     d.add_argument("--verify-checksum", action="store_true", help="SHA-256 the pickle")
     d.add_argument("--overwrite", action="store_true", help="replace an earlier result")
+    for p in (c, d):
+        p.add_argument(
+            "--writer-options",
+            default=WRITER_OPTIONS,
+            help="ArrayRecord writer options (default: uncompressed, fastest to read; "
+            "e.g. group_size:1,zstd:3 for smaller files)",
+        )
     return parser
 
 

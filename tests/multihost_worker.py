@@ -71,7 +71,13 @@ def flatten(tree: Any) -> dict[str, np.ndarray]:
 
 
 def restore_target(method: str, config: Any, workdir: pathlib.Path) -> tuple:
-    """``(target_state, train_source, run_dir)``: what to restore the run's state onto."""
+    """``(target, train_source, run_dir)``: what to restore the run's state onto.
+
+    The target is abstract (ShapeDtypeStructs with the driver's shardings): the
+    driver's ``create_train_state`` is only traced (``jax.eval_shape``), not compiled.
+    """
+    import jax
+
     from xmodal import sharding
 
     mesh = sharding.make_mesh(config.mesh)
@@ -82,25 +88,33 @@ def restore_target(method: str, config: Any, workdir: pathlib.Path) -> tuple:
         data = train.load_data(config, workdir, splits=("train",))
         source = data.pair_source(data.train)
         model = train.build_model(config, len(data.vocab) if data.vocab else 0)
-        example = {k: np.asarray(v)[None] for k, v in source[0].items()}
-        target, _ = train.create_train_state(
-            config, model, example, mesh, steps_per_epoch=len(source) // bs
-        )
-        return target, source, workdir
-    from decalign_jax import data as data_lib
-    from decalign_jax import train
+        kwargs: dict[str, Any] = {}
+        run_dir = workdir
+    else:
+        from decalign_jax import data as data_lib
+        from decalign_jax import train
 
-    source = data_lib.MMSASource(train.load_data(config)["train"])
+        source = data_lib.MMSASource(train.load_data(config)["train"])
+        model = train.build_model(config)
+        kwargs = {"seed": int(config.seed)}
+        run_dir = workdir / f"seed_{int(config.seed)}"
     example = {k: np.asarray(v)[None] for k, v in source[0].items()}
-    target, _ = train.create_train_state(
-        config,
-        train.build_model(config),
-        example,
-        mesh,
-        seed=int(config.seed),
-        steps_per_epoch=len(source) // bs,
+    shardings: list[Any] = []
+
+    def build() -> Any:
+        state, state_shardings = train.create_train_state(
+            config, model, example, mesh, steps_per_epoch=len(source) // bs, **kwargs
+        )
+        shardings.append(state_shardings)
+        return state
+
+    abstract = jax.eval_shape(build)
+    target = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract,
+        shardings[0],
     )
-    return target, source, workdir / f"seed_{int(config.seed)}"
+    return target, source, run_dir
 
 
 def check_iterator_resume(

@@ -99,7 +99,9 @@ def _close(ref, other):
 
     def check(a, b):
         a, b = np.asarray(a), np.asarray(b)
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(a).max()))
+        np.testing.assert_allclose(
+            b, a, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(a).max())
+        )
 
     jax.tree_util.tree_map(check, ref, other)
 

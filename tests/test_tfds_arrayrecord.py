@@ -250,6 +250,10 @@ def test_cdds_bad_inputs_raise_clear_errors(tmp_path):
     # rows the reader does not pre-scan are checked while they are written
     with pytest.raises(ValueError, match="row 3"):
         list(ctfds._rows_checked(bad, "images.npy", "images"))
+    (store / "test" / "captions.txt").unlink()  # text in train/dev only
+    with pytest.raises(ValueError, match=r"captions\.txt present.*'test': False"):
+        ctfds.build_arrayrecord(store, tmp_path / "t2", splits=["train", "test"])
+    assert not (tmp_path / "t2").exists()  # checked before anything was written
     with pytest.raises(ValueError, match="manual_dir"):
         ctfds.CddsFeatureStore(
             data_dir=tmp_path / "u", config="images"
@@ -350,6 +354,23 @@ def test_decalign_splits_and_items_equal(mmsa, dataset):
     assert bool(got["train"].meta["standardization"]) == expected_std
     if dataset == "mosei":
         assert sum(s.sanitised.get("audio_nonfinite", 0) for s in got.values()) > 0
+
+
+def test_compressed_files_read_the_same(mmsa, tmp_path):
+    files, tfds_dir = mmsa
+    plain = dtfds.read_mmsa_arrayrecord(tfds_dir, dataset="mosi")
+    md = arrayrecord.open_builder(dtfds.dataset_dir(tfds_dir, "mosi")).info.metadata
+    assert md["writer_options"] == arrayrecord.WRITER_OPTIONS
+    zstd = "group_size:1,zstd:3"
+    dtfds.build_arrayrecord(
+        files["mosi"], tmp_path, dataset="mosi", writer_options=zstd
+    )
+    packed = dtfds.read_mmsa_arrayrecord(tmp_path, dataset="mosi")
+    _assert_sources_equal(
+        ddata.MMSASource(plain["test"]), ddata.MMSASource(packed["test"])
+    )
+    with pytest.raises(FileExistsError, match="writer_options"):
+        dtfds.build_arrayrecord(files["mosi"], tmp_path, dataset="mosi")
 
 
 def test_decalign_description_records_preprocessing(mmsa):
