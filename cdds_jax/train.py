@@ -156,7 +156,12 @@ def load_data(
             )
             if jax.process_index() == 0:
                 workdir.mkdir(parents=True, exist_ok=True)
-                vocab.save(vocab_path)
+                # Written aside and renamed: the other processes of a multi-host
+                # job may test for the file right now and must never read it half
+                # written (they build the same table themselves when it is absent).
+                partial = vocab_path.with_name(f".{vocab_path.name}.partial")
+                vocab.save(partial)
+                os.replace(partial, vocab_path)
     return Data(
         opened["train"], opened["dev"], opened["test"], text_mode, vocab, max_words
     )

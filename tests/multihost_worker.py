@@ -11,11 +11,13 @@ Started by the test once per process of a 2-process job (and once, without the
 2. trains CDDS (``configs/flickr.py:tiny``) and DecAlign (``configs/mosi.py:tiny``) for
    ``--steps`` steps through the real drivers, every process writing into the same
    ``--workdir/<method>`` as a real multi-host job would;
-3. restores the final state from the latest checkpoint and writes its parameters (as
-   fetched by :func:`xmodal.sharding.to_host`) to ``--out/<method>_params_p<i>.npz``;
+3. restores the final train state (parameters, optimiser state, step, RNG, method
+   statistics) from the latest checkpoint and writes it, as fetched by
+   :func:`xmodal.sharding.to_host`, to ``--out/<method>_state_p<i>.npz``;
 4. checks that the data iterator position saved in the checkpoint resumes this
    process's own shard, and that the host learning-rate factor can be set on a
-   multi-process state (the plateau rule does it), writing ``--out/probes_p<i>.json``.
+   multi-process state (the plateau rule does it), and that the bigru vocabulary is
+   written once and read back identically, writing ``--out/probes_p<i>.json``.
 
 It lives beside the tests (so ``python tests/multihost_worker.py`` works from the
 repository root) and is named so that pytest does not collect it.
@@ -32,18 +34,19 @@ from typing import Any
 
 import numpy as np
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ("cdds", "decalign")
 # The tiny configs, shortened: a loss record every step, evaluation only at the end
 # (dev, then test on the restored best state), two checkpoints for CDDS.
 CONFIGS = {
     "cdds": (
-        "configs/flickr.py:tiny",
+        f"{ROOT}/configs/flickr.py:tiny",
         [
             "train.log_every_steps=1",
             "train.checkpoint_every_steps=2",
         ],
     ),
-    "decalign": ("configs/mosi.py:tiny", ["train.log_every_steps=1"]),
+    "decalign": (f"{ROOT}/configs/mosi.py:tiny", ["train.log_every_steps=1"]),
 }
 
 
@@ -60,14 +63,13 @@ def load_config(method: str, steps: int) -> Any:
 
 
 def flatten(tree: Any) -> dict[str, np.ndarray]:
-    """``{"a/b/kernel": array}`` of a nested dict of arrays."""
+    """``{"['params']['dense']['kernel']": array}``: the leaves of ``tree`` by path."""
     import jax
 
-    out = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-        out[name] = np.asarray(leaf)
-    return out
+    return {
+        jax.tree_util.keystr(path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
 def restore_target(method: str, config: Any, workdir: pathlib.Path) -> tuple:
@@ -126,6 +128,7 @@ def check_iterator_resume(
     iterator advanced by ``steps`` batches, and that batch must be this process's
     block of the global batch (its rows of a single-process iterator's batch).
     """
+    import grain
     import jax
 
     from xmodal import pipeline
@@ -154,8 +157,6 @@ def check_iterator_resume(
     same = all(np.array_equal(got[k], expected[k]) for k in expected)
     # The rows of the global batch this process owns, from the same global
     # permutation (``seed``): elements [steps*B, (steps+1)*B) of the shuffled order.
-    import grain
-
     order = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
     local = bs // jax.process_count()
     start = steps * bs + jax.process_index() * local
@@ -171,6 +172,29 @@ def check_lr_factor(state: Any) -> float:
 
     opt_state = optim.set_lr_factor(state.opt_state, 0.25)
     return optim.get_lr_factor(opt_state)
+
+
+def check_vocab(workdir: pathlib.Path, steps: int) -> dict[str, Any]:
+    """The bigru vocabulary of a multi-process run: written once, read by everyone.
+
+    Every process builds the table while ``vocab.json`` is absent (process 0 also
+    writes it); after a barrier every process reads process 0's file.
+    """
+    import hashlib
+
+    from jax.experimental import multihost_utils
+
+    from cdds_jax import train
+    from xmodal import config as config_lib
+
+    config = load_config("cdds", steps)
+    config_lib.apply_overrides(config, ["model.text_encoder=bigru"])
+    built = train.load_data(config, workdir, splits=("train",)).vocab
+    multihost_utils.sync_global_devices("multihost_worker: vocab written")
+    loaded = train.load_data(config, workdir, splits=("train",)).vocab
+    assert built is not None and loaded is not None
+    digest = hashlib.sha256(json.dumps(built.tokens).encode()).hexdigest()
+    return {"size": len(built), "sha256": digest, "reload_equal": built == loaded}
 
 
 def run_method(
@@ -190,8 +214,8 @@ def run_method(
 
     target, source, run_dir = restore_target(method, config, workdir)
     state, _, which = restore_for_eval(run_dir, target, which="latest")
-    params = flatten(sharding.to_host(state.params))
-    np.savez(out / f"{method}_params_p{jax.process_index()}.npz", **params)
+    leaves = flatten(sharding.to_host(state))
+    np.savez(out / f"{method}_state_p{jax.process_index()}.npz", **leaves)
     probes = {
         "checkpoint": which,
         "step": int(jax.device_get(state.step)),
@@ -199,6 +223,39 @@ def run_method(
         "iterator": check_iterator_resume(config, target, source, run_dir, steps),
     }
     return probes
+
+
+def gloo_on_loopback_if_hostname_unresolvable() -> bool:
+    """Binds gloo to 127.0.0.1 when this host's name does not resolve; True if so.
+
+    gloo names the local endpoint by resolving ``gethostname()``; in a sandbox whose
+    hostname does not resolve, the CPU backend fails to start ("gloo/transport/tcp/
+    device.cc:99 rv == 0"). Real hosts resolve their names, so only then (this job is
+    on loopback anyway) is the CPU backend made with gloo on 127.0.0.1, through
+    JAX's private backend-factory hook (jax 0.10 has no public setting for it). Call
+    before the CPU backend starts (``initialize_distributed`` starts it).
+    """
+    import socket
+
+    try:
+        socket.getaddrinfo(socket.gethostname(), None)
+        return False
+    except OSError:
+        pass
+    from jax._src import distributed, xla_bridge
+    from jax._src.lib import _jax
+
+    def factory() -> Any:
+        client = distributed.global_state.client  # set by then
+        if client is None:
+            return xla_bridge.make_cpu_client()
+        collectives = _jax.make_gloo_tcp_collectives(
+            distributed_client=client, hostname="127.0.0.1"
+        )
+        return xla_bridge.make_cpu_client(collectives=collectives)
+
+    xla_bridge.register_backend_factory("cpu", factory, priority=0, fail_quietly=False)
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -223,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from xmodal import sharding
 
+    if gloo_on_loopback_if_hostname_unresolvable():
+        print("hostname does not resolve: gloo bound to 127.0.0.1", flush=True)
     sharding.initialize_distributed()
     me = jax.process_index()
     print(
@@ -239,10 +298,11 @@ def main(argv: list[str] | None = None) -> None:
     }
     for method in args.methods.split(","):
         report[method] = run_method(method, args.workdir / method, args.out, args.steps)
+    report["vocab"] = check_vocab(args.workdir / "vocab", args.steps)
     (args.out / f"probes_p{me}.json").write_text(json.dumps(report, indent=2))
     print(f"worker {me}: done", flush=True)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(ROOT))  # the packages, also without an editable install
     main()
