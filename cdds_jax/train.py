@@ -29,7 +29,7 @@ from cdds_jax import losses, retrieval, semantics
 from cdds_jax.model import CDDSModel
 from xmodal import config as config_lib
 from xmodal import loop as loop_lib
-from xmodal import optim, pipeline, sharding
+from xmodal import layers, optim, pipeline, sharding
 from xmodal.checkpoint import Checkpointer, restore_for_eval
 from xmodal.inference import map_source
 from xmodal.state import TrainState
@@ -176,6 +176,7 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int = 0) -> CDDSM
     """The CDDS model of ``config`` (ablation switches applied)."""
     m = config.model
     sigma = m.sigma if config.ablate.noise else 0.0
+    layers.warn_if_remat_ineffective(m.remat)
     return CDDSModel(
         dim=m.dim,
         num_heads=m.num_heads,

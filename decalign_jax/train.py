@@ -34,7 +34,7 @@ from decalign_jax import losses, metrics
 from decalign_jax.model import DecAlignModel
 from xmodal import config as config_lib
 from xmodal import loop as loop_lib
-from xmodal import optim, pipeline, sharding
+from xmodal import layers, optim, pipeline, sharding
 from xmodal.checkpoint import Checkpointer, restore_for_eval
 from xmodal.inference import map_source
 from xmodal.state import TrainState
@@ -119,6 +119,7 @@ def load_data(config: ml_collections.ConfigDict) -> dict[str, data_lib.MMSASplit
 
 def build_model(config: ml_collections.ConfigDict) -> DecAlignModel:
     m = config.model
+    layers.warn_if_remat_ineffective(m.remat)
     return DecAlignModel(
         dim=m.dim,
         num_heads=m.num_heads,

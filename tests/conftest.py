@@ -5,8 +5,12 @@ import tempfile
 
 # 8 simulated devices so the sharded paths run in every test. PJRT_NPROC >= 2x the
 # device count avoids the XLA CPU deadlock of simulated devices on a 2-core machine.
+# XLA:CPU's memory-aware scheduler, as scripts/benchmark.py runs (remat only saves
+# memory with it; xmodal.layers.CPU_MEMORY_SCHEDULER_FLAG says why).
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_force_host_platform_device_count=8"
+    + " --xla_cpu_enable_concurrency_optimized_scheduler=false"
 ).strip()
 os.environ.setdefault("PJRT_NPROC", "16")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -296,3 +296,35 @@ def test_real_smoke_run(bench, tmp_path):
     data = bench.main(["--smoke", "--out", str(tmp_path)])
     assert all(r["loss_finite"] for r in data["cdds_train"]["rows"])
     assert (tmp_path / "BENCHMARKS.md").exists()
+
+
+def test_rank_disagreements_allow_exact_ties_only(bench):
+    # 3 images x 6 captions (2 each); integer scores make exact ties on purpose. A
+    # stable argsort puts a tied candidate with a lower index before the positive.
+    c2i = np.array([0, 0, 1, 1, 2, 2])
+    scores = np.array(
+        [
+            [5, 1, 5, 0, 2, 3],  # image 0: positive 0 ties with caption 2 (after it)
+            [1, 2, 4, 0, 3, 1],
+            [0, 6, 1, 2, 6, 3],  # image 2: positive 4 ties with caption 1 (before)
+        ],
+        np.float32,
+    )  # columns 3 and 5: the positive image ties with image 0 (before it)
+    naive = jax.device_get(bench._naive_ranks(jnp.asarray(scores), jnp.asarray(c2i)))
+    counting = bench.retrieval.retrieval_ranks(scores, c2i)
+    # Brute force (ties favour the positive): strictly greater candidates.
+    i2t = [min((scores[i] > scores[i, c]).sum() for c in np.flatnonzero(c2i == i))
+           for i in range(3)]  # fmt: skip
+    t2i = [(scores[:, c] > scores[c2i[c], c]).sum() for c in range(6)]
+    np.testing.assert_array_equal(counting[0], i2t)
+    np.testing.assert_array_equal(counting[1], t2i)
+    np.testing.assert_array_equal(naive[0], [0, 0, 1])
+    np.testing.assert_array_equal(naive[1], [0, 2, 1, 2, 0, 1])
+    diff = bench.rank_disagreements(scores, c2i, naive, counting)
+    assert diff == {"differ": 3, "explained_by_ties": 3}  # image 2, captions 3 and 5
+    # A difference no tie explains is reported as one.
+    wrong = (naive[0].copy(), naive[1].copy())
+    wrong[1][0] += 1  # caption 0's column has no tie
+    wrong[0][1] += 1  # nor has image 1's row
+    bad = bench.rank_disagreements(scores, c2i, wrong, counting)
+    assert bad == {"differ": 5, "explained_by_ties": 3}

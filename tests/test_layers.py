@@ -151,3 +151,51 @@ def test_remat_and_bf16_cross_modal_transformer_with_dropout():
     assert all(
         np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(low[1])
     )
+
+
+def test_remat_recomputes_the_decoupler_blocks_in_the_backward_pass():
+    # remat is in effect: the gradient program runs each block's forward matmuls
+    # again before the block's backward, those whose outputs the backward reads: q,
+    # k, v, the two attention einsums, out and mlp_in (mlp_out's output only feeds the
+    # residual sum), 7 per block, 6 blocks. The UNet skip denses are not rematted.
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 16))
+    mask = jnp.ones((2, 6), bool)
+    rngs = {"noise": jax.random.PRNGKey(4)}
+    base = Decoupler(dim=16, num_heads=2, num_samples=2, sigma=0.1)
+    variables = jax.eval_shape(
+        functools.partial(base.init, train=True),
+        {"params": jax.random.PRNGKey(1), **rngs},
+        x,
+        mask,
+    )
+
+    def dots(module):
+        def loss(params):
+            s, m = module.apply({"params": params}, x, mask, train=True, rngs=rngs)
+            return jnp.sum(s**2) + jnp.sum(m**2)
+
+        text = jax.jit(jax.grad(loss)).lower(variables["params"]).as_text()
+        return text.count("stablehlo.dot_general")
+
+    plain, remat = dots(base), dots(base.clone(remat=True))
+    assert remat - plain == 6 * 7, (plain, remat)
+
+
+def test_cpu_memory_scheduler_flag_parsing_and_remat_warning(monkeypatch, caplog):
+    flag = layers.CPU_MEMORY_SCHEDULER_FLAG
+    for value, enabled in (
+        ("", False),
+        (f"--foo=1 {flag}", True),
+        (f"{flag} --xla_cpu_enable_concurrency_optimized_scheduler=true", False),
+        ("--xla_cpu_enable_concurrency_optimized_scheduler", False),
+        ("--xla_cpu_enable_concurrency_optimized_scheduler=0", True),
+    ):
+        monkeypatch.setenv("XLA_FLAGS", value)
+        assert layers.cpu_memory_scheduler_enabled() is enabled, value
+    monkeypatch.setenv("XLA_FLAGS", "")
+    with caplog.at_level("WARNING"):
+        assert layers.warn_if_remat_ineffective(True)  # the test backend is the CPU
+    assert flag in caplog.text
+    assert not layers.warn_if_remat_ineffective(False)
+    monkeypatch.setenv("XLA_FLAGS", flag)
+    assert not layers.warn_if_remat_ineffective(True)

@@ -411,3 +411,36 @@ def test_initialize_distributed_reads_process_count_and_id(monkeypatch):
     monkeypatch.setenv("JAX_PROCESS_ID", "0")
     with pytest.raises(ValueError, match=r"JAX_NUM_PROCESSES.*'two'"):
         sharding.initialize_distributed()
+
+
+def test_initialize_distributed_switch(monkeypatch):
+    from xmodal import sharding
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.delenv("TPU_WORKER_HOSTNAMES", raising=False)
+    monkeypatch.delenv("TPU_PROCESS_ADDRESSES", raising=False)
+    monkeypatch.delenv("JAX_NUM_PROCESSES", raising=False)
+    monkeypatch.delenv("JAX_PROCESS_ID", raising=False)
+
+    monkeypatch.delenv("XMODAL_DISTRIBUTED", raising=False)
+    sharding.initialize_distributed()  # nothing detected: one process
+    assert calls == []
+    monkeypatch.setenv("XMODAL_DISTRIBUTED", "1")  # a TPU VM slice: always
+    sharding.initialize_distributed()
+    assert calls == [{}]
+    monkeypatch.setenv("XMODAL_DISTRIBUTED", "0")  # never, even when detected
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1")
+    sharding.initialize_distributed()
+    assert calls == [{}]
+    monkeypatch.setenv("XMODAL_DISTRIBUTED", "auto")  # detected
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("JAX_PROCESS_ID", "1")
+    sharding.initialize_distributed()
+    assert calls == [{}, {"num_processes": 2, "process_id": 1}]
+    monkeypatch.setenv("XMODAL_DISTRIBUTED", "yes")
+    with pytest.raises(ValueError, match=r"XMODAL_DISTRIBUTED.*'yes'"):
+        sharding.initialize_distributed()

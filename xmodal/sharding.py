@@ -41,25 +41,42 @@ def initialize_distributed() -> None:
 
     jax 0.10 reads ``JAX_COORDINATOR_ADDRESS`` (and ``JAX_COORDINATOR_BIND_ADDRESS``,
     ``JAX_LOCAL_DEVICE_IDS``) itself but not the process count and id, so those two
-    are read here and passed explicitly when set. CPU processes exchange collectives through gloo
-    over TCP, JAX's default ``jax_cpu_collectives_implementation`` - nothing to set.
+    are read here and passed explicitly when set. CPU processes exchange collectives
+    through gloo over TCP, JAX's default ``jax_cpu_collectives_implementation`` -
+    nothing to set.
+
+    ``XMODAL_DISTRIBUTED`` overrides the detection: ``1`` always initialises (a Cloud
+    TPU VM slice, which JAX finds through the metadata server and no environment
+    variable reveals cheaply), ``0`` never (one process per host on purpose), ``auto``
+    or unset detects.
 
     Raises:
-      ValueError: ``JAX_NUM_PROCESSES`` or ``JAX_PROCESS_ID`` is not an integer.
+      ValueError: ``XMODAL_DISTRIBUTED`` is not ``0`` / ``1`` / ``auto``, or
+        ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` is not an integer.
     """
-    wanted = any(
-        k in os.environ
-        for k in (
-            "JAX_COORDINATOR_ADDRESS",
-            "SLURM_JOB_ID",
-            "OMPI_COMM_WORLD_SIZE",
-            "TPU_WORKER_HOSTNAMES",
+    switch = os.environ.get("XMODAL_DISTRIBUTED", "auto").strip().lower() or "auto"
+    if switch not in ("0", "1", "auto"):
+        raise ValueError(
+            f"XMODAL_DISTRIBUTED: expected 0, 1 or auto, got "
+            f"{os.environ['XMODAL_DISTRIBUTED']!r}"
         )
-    )
-    if not wanted or jax.distributed.is_initialized():
+    if switch == "0" or jax.distributed.is_initialized():
         return
-    if "SLURM_JOB_ID" in os.environ and "SLURM_NTASKS" not in os.environ:
-        return  # an interactive SLURM shell, not a job step
+    if switch == "auto":
+        detected = any(
+            k in os.environ
+            for k in (
+                "JAX_COORDINATOR_ADDRESS",
+                "SLURM_JOB_ID",
+                "OMPI_COMM_WORLD_SIZE",
+                "TPU_WORKER_HOSTNAMES",
+                "TPU_PROCESS_ADDRESSES",
+            )
+        )
+        if not detected:
+            return
+        if "SLURM_JOB_ID" in os.environ and "SLURM_NTASKS" not in os.environ:
+            return  # an interactive SLURM shell, not a job step
     kwargs: dict[str, int] = {}
     for env, name in (
         ("JAX_NUM_PROCESSES", "num_processes"),
