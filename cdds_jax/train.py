@@ -28,8 +28,8 @@ from cdds_jax import data as data_lib
 from cdds_jax import losses, retrieval, semantics
 from cdds_jax.model import CDDSModel
 from xmodal import config as config_lib
-from xmodal import loop as loop_lib
 from xmodal import layers, optim, pipeline, sharding
+from xmodal import loop as loop_lib
 from xmodal.checkpoint import Checkpointer, restore_for_eval
 from xmodal.inference import map_source
 from xmodal.state import TrainState

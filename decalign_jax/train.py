@@ -33,8 +33,8 @@ from decalign_jax import data as data_lib
 from decalign_jax import losses, metrics
 from decalign_jax.model import DecAlignModel
 from xmodal import config as config_lib
-from xmodal import loop as loop_lib
 from xmodal import layers, optim, pipeline, sharding
+from xmodal import loop as loop_lib
 from xmodal.checkpoint import Checkpointer, restore_for_eval
 from xmodal.inference import map_source
 from xmodal.state import TrainState
