@@ -185,6 +185,13 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
     def put(x: np.ndarray) -> jax.Array:
         x = np.asarray(x)
         shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
+        if not x.ndim or shape[0] % mesh.size:
+            raise ValueError(
+                f"global batch of {shape[0] if x.ndim else 'a scalar'} rows "
+                f"({jax.process_count()} process(es) x {x.shape[0] if x.ndim else 0}) "
+                f"cannot be split over the {mesh.size} devices of mesh "
+                f"{dict(mesh.shape)}: use a batch size divisible by {mesh.size}"
+            )
         return jax.make_array_from_process_local_data(sharding, x, shape)
 
     return jax.tree_util.tree_map(put, local_batch)
