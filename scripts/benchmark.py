@@ -1737,8 +1737,8 @@ def _cdds_limits(row: dict[str, Any]) -> str:
             f" The operating system took {proc['system_share']:.0%} of the process's CPU "
             "time during the timed calls (the kernel CPU share column: mapping and "
             "zeroing the step's per-call temporary buffer and the thread pool's waits "
-            "are the candidates; without hugepages it was 28% at B = 32 with 2.7 M "
-            "faults per step)."
+            "are the candidates; `reexec_with_hugepages` records what hugepages "
+            "changed)."
         )
     frac = row.get("fraction_of_f32_gemm")
     if frac is not None and frac < 0.5:
