@@ -79,7 +79,7 @@ from configs import decalign_base, flickr
 from decalign_jax import losses as decalign_losses
 from decalign_jax import prototypes
 from decalign_jax import train as decalign_train
-from xmodal import layers, optim, sharding
+from xmodal import layers, sharding
 
 __all__ = [
     "SECTIONS",
@@ -933,17 +933,8 @@ def _cdds_row(
     _sync(state)
     init_s = time.perf_counter() - t0
     n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
-    step = jax.jit(
-        functools.partial(
-            cdds_train.train_step,
-            model=model_,
-            config=config,
-            steps_per_epoch=steps_per_epoch,
-            lr_fn=optim.learning_rate_fn(config.optim, steps_per_epoch),
-        ),
-        in_shardings=(shardings, sharding.data_sharding(mesh)),
-        out_shardings=(shardings, sharding.replicated(mesh)),
-        donate_argnums=(0,),
+    step = cdds_train.jit_train_step(
+        config, model_, shardings, mesh, steps_per_epoch=steps_per_epoch
     )
     batch = sharding.global_batch(batch_np, mesh)
     label = f"cdds_train B={batch_size}" + (f" {name}" if name else "")
@@ -1253,14 +1244,7 @@ def measure_decalign(settings: Settings) -> dict[str, Any]:
             state, shardings = decalign_train.create_train_state(
                 config, model, example, mesh, seed=0, steps_per_epoch=100
             )
-            step = jax.jit(
-                functools.partial(
-                    decalign_train.train_step, model=model, config=config
-                ),
-                in_shardings=(shardings, sharding.data_sharding(mesh)),
-                out_shardings=(shardings, sharding.replicated(mesh)),
-                donate_argnums=(0,),
-            )
+            step = decalign_train.jit_train_step(config, model, shardings, mesh)
             batch = sharding.global_batch(batch_np, mesh)
             label = f"decalign {case.name} B={case.batch} [{variant}]"
             res = _run_step(step, state, batch, settings, label=label, guard=False)

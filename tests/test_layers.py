@@ -183,6 +183,8 @@ def test_remat_recomputes_the_decoupler_blocks_in_the_backward_pass():
 
 def test_cpu_memory_scheduler_flag_parsing_and_remat_warning(monkeypatch, caplog):
     flag = layers.CPU_MEMORY_SCHEDULER_FLAG
+    # conftest spells the flag out (it runs before any import): the same flag.
+    assert layers.cpu_memory_scheduler_enabled()
     for value, enabled in (
         ("", False),
         (f"--foo=1 {flag}", True),

@@ -270,6 +270,8 @@ def test_mesh_and_global_batch_on_8_devices():
     np.testing.assert_array_equal(np.asarray(sharding.to_host(glob["a"])), local["a"])
     with pytest.raises(ValueError, match=r"12 rows .* 8 devices .* divisible by 8"):
         sharding.global_batch({"a": np.zeros((12, 2))}, mesh)
+    with pytest.raises(ValueError, match="leading batch axis"):
+        sharding.global_batch({"a": np.float32(1.0)}, mesh)
     rules = (("kernel", ("data", None)),)
     tree = {"dense": {"kernel": jnp.zeros((8, 3)), "bias": jnp.zeros((3,))}}
     sh = sharding.param_shardings(tree, mesh, rules)

@@ -44,8 +44,9 @@ __all__ = [
 #: recomputations of rematerialised blocks all at the start of the backward pass, so
 #: ``jax.checkpoint`` saves no memory, and it keeps more activations live than needed.
 #: With this flag in ``XLA_FLAGS`` (before JAX starts) the CDDS step at paper sizes
-#: needs 24% less memory without remat and another 22% with it, at the same speed
-#: (measured by ``scripts/benchmark.py``, which sets it). GPU / TPU compilers ignore it.
+#: needs 24% less memory at about the same speed, and remat then saves another 21%
+#: for 28% more time (measured by ``scripts/benchmark.py``, which sets it). GPU / TPU
+#: compilers ignore it.
 CPU_MEMORY_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 _GOLDEN = 0x9E3779B1

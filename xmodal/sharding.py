@@ -184,12 +184,13 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
 
     def put(x: np.ndarray) -> jax.Array:
         x = np.asarray(x)
+        if not x.ndim:
+            raise ValueError("global_batch: every leaf needs a leading batch axis")
         shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
-        if not x.ndim or shape[0] % mesh.size:
+        if shape[0] % mesh.size:
             raise ValueError(
-                f"global batch of {shape[0] if x.ndim else 'a scalar'} rows "
-                f"({jax.process_count()} process(es) x {x.shape[0] if x.ndim else 0}) "
-                f"cannot be split over the {mesh.size} devices of mesh "
+                f"global batch of {shape[0]} rows ({jax.process_count()} process(es) "
+                f"x {x.shape[0]}) cannot be split over the {mesh.size} devices of mesh "
                 f"{dict(mesh.shape)}: use a batch size divisible by {mesh.size}"
             )
         return jax.make_array_from_process_local_data(sharding, x, shape)
