@@ -12,7 +12,6 @@ writes ``config.json``, ``vocab.json`` (bigru), ``metrics.jsonl``, TensorBoard e
 from __future__ import annotations
 
 import functools
-import json
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -22,28 +21,29 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from cdds_jax import data as data_lib
 from cdds_jax import losses, retrieval, semantics
 from cdds_jax.model import CDDSModel
-from xmodal import config as config_lib
-from xmodal import layers, optim, pipeline, sharding
+from xmodal import layers, optim, run, sharding
 from xmodal import loop as loop_lib
-from xmodal.checkpoint import Checkpointer, restore_for_eval
+from xmodal import step as step_lib
 from xmodal.inference import map_source
-from xmodal.state import TrainState
-from xmodal.writer import MetricWriter
+from xmodal.state import TrainState, create_sharded
+from xmodal.step import apply_update
+from xmodal.workdir import open_workdir
 
 __all__ = [
     "Data",
     "build_model",
     "compute_loss",
     "create_train_state",
-    "evaluate_split",
     "jit_train_step",
     "load_data",
+    "save_vocab",
+    "summarize_seeds",
     "train_and_evaluate",
+    "train_seed",
     "train_step",
 ]
 
@@ -123,8 +123,8 @@ def load_data(
 ) -> Data:
     """Opens the requested splits (``train``/``dev``/``test``) and the vocabulary.
 
-    The bigru vocabulary is built from the training captions once and saved as
-    ``workdir/vocab.json``; later runs (resume, evaluate) load that file.
+    The bigru vocabulary is ``workdir/vocab.json`` when it exists (resume, evaluate);
+    otherwise it is built from the training captions and :func:`save_vocab` writes it.
     """
     root = data_root(config)
     opened: dict[str, data_lib.RetrievalSplit | None] = {}
@@ -144,6 +144,8 @@ def load_data(
         if vocab_path.exists():
             vocab = data_lib.Vocabulary.load(vocab_path)
         else:
+            # Built here, saved by the driver once the workdir is open (nothing is
+            # written into a workdir before its lock and config check).
             train = opened["train"] or data_lib.read_split(
                 config.data.format, root, config.data.train_split
             )
@@ -155,17 +157,20 @@ def load_data(
             vocab = data_lib.Vocabulary.build(
                 train.captions, min_count=int(config.data.vocab_min_count)
             )
-            if jax.process_index() == 0:
-                workdir.mkdir(parents=True, exist_ok=True)
-                # Written aside and renamed: the other processes of a multi-host
-                # job may test for the file right now and must never read it half
-                # written (they build the same table themselves when it is absent).
-                partial = vocab_path.with_name(f".{vocab_path.name}.partial")
-                vocab.save(partial)
-                os.replace(partial, vocab_path)
     return Data(
         opened["train"], opened["dev"], opened["test"], text_mode, vocab, max_words
     )
+
+
+def save_vocab(data: Data, workdir: pathlib.Path) -> None:
+    """Writes ``workdir/vocab.json`` once (process 0; written aside and renamed, so
+    other processes of a multi-host job never read it half written)."""
+    path = workdir / "vocab.json"
+    if data.vocab is None or path.exists() or jax.process_index() != 0:
+        return
+    partial = path.with_name(f".{path.name}.partial")
+    data.vocab.save(partial)
+    os.replace(partial, path)
 
 
 # =====================================================================================
@@ -238,10 +243,7 @@ def create_train_state(
             params=params, tx=tx, rng=state_rng, extra=init_extra(config.model.dim)
         )
 
-    abstract = jax.eval_shape(init)
-    shardings = sharding.param_shardings(abstract, mesh, config.sharding_rules)
-    state = jax.jit(init, out_shardings=shardings)()
-    return state, shardings
+    return create_sharded(init, mesh, config.sharding_rules)
 
 
 # =====================================================================================
@@ -406,7 +408,6 @@ def train_step(
     model: CDDSModel,
     config: ml_collections.ConfigDict,
     steps_per_epoch: int,
-    lr_fn: Any,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One AdamW update on a global batch; returns the new state and device scalars."""
     rng = jax.random.fold_in(state.rng, state.step)
@@ -425,15 +426,17 @@ def train_step(
         "S_t": jnp.where(first, aux["S_t"], m * extra["S_t"] + (1 - m) * aux["S_t"]),
         "count": extra["count"] + 1,
     }
-    new_state, updates = state.apply_gradients(grads, extra=new_extra)
+    new_state, update_metrics = apply_update(
+        state,
+        grads,
+        optim_config=config.optim,
+        steps_per_epoch=steps_per_epoch,
+        extra=new_extra,
+    )
     metrics = {
         "loss": loss,
         **{k: aux[k] for k in ("l_s", "l_m", "l_f", "l_x", "score_pos", "score_mean")},
-        "grad_norm": optax.tree.norm(grads),
-        "param_norm": optax.tree.norm(state.params),
-        "update_norm": optax.tree.norm(updates),
-        "lr": lr_fn(state.step)
-        * optax.tree_utils.tree_get(state.opt_state, "lr_factor"),
+        **update_metrics,
         "alpha_v": jnp.mean(state.params["alpha_v"]),
         "w_s": state.params["w_s"],
         "w_m": state.params["w_m"],
@@ -449,23 +452,11 @@ def jit_train_step(
     *,
     steps_per_epoch: int,
 ) -> Any:
-    """``train_step`` jitted as the driver runs it: explicit in/out shardings (batch
-    split over the mesh, metrics replicated) and the state donated.
-
-    The benchmark times this same function, so its numbers are the driver's.
-    """
-    return jax.jit(
-        functools.partial(
-            train_step,
-            model=model,
-            config=config,
-            steps_per_epoch=steps_per_epoch,
-            lr_fn=optim.learning_rate_fn(config.optim, steps_per_epoch),
-        ),
-        in_shardings=(state_shardings, sharding.data_sharding(mesh)),
-        out_shardings=(state_shardings, sharding.replicated(mesh)),
-        donate_argnums=(0,),
+    """``train_step`` jitted as the driver (and the benchmark) runs it."""
+    step = functools.partial(
+        train_step, model=model, config=config, steps_per_epoch=steps_per_epoch
     )
+    return step_lib.jit_train_step(step, state_shardings, mesh)
 
 
 # =====================================================================================
@@ -543,171 +534,119 @@ class Evaluator:
         )
 
 
-def evaluate_split(
-    config: ml_collections.ConfigDict,
-    model: CDDSModel,
-    mesh: jax.sharding.Mesh,
-    data: Data,
-    state: TrainState,
-    split: data_lib.RetrievalSplit,
-    protocols: Sequence[str],
-) -> dict[str, dict[str, float]]:
-    """Retrieval metrics of ``state`` on ``split`` for each protocol."""
-    return Evaluator(config, model, mesh, data)(state, split, protocols)
-
-
 # =====================================================================================
 # The run
 # =====================================================================================
 
 
-def _log(message: str) -> None:
-    if jax.process_index() == 0:
-        print(message, flush=True)
+def summarize_seeds(
+    per_seed: Sequence[Mapping[str, Any]], seeds: Sequence[int]
+) -> dict[str, Any]:
+    """The workdir results of several seeds: mean and std per protocol and metric."""
+    protocols = per_seed[0]["test"].keys()
+    summary = {p: run.mean_std([r["test"][p] for r in per_seed]) for p in protocols}
+    rows = {}
+    for p, metrics in summary.items():
+        rows[f"{p} mean"] = {k: v["mean"] for k, v in metrics.items()}
+        rows[f"{p} std"] = {k: v["std"] for k, v in metrics.items()}
+    run.log(f"\nCDDS test, {len(seeds)} seeds {list(seeds)}:")
+    run.log(retrieval.format_table(rows))
+    return {
+        "method": "CDDS",
+        "seeds": list(seeds),
+        "test_mean_std": summary,
+        "per_seed": list(per_seed),
+    }
+
+
+def train_seed(
+    config: ml_collections.ConfigDict,
+    path: pathlib.Path,
+    results_name: str,
+    *,
+    data: Data,
+    mesh: jax.sharding.Mesh,
+) -> dict[str, Any]:
+    """One CDDS run (one seed) in ``path``: the method's pieces for the harness."""
+    assert data.train is not None and data.dev is not None and data.test is not None
+    model = build_model(config, len(data.vocab) if data.vocab else 0)
+    source = data.pair_source(data.train)
+    example = {k: np.asarray(v)[None] for k, v in source[0].items()}
+    evaluator = Evaluator(config, model, mesh, data)
+    on_test = bool(config.eval.select_on_test)
+    select_split = data.test if on_test else data.dev
+    if on_test:
+        run.log("WARNING: eval.select_on_test=True selects on the TEST split (LAPS)")
+    collapse = None
+    if "collapse" in config:
+        collapse = loop_lib.CollapseGuard(
+            "score_std",
+            float(config.collapse.floor),
+            int(config.collapse.patience_steps),
+        )
+    method = run.Method(
+        name="CDDS" if not config.get("seeds") else f"CDDS seed {config.seed}",
+        train_source=source,
+        init_state=lambda spe: create_train_state(
+            config, model, example, mesh, steps_per_epoch=spe
+        ),
+        make_step=lambda shardings, spe: jit_train_step(
+            config, model, shardings, mesh, steps_per_epoch=spe
+        ),
+        evaluate=lambda s: evaluator(s, select_split, ("full",))["full"],
+        test=lambda s: evaluator(s, data.test, config.data.test_protocols),
+        describe_dev=lambda d: (
+            f"rsum {d['rsum']:.2f} | i2t R@1 {d['i2t_r1']:.2f} | "
+            f"t2i R@1 {d['t2i_r1']:.2f}"
+        ),
+        format_test=retrieval.format_table,
+        select_metric="rsum",
+        results_fields={
+            "method": "CDDS",
+            "selected_on": "test (LAPS protocol)" if on_test else "dev",
+            "test_split": config.data.test_split,
+        },
+        curve_keys=("loss", "l_s", "l_m", "l_f", "l_x"),
+        collapse=collapse,
+        worker_count=int(config.data.worker_count),
+    )
+    return run.train(config, path, method, mesh, results_name=results_name)
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str | os.PathLike
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    *,
+    accept_config_changes: bool = False,
 ) -> dict[str, Any]:
-    """Trains CDDS, selects on dev, evaluates the test protocols; returns results.json."""
+    """Trains CDDS, selects on dev, evaluates the test protocols; returns the results.
+
+    ``config.seeds`` (if set) trains one run per seed in ``workdir/seed_<s>/`` and
+    reports mean ± std.
+    """
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        config_lib.save_config(config, workdir)
-
-    # ---------------------------------------------------------------- mesh & data
     mesh = sharding.make_mesh(config.mesh)
+    run.check_batch_sizes(config, mesh)
     data = load_data(config, workdir, splits=("train", "dev", "test"))
-    assert data.train is not None and data.dev is not None and data.test is not None
-    train_source = data.pair_source(data.train)
-    batch_size = int(config.train.batch_size)
-    steps_per_epoch = len(train_source) // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"train split has {len(train_source)} captions < batch size {batch_size}"
-        )
-    total_steps = (
-        int(config.train.num_steps)
-        if config.train.num_steps > 0
-        else int(config.train.num_epochs * steps_per_epoch)
-    )
-    _log(
+    assert data.train is not None
+    run.log(
         f"CDDS | {len(jax.devices())} devices, mesh {dict(mesh.shape)} | train "
-        f"{data.train.num_images} images / {len(train_source)} captions | "
-        f"{steps_per_epoch} steps/epoch, {total_steps} steps"
+        f"{data.train.num_images} images / {data.train.num_captions} captions"
     )
-
-    # ---------------------------------------------------------------- model & state
-    model = build_model(config, len(data.vocab) if data.vocab else 0)
-    example = train_source[0]
-    example = {k: np.asarray(v)[None] for k, v in example.items()}
-    state, state_shardings = create_train_state(
-        config, model, example, mesh, steps_per_epoch=steps_per_epoch
-    )
-    n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-    _log(f"model: {n_params / 1e6:.2f}M parameters")
-
-    # ---------------------------------------------------------------- input
-    train_iter = pipeline.train_iterator(
-        train_source,
-        global_batch_size=batch_size,
-        seed=config.seed,
-        num_threads=config.data.num_threads,
-        worker_count=config.data.worker_count,
-    )
-
-    # ---------------------------------------------------------------- checkpoints
-    checkpointer = Checkpointer(
-        workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints
-    )
-    best_checkpointer = Checkpointer(workdir / "best", max_to_keep=1)
-    meta: dict[str, Any] = {}
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state, meta = checkpointer.restore(latest, state, data_iter=train_iter)
-        _log(f"resumed from {checkpointer.directory}/{latest}")
-
-    # ---------------------------------------------------------------- step
-    step_fn = jit_train_step(
-        config, model, state_shardings, mesh, steps_per_epoch=steps_per_epoch
-    )
-    evaluator = Evaluator(config, model, mesh, data)
-    select_split = data.test if config.eval.select_on_test else data.dev
-    if config.eval.select_on_test:
-        _log(
-            "WARNING: eval.select_on_test=True selects the model on the TEST split (LAPS)"
+    with open_workdir(
+        workdir, config, accept_config_changes=accept_config_changes
+    ) as wd:
+        save_vocab(data, workdir)
+        return run.run_seeds(
+            config,
+            wd,
+            functools.partial(train_seed, data=data, mesh=mesh),
+            summarize_seeds,
+            always_subdirs=False,
         )
-
-    def dev_metrics(s: TrainState) -> dict[str, float]:
-        results = evaluator(s, select_split, ("full",))["full"]
-        _log(
-            f"{'test' if config.eval.select_on_test else 'dev'}: rsum {results['rsum']:.2f} "
-            f"| i2t R@1 {results['i2t_r1']:.2f} | t2i R@1 {results['t2i_r1']:.2f}"
-        )
-        return results
-
-    def next_batch() -> Any:
-        return sharding.global_batch(next(train_iter), mesh)
-
-    # ---------------------------------------------------------------- loop
-    writer = MetricWriter(workdir)
-    eval_every = (
-        int(config.train.eval_every_steps)
-        if config.train.eval_every_steps > 0
-        else int(config.train.eval_every_epochs * steps_per_epoch)
-    )
-    try:
-        result = loop_lib.train_loop(
-            state=state,
-            train_step=step_fn,
-            next_batch=next_batch,
-            total_steps=total_steps,
-            steps_per_epoch=steps_per_epoch,
-            writer=writer,
-            checkpointer=checkpointer,
-            data_iter=train_iter,
-            best_checkpointer=best_checkpointer,
-            evaluate=dev_metrics,
-            select_metric="rsum",
-            select_mode="max",
-            log_every_steps=config.train.log_every_steps,
-            eval_every_steps=eval_every,
-            checkpoint_every_steps=config.train.checkpoint_every_steps,
-            meta=meta,
-        )
-    finally:
-        checkpointer.close()
-        best_checkpointer.close()
-    if result.reason == "preempted":
-        _log(f"preempted at step {int(result.state.step)}; rerun the command to resume")
-        writer.close()
-        return {"preempted_at_step": int(result.state.step)}
-
-    # ---------------------------------------------------------------- final test
-    best_state, best_meta, which = restore_for_eval(workdir, result.state)
-    test = evaluator(best_state, data.test, config.data.test_protocols)
-    for protocol, metrics in test.items():
-        writer.write(int(result.state.step), metrics, split=f"test_{protocol}")
-    writer.close()
-    results = {
-        "method": "CDDS",
-        "checkpoint": which,
-        "selected_on": "test (LAPS protocol)" if config.eval.select_on_test else "dev",
-        "selected_step": best_meta.get("best_step"),
-        "dev": best_meta.get("dev"),
-        "test_split": config.data.test_split,
-        "test": test,
-        "steps": int(result.state.step),
-    }
-    if jax.process_index() == 0:
-        (workdir / "results.json").write_text(json.dumps(results, indent=2))
-        _log(f"\nTest split '{config.data.test_split}', checkpoint {which}:")
-        _log(retrieval.format_table(test))
-        _log(f"results written to {workdir / 'results.json'}")
-    return results
 
 
 if __name__ == "__main__":
     from xmodal import cli
 
-    cli.run_train(train_and_evaluate)
+    cli.run_train(train_and_evaluate, "cdds_jax.train")

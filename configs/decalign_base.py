@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from decalign_jax.metrics import SELECTION
+
 # Per-dataset HEAD settings: model, loss weights, training (spec tables 2.6.2, 3, 4).
 HEAD = {
     "mosi": dict(
@@ -42,23 +44,12 @@ HEAD = {
     ),
 }  # fmt: skip
 
-# Validation selection rule per dataset (spec 4): metric and direction.
-SELECTION = {
-    "mosi": ("loss", "min"),
-    "mosei": ("Acc_2", "max"),
-    "sims": ("F1", "max"),
-    "iemocap": ("WAF1", "max"),
-}
-
-
 def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     """The config of ``dataset`` for argument ``arg`` (None, "paper", "demo", "tiny")."""
     h = HEAD[dataset]
     c = ml_collections.ConfigDict()
     c.seed = 1111  # init, shuffling and dropout derive from it
-    c.seeds = (
-        1111,
-    )  # several (--config.seeds=1111,1112,1113): mean and std per metric
+    c.seeds = (1111,)  # several (--config.seeds=1111,1112,1113): mean and std each
 
     # ------------------------------------------------------------------ data
     c.data = ml_collections.ConfigDict()
@@ -133,9 +124,8 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     c.train.batch_size = h["batch"]
     c.train.num_epochs = h["epochs"]
     c.train.num_steps = -1  # > 0 overrides num_epochs (tests)
-    c.train.early_stop_patience = h[
-        "early_stop"
-    ]  # epochs without a better valid metric
+    # Evaluations (epochs) without a better valid metric before stopping.
+    c.train.early_stop_patience = h["early_stop"]
     c.train.plateau_patience = 5  # ReduceLROnPlateau on the selection metric
     c.train.plateau_factor = 0.1
     c.train.log_every_steps = 20
@@ -144,8 +134,8 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     # ------------------------------------------------------------------ eval
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 256
-    c.eval.select_metric = SELECTION[dataset][0]  # on the valid split
-    c.eval.select_mode = SELECTION[dataset][1]
+    # Selection on the valid split: decalign_jax.metrics.SELECTION per dataset.
+    c.eval.select_metric, c.eval.select_mode = SELECTION[dataset]
 
     c.mesh = (("data", -1),)
     c.sharding_rules = ()

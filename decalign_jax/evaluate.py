@@ -5,24 +5,25 @@ r"""Scores a trained DecAlign run (every seed) on the test split.
 
 Restores each ``workdir/seed_<s>/best`` (or ``checkpoints`` with
 ``--checkpoint=latest``), prints the paper-shaped table (mean ± std over seeds) and
-writes ``workdir/results.json``.
+writes ``workdir/results__evaluate-<checkpoint>__split-<split>.json`` (never the
+training run's ``results.json``). The config must match the run's in every training
+key.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 
 from decalign_jax import data as data_lib
-from decalign_jax import train
-from xmodal import sharding
+from decalign_jax import metrics, train
+from xmodal import run, sharding
 from xmodal.checkpoint import restore_for_eval
+from xmodal.workdir import check_trained_with, evaluation_name
 
 __all__ = ["evaluate"]
 
@@ -36,10 +37,12 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluates every seed's ``checkpoint`` in ``workdir`` on ``split``."""
     workdir = pathlib.Path(workdir)
+    check_trained_with(workdir, config)
     mesh = sharding.make_mesh(config.mesh)
+    run.check_batch_sizes(config, mesh)
     splits = train.load_data(config)
     if split not in splits:
-        raise ValueError(f"split: expected one of {sorted(splits)}, got {split!r}")
+        raise ValueError(f"--split: expected one of {sorted(splits)}, got {split!r}")
     model = train.build_model(config)
     example = data_lib.MMSASource(splits[split])[0]
     example = {k: np.asarray(v)[None] for k, v in example.items()}
@@ -58,27 +61,27 @@ def evaluate(
                 "seed": seed,
                 "checkpoint": which,
                 "selected_step": meta.get("best_step"),
-                split: evaluator(state, splits[split]),
+                "test": evaluator(state, splits[split]),
             }
         )
-    summary = train.summarize_seeds([r[split] for r in per_seed])
+    summary = run.mean_std([r["test"] for r in per_seed], metrics.display_scale)
     results = {
         "method": "DecAlign",
         "dataset": config.data.dataset,
+        "split": split,
         "seeds": seeds,
-        f"{split}_mean_std": summary,
+        "test_mean_std": summary,
         "per_seed": per_seed,
     }
-    if jax.process_index() == 0:
-        name = "results.json" if split == "test" else f"results_{split}.json"
-        (workdir / name).write_text(json.dumps(results, indent=2))
-        print(f"Split '{split}', {checkpoint} checkpoints:")
-        print(train.format_table(config.data.dataset, summary, len(seeds)))
-        print(f"results written to {workdir / name}")
+    run.log(f"Split '{split}', {checkpoint} checkpoints:")
+    run.log(metrics.format_table(config.data.dataset, summary, len(seeds)))
+    path = workdir / evaluation_name(checkpoint, split)
+    run.write_json(path, results)
+    run.log(f"results written to {path}")
     return results
 
 
 if __name__ == "__main__":
     from xmodal import cli
 
-    cli.run_evaluate(evaluate)
+    cli.run_evaluate(evaluate, "decalign_jax.evaluate")

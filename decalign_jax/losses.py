@@ -28,7 +28,7 @@ the gradient.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import jax
@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from decalign_jax import prototypes
 
 __all__ = [
+    "bind_hetero_loss",
     "cross_entropy_loss",
     "decoupling_loss",
     "hetero_loss",
@@ -290,6 +291,28 @@ def hetero_loss(
 # ----------------------------------------------------------------------------------
 # Homogeneity loss: moments + MMD (spec 2.6)
 # ----------------------------------------------------------------------------------
+
+
+def bind_hetero_loss(
+    cfg: Any,
+) -> Callable[[Sequence[jax.Array]], tuple[jax.Array, dict[str, Any]]]:
+    """:func:`hetero_loss` with the fields of a ``config.loss`` block bound.
+
+    ``cfg`` has ``num_prototypes``, ``em_iters``, ``var_floor``, ``ot_epsilon``,
+    ``ot_iters``, ``cost_reduction``, ``local_mahalanobis`` and ``ot_log_domain``.
+    The driver and the benchmark both use it, so they run the same loss.
+    """
+    return functools.partial(
+        hetero_loss,
+        num_prototypes=int(cfg.num_prototypes),
+        em_iters=int(cfg.em_iters),
+        var_floor=float(cfg.var_floor),
+        ot_epsilon=float(cfg.ot_epsilon),
+        ot_iters=int(cfg.ot_iters),
+        cost_reduction=str(cfg.cost_reduction),
+        local_mahalanobis=bool(cfg.local_mahalanobis),
+        log_domain=bool(cfg.ot_log_domain),
+    )
 
 
 def _moments(z: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

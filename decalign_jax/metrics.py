@@ -21,6 +21,8 @@ Model selection (spec section 4) is summarised in :data:`SELECTION`.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Final
 
 import numpy as np
@@ -29,12 +31,17 @@ from numpy.typing import ArrayLike
 __all__ = [
     "IEMOCAP_KEYS",
     "MOSI_KEYS",
+    "REPORTS",
     "SELECTION",
     "SIMS_KEYS",
+    "Report",
     "accuracy",
+    "display_scale",
+    "format_table",
     "iemocap_metrics",
     "mosi_metrics",
     "pearson",
+    "report",
     "sims_metrics",
     "weighted_f1",
 ]
@@ -336,3 +343,90 @@ def iemocap_metrics(
         "WAcc": accuracy(y, pred),
         "WAF1": weighted_f1(y, pred, labels=np.arange(num_classes)),
     }
+
+
+# =====================================================================================
+# Per-dataset reporting: which metrics, which table columns, which trivial baseline
+# =====================================================================================
+
+
+def _regression_baseline(train: np.ndarray, test: np.ndarray) -> dict[str, float]:
+    """MAE of predicting the training mean on the test labels."""
+    return {"train_mean_MAE": float(np.mean(np.abs(test - train.mean())))}
+
+
+def _majority_baseline(train: np.ndarray, test: np.ndarray) -> dict[str, float]:
+    """Weighted accuracy (%) of predicting the training majority class."""
+    majority = np.bincount(train.astype(np.int64)).argmax()
+    return {"majority_class_WAcc": float(np.mean(test == majority) * 100)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """How one dataset is scored and shown.
+
+    Attributes:
+      metrics: ``(outputs, labels, num_classes) -> metrics`` (fractions).
+      columns: the paper-shaped table's columns, in order.
+      baseline: ``(train labels, test labels) -> reference numbers``.
+    """
+
+    metrics: Callable[[np.ndarray, np.ndarray, int], dict[str, float]]
+    columns: tuple[str, ...]
+    baseline: Callable[[np.ndarray, np.ndarray], dict[str, float]]
+
+
+REPORTS: Final[dict[str, Report]] = {
+    "mosi": Report(
+        lambda p, y, c: mosi_metrics(p, y),
+        ("MAE", "Corr", "Acc_2", "F1", "Acc_7", "Acc_5", "Acc_2_has0", "F1_has0"),
+        _regression_baseline,
+    ),
+    "sims": Report(
+        lambda p, y, c: sims_metrics(p, y),
+        ("MAE", "Corr", "Acc_2", "Acc_3", "Acc_5", "F1"),
+        _regression_baseline,
+    ),
+    "iemocap": Report(
+        lambda p, y, c: iemocap_metrics(p, y, num_classes=c),
+        ("WAcc", "WAF1"),
+        _majority_baseline,
+    ),
+}
+REPORTS["mosei"] = REPORTS["mosi"]
+"""``dataset -> Report``; MOSEI is scored as MOSI."""
+
+# Display: accuracies / F1 in percent as in the papers, MAE / Corr / loss as they are.
+_PERCENT: Final = ("Acc", "F1", "WA")
+
+
+def report(dataset: str) -> Report:
+    """The :class:`Report` of ``dataset``; a clear error for an unknown name."""
+    if dataset not in REPORTS:
+        raise ValueError(
+            f"data.dataset: unknown {dataset!r} (one of {sorted(REPORTS)})"
+        )
+    return REPORTS[dataset]
+
+
+def display_scale(metric: str) -> float:
+    """100 for metrics shown in percent (accuracies, F1), else 1."""
+    return 100.0 if metric.startswith(_PERCENT) else 1.0
+
+
+def format_table(
+    dataset: str, summary: Mapping[str, Mapping[str, float]], n: int
+) -> str:
+    """A paper-shaped table: one row, mean ± std over ``n`` seeds (display units)."""
+    cols = report(dataset).columns
+    head = f"{'dataset':<10}" + "".join(f"{c:>16}" for c in cols)
+    row = f"{dataset:<10}"
+    for c in cols:
+        s = summary[c]
+        fmt = "{:.3f}" if display_scale(c) == 1.0 and s["mean"] < 10 else "{:.2f}"
+        cell = fmt.format(s["mean"]) + (f" ± {fmt.format(s['std'])}" if n > 1 else "")
+        row += f"{cell:>16}"
+    note = (
+        f"({n} seed{'s' if n > 1 else ''}; Acc/F1 in %, Acc_2/F1 exclude zero labels)"
+    )
+    return "\n".join([head, "-" * len(head), row, note])

@@ -6,18 +6,18 @@ r"""DecAlign training driver.
     python -m decalign_jax.train --config configs/mosi.py --workdir runs/mosi \
         --config.seeds=1111,1112,1113       # mean and std over seeds
 
-Flat, in sections: data -> model & state -> loss & step -> evaluation -> one seed ->
-several seeds. Each seed trains in ``workdir/seed_<s>/`` (config.json, metrics.jsonl,
-TensorBoard events, checkpoints/, best/, results.json), is selected on the valid split
-by the dataset's metric (MOSI: valid MSE; MOSEI: Acc_2; SIMS: F1; IEMOCAP: WAF1), and
-its best checkpoint is evaluated once on test. ``workdir/results.json`` gathers the
-seeds (mean and std per metric). Rerunning the command resumes every unfinished seed.
+Flat, in sections: data -> model & state -> loss & step -> evaluation -> the run.
+Each seed trains in ``workdir/seed_<s>/`` (config.json, metrics.jsonl, TensorBoard
+events, curves.png, checkpoints/, best/, results.json), is selected on the valid split
+by the dataset's metric (``decalign_jax.metrics.SELECTION``), and its best checkpoint
+is evaluated once on test. ``workdir/results.json`` gathers the seeds (mean and std
+per metric). The run itself (resume, lock, checkpoints, the loop) is
+:mod:`xmodal.run`'s; rerunning the command resumes every unfinished seed.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -27,37 +27,28 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from decalign_jax import data as data_lib
 from decalign_jax import losses, metrics
 from decalign_jax.model import DecAlignModel
-from xmodal import config as config_lib
-from xmodal import layers, optim, pipeline, sharding
-from xmodal import loop as loop_lib
-from xmodal.checkpoint import Checkpointer, restore_for_eval
+from xmodal import layers, optim, run, sharding
+from xmodal import step as step_lib
 from xmodal.inference import map_source
-from xmodal.state import TrainState
-from xmodal.writer import MetricWriter
+from xmodal.state import TrainState, create_sharded
+from xmodal.step import apply_update
+from xmodal.workdir import open_workdir
 
 __all__ = [
     "build_model",
     "compute_loss",
     "create_train_state",
-    "evaluate_split",
     "jit_train_step",
     "load_data",
-    "reference_baselines",
     "summarize_seeds",
     "train_and_evaluate",
-    "train_one_seed",
+    "train_seed",
     "train_step",
 ]
-
-
-def _log(message: str) -> None:
-    if jax.process_index() == 0:
-        print(message, flush=True)
 
 
 # =====================================================================================
@@ -166,9 +157,7 @@ def create_train_state(
         tx = optim.make_optimizer(config.optim, params, steps_per_epoch=steps_per_epoch)
         return TrainState.create(params=params, tx=tx, rng=state_rng)
 
-    abstract = jax.eval_shape(init)
-    shardings = sharding.param_shardings(abstract, mesh, config.sharding_rules)
-    return jax.jit(init, out_shardings=shardings)(), shardings
+    return create_sharded(init, mesh, config.sharding_rules)
 
 
 # =====================================================================================
@@ -207,17 +196,7 @@ def compute_loss(
     zero = jnp.zeros((), jnp.float32)
     hete = ot = local = zero
     if lc.alpha:
-        hete, aux = losses.hetero_loss(
-            out["pooled_unique"],
-            num_prototypes=lc.num_prototypes,
-            em_iters=lc.em_iters,
-            var_floor=lc.var_floor,
-            ot_epsilon=lc.ot_epsilon,
-            ot_iters=lc.ot_iters,
-            cost_reduction=lc.cost_reduction,
-            local_mahalanobis=lc.local_mahalanobis,
-            log_domain=lc.ot_log_domain,
-        )
+        hete, aux = losses.bind_hetero_loss(lc)(out["pooled_unique"])
         ot, local = aux["ot"], aux["local"]
     homo = losses.homo_loss(out["z"], bandwidth=lc.mmd_bandwidth) if lc.beta else zero
     ct = zero
@@ -263,15 +242,10 @@ def train_step(
         functools.partial(compute_loss, model=model, config=config), has_aux=True
     )
     (loss, parts), grads = grad_fn(state.params, batch, rng)
-    new_state, updates = state.apply_gradients(grads)
-    metrics_out = {
-        "loss": loss,
-        **parts,
-        "grad_norm": optax.tree.norm(grads),
-        "param_norm": optax.tree.norm(state.params),
-        "update_norm": optax.tree.norm(updates),
-        "lr": config.optim.lr * optax.tree_utils.tree_get(state.opt_state, "lr_factor"),
-    }
+    new_state, update_metrics = apply_update(
+        state, grads, optim_config=config.optim, steps_per_epoch=1
+    )
+    metrics_out = {"loss": loss, **parts, **update_metrics}
     return new_state, metrics_out
 
 
@@ -281,17 +255,9 @@ def jit_train_step(
     state_shardings: Any,
     mesh: jax.sharding.Mesh,
 ) -> Any:
-    """``train_step`` jitted as the driver runs it: explicit in/out shardings (batch
-    split over the mesh, metrics replicated) and the state donated.
-
-    The benchmark times this same function, so its numbers are the driver's.
-    """
-    return jax.jit(
-        functools.partial(train_step, model=model, config=config),
-        in_shardings=(state_shardings, sharding.data_sharding(mesh)),
-        out_shardings=(state_shardings, sharding.replicated(mesh)),
-        donate_argnums=(0,),
-    )
+    """``train_step`` jitted as the driver (and the benchmark) runs it."""
+    step = functools.partial(train_step, model=model, config=config)
+    return step_lib.jit_train_step(step, state_shardings, mesh)
 
 
 # =====================================================================================
@@ -310,17 +276,6 @@ def _predict(params, batch, *, model, config):
     else:
         per_sample = (out["output"] - batch["label"]) ** 2
     return {"output": out["output"], "loss": per_sample}
-
-
-def split_metrics(
-    dataset: str, output: np.ndarray, label: np.ndarray, *, num_classes: int
-) -> dict[str, float]:
-    """The dataset's metrics (fractions; see decalign_jax.metrics)."""
-    if dataset == "sims":
-        return metrics.sims_metrics(output, label)
-    if dataset == "iemocap":
-        return metrics.iemocap_metrics(output, label, num_classes=num_classes)
-    return metrics.mosi_metrics(output, label)
 
 
 class Evaluator:
@@ -345,96 +300,57 @@ class Evaluator:
             batch_size=self.config.eval.batch_size,
             num_threads=self.config.data.num_threads,
         )
-        result = split_metrics(
-            self.config.data.dataset,
-            out["output"],
-            np.asarray(split.label),
-            num_classes=self.config.data.num_classes,
+        result = metrics.report(self.config.data.dataset).metrics(
+            out["output"], np.asarray(split.label), self.config.data.num_classes
         )
         result["loss"] = float(np.mean(out["loss"]))  # mean task loss (MOSI selection)
         return result
 
 
-def evaluate_split(
-    config: ml_collections.ConfigDict,
-    model: DecAlignModel,
-    mesh: jax.sharding.Mesh,
-    state: TrainState,
-    split: data_lib.MMSASplit,
-) -> dict[str, float]:
-    """Metrics of ``state`` on ``split``."""
-    return Evaluator(config, model, mesh)(state, split)
-
-
 # =====================================================================================
-# One seed
+# The run
 # =====================================================================================
 
 
-def train_one_seed(
+def summarize_seeds(
+    per_seed: Sequence[Mapping[str, Any]], seeds: Sequence[int], *, config, splits
+) -> dict[str, Any]:
+    """The workdir results: mean ± std per metric over seeds (display units)."""
+    dataset = config.data.dataset
+    summary = run.mean_std([r["test"] for r in per_seed], metrics.display_scale)
+    baseline = metrics.report(dataset).baseline(
+        np.asarray(splits["train"].label), np.asarray(splits["test"].label)
+    )
+    run.log(f"\nTest split, best-on-valid checkpoints ({config.eval.select_metric}):")
+    run.log(metrics.format_table(dataset, summary, len(seeds)))
+    run.log("reference: " + ", ".join(f"{k} {v:.4g}" for k, v in baseline.items()))
+    return {
+        "method": "DecAlign",
+        "dataset": dataset,
+        "variant": splits["train"].meta.get("file_meta", {}).get("variant"),
+        "seeds": list(seeds),
+        "test_mean_std": summary,
+        "baseline": baseline,
+        "per_seed": list(per_seed),
+    }
+
+
+def train_seed(
     config: ml_collections.ConfigDict,
-    workdir: pathlib.Path,
-    seed: int,
+    path: pathlib.Path,
+    results_name: str,
+    *,
     splits: dict[str, data_lib.MMSASplit],
     mesh: jax.sharding.Mesh,
 ) -> dict[str, Any]:
-    """Trains one seed in ``workdir``, selects on valid, evaluates the best on test."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        config_lib.save_config(config, workdir)
-    train_source = data_lib.MMSASource(splits["train"])
-    batch_size = int(config.train.batch_size)
-    steps_per_epoch = len(train_source) // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"train split has {len(train_source)} samples < batch {batch_size}"
-        )
-    total_steps = (
-        int(config.train.num_steps)
-        if config.train.num_steps > 0
-        else int(config.train.num_epochs * steps_per_epoch)
-    )
-
-    # ---------------------------------------------------------------- model & state
+    """One DecAlign seed in ``path``: the method's pieces for the harness."""
+    seed = int(config.seed)
     model = build_model(config)
-    example = {k: np.asarray(v)[None] for k, v in train_source[0].items()}
-    state, state_shardings = create_train_state(
-        config, model, example, mesh, seed=seed, steps_per_epoch=steps_per_epoch
-    )
-
-    # ---------------------------------------------------------------- input
-    train_iter = pipeline.train_iterator(
-        train_source,
-        global_batch_size=batch_size,
-        seed=seed,
-        num_threads=config.data.num_threads,
-    )
-
-    # ---------------------------------------------------------------- checkpoints
-    checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=2)
-    best_checkpointer = Checkpointer(workdir / "best", max_to_keep=1)
-    meta: dict[str, Any] = {}
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state, meta = checkpointer.restore(latest, state, data_iter=train_iter)
-        _log(f"seed {seed}: resumed from {checkpointer.directory}/{latest}")
-
-    # ---------------------------------------------------------------- step & eval
-    step_fn = jit_train_step(config, model, state_shardings, mesh)
+    source = data_lib.MMSASource(splits["train"])
+    example = {k: np.asarray(v)[None] for k, v in source[0].items()}
     evaluator = Evaluator(config, model, mesh)
     select, mode = config.eval.select_metric, config.eval.select_mode
-
-    def valid_metrics(s: TrainState) -> dict[str, float]:
-        result = evaluator(s, splits["valid"])
-        _log(
-            f"seed {seed} valid: "
-            + " ".join(
-                f"{k} {v:.4f}"
-                for k, v in result.items()
-                if k in (select, "MAE", "Corr")
-            )
-        )
-        return result
+    dataset = config.data.dataset
 
     def plateau(s: TrainState, dev: Mapping[str, float], loop_meta: dict[str, Any]):
         # ReduceLROnPlateau on the selection metric, once per evaluation (epoch).
@@ -447,164 +363,67 @@ def train_one_seed(
         )
         factor = loop_meta["plateau"]["lr_factor"]
         if factor != optim.get_lr_factor(s.opt_state):
-            _log(f"seed {seed}: learning rate x{factor:g} (plateau)")
+            run.log(f"seed {seed}: learning rate x{factor:g} (plateau)")
             s = s.replace(opt_state=optim.set_lr_factor(s.opt_state, factor))
         return s
 
-    writer = MetricWriter(workdir)
-    eval_every = int(config.train.eval_every_steps) or steps_per_epoch
-    try:
-        result = loop_lib.train_loop(
-            state=state,
-            train_step=step_fn,
-            next_batch=lambda: sharding.global_batch(next(train_iter), mesh),
-            total_steps=total_steps,
-            steps_per_epoch=steps_per_epoch,
-            writer=writer,
-            checkpointer=checkpointer,
-            data_iter=train_iter,
-            best_checkpointer=best_checkpointer,
-            evaluate=valid_metrics,
-            select_metric=select,
-            select_mode=mode,
-            early_stop_patience=config.train.early_stop_patience,
-            on_eval=plateau,
-            log_every_steps=config.train.log_every_steps,
-            eval_every_steps=eval_every,
-            checkpoint_every_steps=eval_every,
-            meta=meta,
+    def table(test: Mapping[str, float]) -> str:
+        return metrics.format_table(
+            dataset, run.mean_std([test], metrics.display_scale), 1
         )
-    finally:
-        checkpointer.close()
-        best_checkpointer.close()
-    if result.reason == "preempted":
-        writer.close()
-        return {"preempted_at_step": int(result.state.step)}
 
-    best_state, best_meta, which = restore_for_eval(workdir, result.state)
-    test = evaluator(best_state, splits["test"])
-    writer.write(int(result.state.step), test, split="test")
-    writer.close()
-    out = {
-        "seed": seed,
-        "checkpoint": which,
-        "selected_step": best_meta.get("best_step"),
-        "selection": f"valid {select} ({mode})",
-        "valid": best_meta.get("dev"),
-        "test": test,
-        "stopped": result.reason,
-        "steps": int(result.state.step),
-    }
-    if jax.process_index() == 0:
-        (workdir / "results.json").write_text(json.dumps(out, indent=2))
-    return out
-
-
-# =====================================================================================
-# Several seeds and the report
-# =====================================================================================
-
-# Display: accuracies / F1 in percent as in the paper, MAE / Corr / loss as is.
-_PERCENT = ("Acc", "F1", "WA")
-
-
-def summarize_seeds(
-    per_seed: Sequence[Mapping[str, float]],
-) -> dict[str, dict[str, float]]:
-    """``{metric: {"mean", "std"}}`` over seeds (population std; display units)."""
-    keys = per_seed[0].keys()
-    out = {}
-    for k in keys:
-        scale = 100.0 if k.startswith(_PERCENT) else 1.0
-        values = np.asarray([float(r[k]) * scale for r in per_seed])
-        out[k] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
-    return out
-
-
-def reference_baselines(
-    dataset: str, splits: Mapping[str, data_lib.MMSASplit]
-) -> dict[str, float]:
-    """Trivial test-set references: predict the training mean (regression) or the
-    training majority class (classification)."""
-    train_label = np.asarray(splits["train"].label)
-    test_label = np.asarray(splits["test"].label)
-    if dataset == "iemocap":
-        majority = np.bincount(train_label.astype(np.int64)).argmax()
-        return {"majority_class_WAcc": float(np.mean(test_label == majority) * 100)}
-    return {"train_mean_MAE": float(np.mean(np.abs(test_label - train_label.mean())))}
-
-
-def format_table(
-    dataset: str, summary: Mapping[str, Mapping[str, float]], n: int
-) -> str:
-    """A paper-shaped table: one row, mean ± std over ``n`` seeds."""
-    if dataset == "iemocap":
-        cols = ["WAcc", "WAF1"]
-    elif dataset == "sims":
-        cols = ["MAE", "Corr", "Acc_2", "Acc_3", "Acc_5", "F1"]
-    else:
-        cols = ["MAE", "Corr", "Acc_2", "F1", "Acc_7", "Acc_5", "Acc_2_has0", "F1_has0"]
-    head = f"{'dataset':<10}" + "".join(f"{c:>16}" for c in cols)
-    row = f"{dataset:<10}"
-    for c in cols:
-        s = summary[c]
-        fmt = "{:.3f}" if s["mean"] < 10 and not c.startswith(_PERCENT) else "{:.2f}"
-        cell = fmt.format(s["mean"]) + (f" ± {fmt.format(s['std'])}" if n > 1 else "")
-        row += f"{cell:>16}"
-    note = (
-        f"({n} seed{'s' if n > 1 else ''}; Acc/F1 in %, Acc_2/F1 exclude zero labels)"
+    method = run.Method(
+        name=f"DecAlign seed {seed}",
+        train_source=source,
+        init_state=lambda spe: create_train_state(
+            config, model, example, mesh, seed=seed, steps_per_epoch=spe
+        ),
+        make_step=lambda shardings, spe: jit_train_step(config, model, shardings, mesh),
+        evaluate=lambda s: evaluator(s, splits["valid"]),
+        test=lambda s: evaluator(s, splits["test"]),
+        describe_dev=lambda d: " ".join(
+            f"{k} {v:.4f}" for k, v in d.items() if k in (select, "MAE", "Corr")
+        ),
+        format_test=table,
+        select_metric=select,
+        select_mode=mode,
+        results_fields={"seed": seed},
+        on_eval=plateau,
+        curve_keys=("loss", "task", "dec", "hete", "homo", "ct"),
     )
-    return "\n".join([head, "-" * len(head), row, note])
+    return run.train(config, path, method, mesh, results_name=results_name)
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str | os.PathLike
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    *,
+    accept_config_changes: bool = False,
 ) -> dict[str, Any]:
     """Trains every seed of ``config.seeds``; returns (and writes) results.json."""
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     mesh = sharding.make_mesh(config.mesh)
+    run.check_batch_sizes(config, mesh)
     splits = load_data(config)
     sizes = {k: v.num_samples for k, v in splits.items()}
-    _log(
-        f"DecAlign | {config.data.dataset} | {len(jax.devices())} devices | splits {sizes} "
-        f"| seq lens {splits['train'].seq_lens} dims {splits['train'].feature_dims}"
+    run.log(
+        f"DecAlign | {config.data.dataset} | {len(jax.devices())} devices | splits "
+        f"{sizes} | seq lens {splits['train'].seq_lens} dims "
+        f"{splits['train'].feature_dims}"
     )
-    seeds = [int(s) for s in (config.seeds or (config.seed,))]
-    per_seed = []
-    for seed in seeds:
-        seed_config = ml_collections.ConfigDict(config.to_dict())
-        seed_config.seed = seed
-        result = train_one_seed(
-            seed_config, workdir / f"seed_{seed}", seed, splits, mesh
+    with open_workdir(
+        workdir, config, accept_config_changes=accept_config_changes
+    ) as wd:
+        return run.run_seeds(
+            config,
+            wd,
+            functools.partial(train_seed, splits=splits, mesh=mesh),
+            functools.partial(summarize_seeds, config=config, splits=splits),
+            always_subdirs=True,
         )
-        if "preempted_at_step" in result:
-            _log(f"preempted (seed {seed}); rerun the command to resume")
-            return result
-        per_seed.append(result)
-    summary = summarize_seeds([r["test"] for r in per_seed])
-    results = {
-        "method": "DecAlign",
-        "dataset": config.data.dataset,
-        "variant": splits["train"].meta.get("file_meta", {}).get("variant"),
-        "seeds": seeds,
-        "test_mean_std": summary,
-        "baseline": reference_baselines(config.data.dataset, splits),
-        "per_seed": per_seed,
-    }
-    if jax.process_index() == 0:
-        (workdir / "results.json").write_text(json.dumps(results, indent=2))
-        _log(f"\nTest split, best-on-valid checkpoints ({config.eval.select_metric}):")
-        _log(format_table(config.data.dataset, summary, len(seeds)))
-        _log(
-            "reference: "
-            + ", ".join(f"{k} {v:.4g}" for k, v in results["baseline"].items())
-        )
-        _log(f"results written to {workdir / 'results.json'}")
-    return results
 
 
 if __name__ == "__main__":
     from xmodal import cli
 
-    cli.run_train(train_and_evaluate)
+    cli.run_train(train_and_evaluate, "decalign_jax.train")

@@ -333,15 +333,16 @@ def test_loop_stops_on_nonfinite_loss_and_keeps_last_good_checkpoint(tmp_path):
     ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
     with pytest.raises(loop_lib.NonFiniteLossError) as err:
         loop_lib.train_loop(
-            state=state,
+            state,
             train_step=jax.jit(_loop_step),
             next_batch=lambda: {"scale": jnp.asarray(next(scales))},
-            total_steps=8,
-            steps_per_epoch=4,
-            writer=writer,
-            checkpointer=ckpt,
-            log_every_steps=3,
-            checkpoint_every_steps=3,
+            options=loop_lib.LoopOptions(
+                total_steps=8,
+                steps_per_epoch=4,
+                log_every_steps=3,
+                checkpoint_every_steps=3,
+            ),
+            outputs=loop_lib.LoopOutputs(writer=writer, checkpointer=ckpt),
         )
     assert err.value.step == 5
     assert "step 5" in str(err.value) and "step 3" in str(err.value)
@@ -363,19 +364,23 @@ def test_loop_best_on_dev_early_stopping_and_rerun(tmp_path):
         ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
         best = checkpoint.Checkpointer(tmp_path / "best", max_to_keep=1)
         result = loop_lib.train_loop(
-            state=state,
+            state,
             train_step=jax.jit(_loop_step),
             next_batch=lambda: {"scale": jnp.asarray(1.0)},
-            total_steps=20,
-            steps_per_epoch=2,
-            writer=MetricWriter(tmp_path, tensorboard=True),
-            checkpointer=ckpt,
-            best_checkpointer=best,
+            options=loop_lib.LoopOptions(
+                total_steps=20,
+                steps_per_epoch=2,
+                select_metric="score",
+                select_mode="max",
+                early_stop_patience=2,
+                eval_every_steps=2,
+            ),
+            outputs=loop_lib.LoopOutputs(
+                writer=MetricWriter(tmp_path, tensorboard=True),
+                checkpointer=ckpt,
+                best_checkpointer=best,
+            ),
             evaluate=evaluate,
-            select_metric="score",
-            select_mode="max",
-            early_stop_patience=2,
-            eval_every_steps=2,
             meta=meta,
         )
         return result, ckpt, best
@@ -404,7 +409,7 @@ def test_improved_and_progress_line():
     assert not loop_lib.improved(float("nan"), None, "max")
     assert loop_lib.improved(0.5, 1.0, "min") and not loop_lib.improved(1.0, 1.0, "min")
     progress = Progress(100, steps_per_epoch=10, enabled=False)
-    progress.update(10)
+    progress.restart_clock(10)
     line = progress.update(20, {"loss": 1.5})
     assert line.startswith("step 20/100 (epoch 2.00/10)") and "loss 1.5" in line
     assert "step/s" in line and "ETA" in line

@@ -11,17 +11,27 @@ One checkpoint step holds three items:
 
 A run directory has ``checkpoints/`` (the latest few, for resuming) and ``best/`` (the
 best-on-dev state only, for evaluation). Saves are asynchronous; :meth:`wait` blocks.
+
+A save is atomic (orbax writes a temporary folder and renames it), so a killed run
+leaves complete steps plus, at most, a temporary folder. On resume the harness calls
+:meth:`Checkpointer.reconcile` on every managed folder: temporary folders are removed
+and steps newer than the restored one are dropped (the resumed run replays those
+steps and saves them again, bit-identically), so a save never meets a step that
+already exists.
 """
 
 from __future__ import annotations
 
 import pathlib
 import re
+import shutil
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+from xmodal import faults
 
 __all__ = ["Checkpointer", "abstract_like", "restore_for_eval"]
 
@@ -66,6 +76,7 @@ class Checkpointer:
             max_to_keep=max_to_keep,
             create=True,
             enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
             multiprocessing_options=ocp.options.MultiprocessingOptions(
                 barrier_sync_key_prefix=f"xmodal.{prefix}"
             ),
@@ -75,6 +86,24 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         """The newest complete checkpoint step, or None."""
         return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Every complete step, oldest first."""
+        return sorted(int(s) for s in self.manager.all_steps())
+
+    def reconcile(self, restored_step: int) -> list[int]:
+        """Removes temporary folders and every step newer than ``restored_step``.
+
+        Returns the dropped steps. Call on process 0 before training resumes.
+        """
+        for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        dropped = [s for s in self.all_steps() if s > restored_step]
+        for step in dropped:
+            self.manager.delete(step)
+        if dropped:
+            self.manager.reload()
+        return dropped
 
     def save(
         self,
@@ -92,6 +121,8 @@ class Checkpointer:
         if data_iter is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
         self.manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+        point = "best_write" if self.directory.name == "best" else "checkpoint_write"
+        faults.reached_during_write(point, step, self.directory)
 
     def restore(
         self, step: int, target: Any, *, data_iter: Any = None

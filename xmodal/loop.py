@@ -1,5 +1,5 @@
-"""The training loop: step bookkeeping, logging, dev evaluation, best-on-dev,
-early stopping, non-finite-loss stop, periodic and preemption checkpoints.
+"""The training loop: step bookkeeping, logging, dev evaluation, best-on-dev, collapse
+guard, early stopping, non-finite-loss stop, periodic and preemption checkpoints.
 
 The loop knows nothing about a method: it calls ``train_step(state, batch)`` (jitted
 by the driver, returning device scalars), fetches metrics only at log points, and calls
@@ -9,10 +9,10 @@ by the driver, returning device scalars), fetches metrics only at log points, an
 2. at a log point (also forced before every evaluation and checkpoint) fetch the
    pending metrics; if any ``loss`` is non-finite, stop with the first bad step number
    (:class:`NonFiniteLossError`) *before* anything is saved, so the last good
-   checkpoint survives;
+   checkpoint survives; feed the collapse guard;
 3. at an evaluation point: dev metrics -> best-on-dev bookkeeping (save to the
-   ``best`` checkpointer when improved), the driver's ``on_eval`` hook (e.g. a
-   plateau learning-rate rule), early stopping;
+   ``best`` checkpointer when improved and the dev scores are not degenerate), the
+   driver's ``on_eval`` hook (e.g. a plateau learning-rate rule), early stopping;
 4. at a checkpoint point (and at the end, and on SIGTERM): save state + iterator
    position + loop metadata.
 """
@@ -20,7 +20,6 @@ by the driver, returning device scalars), fetches metrics only at log points, an
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import signal
 from collections.abc import Callable, Mapping
@@ -29,10 +28,19 @@ from typing import Any
 import jax
 import numpy as np
 
+from xmodal import faults
 from xmodal.checkpoint import Checkpointer
 from xmodal.writer import MetricWriter, Progress
 
-__all__ = ["LoopResult", "NonFiniteLossError", "improved", "train_loop"]
+__all__ = [
+    "CollapseGuard",
+    "LoopOptions",
+    "LoopOutputs",
+    "LoopResult",
+    "NonFiniteLossError",
+    "improved",
+    "train_loop",
+]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -41,6 +49,75 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, step: int, message: str) -> None:
         super().__init__(message)
         self.step = step
+
+
+@dataclasses.dataclass(frozen=True)
+class CollapseGuard:
+    """Warns once when a train metric stays below ``floor`` for ``patience_steps``.
+
+    Attributes:
+      metric: the train metric watched (e.g. the spread of the batch score matrix).
+      floor: values below this count as collapsed.
+      patience_steps: how many consecutive steps below the floor before the warning
+        (checked at log points, so the resolution is ``log_every_steps``).
+    """
+
+    metric: str
+    floor: float
+    patience_steps: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopOptions:
+    """How long to train and when to log, evaluate and save.
+
+    Attributes:
+      total_steps: the last step number.
+      steps_per_epoch: for the progress line and the ``epoch`` metadata.
+      log_every_steps, eval_every_steps, checkpoint_every_steps: intervals (0 = only
+        at the end).
+      select_metric, select_mode: the dev metric that defines "best" and its
+        direction ("max" or "min"); None = no selection.
+      early_stop_patience: stop after this many evaluations without improvement
+        (0 = never).
+      loss_key: the metric checked for finiteness.
+      progress_keys: train metrics shown on the progress line.
+      collapse: the collapse guard, or None.
+    """
+
+    total_steps: int
+    steps_per_epoch: int
+    log_every_steps: int = 50
+    eval_every_steps: int = 0
+    checkpoint_every_steps: int = 0
+    select_metric: str | None = None
+    select_mode: str = "max"
+    early_stop_patience: int = 0
+    loss_key: str = "loss"
+    progress_keys: tuple[str, ...] = ("loss", "lr")
+    collapse: CollapseGuard | None = None
+
+
+@dataclasses.dataclass
+class LoopOutputs:
+    """Where the loop writes: metrics, the latest checkpoints, the best one.
+
+    Attributes:
+      writer: metrics.jsonl / TensorBoard.
+      checkpointer: ``checkpoints/``.
+      best_checkpointer: ``best/`` (None = no best-on-dev state).
+      data_iter: the grain iterator whose position is checkpointed.
+      on_dev: called with ``(step, dev metrics, is_best)`` after each evaluation
+        (the console line, the curves).
+      log: prints one line (process 0).
+    """
+
+    writer: MetricWriter
+    checkpointer: Checkpointer
+    best_checkpointer: Checkpointer | None = None
+    data_iter: Any = None
+    on_dev: Callable[[int, Mapping[str, float], bool], None] | None = None
+    log: Callable[[str], None] = print
 
 
 @dataclasses.dataclass
@@ -98,49 +175,117 @@ def _due(step: int, every: int, total: int) -> bool:
     return (every > 0 and step % every == 0) or step == total
 
 
+class _Run:
+    """The mutable bookkeeping of one :func:`train_loop` call."""
+
+    def __init__(self, options: LoopOptions, out: LoopOutputs, meta: dict[str, Any]):
+        self.options, self.out, self.meta = options, out, meta
+        self.pending: list[tuple[int, Mapping[str, Any]]] = []
+        self.progress = Progress(
+            options.total_steps,
+            steps_per_epoch=options.steps_per_epoch,
+            enabled=out.writer.enabled,
+        )
+
+    def flush(self, at_step: int) -> None:
+        """Fetches pending metrics, checks the loss, writes the mean, prints."""
+        o = self.options
+        if not self.pending:
+            return
+        fetched = jax.device_get([m for _, m in self.pending])
+        for (s, _), values in zip(self.pending, fetched, strict=True):
+            loss = float(np.asarray(values[o.loss_key]))
+            if not math.isfinite(loss):
+                last = self.out.checkpointer.latest_step()
+                raise NonFiniteLossError(
+                    s,
+                    f"training loss is {loss} at step {s}; stopping. The last good "
+                    f"checkpoint is step {last} in {self.out.checkpointer.directory}",
+                )
+            self._watch_collapse(s, values)
+        keys = fetched[0].keys()
+        mean = {k: float(np.mean([np.asarray(v[k]) for v in fetched])) for k in keys}
+        mean["epoch"] = at_step / o.steps_per_epoch
+        self.pending = []
+        self.out.writer.write(at_step, mean, split="train")
+        faults.reached("log", at_step)
+        if _due(at_step, o.log_every_steps, o.total_steps):
+            self.progress.update(
+                at_step, {k: v for k, v in mean.items() if k in o.progress_keys}
+            )
+
+    def _watch_collapse(self, step: int, values: Mapping[str, Any]) -> None:
+        guard = self.options.collapse
+        if guard is None or guard.metric not in values:
+            return
+        value = float(np.asarray(values[guard.metric]))
+        if value >= guard.floor:
+            self.meta["collapse_since"] = None
+            return
+        since = self.meta.get("collapse_since") or step
+        self.meta["collapse_since"] = since
+        if step - since + 1 >= guard.patience_steps and not self.meta.get(
+            "collapse_warned_at"
+        ):
+            self.meta["collapse_warned_at"] = step
+            self.out.log(
+                f"WARNING: training scores have collapsed: {guard.metric} {value:.3g} "
+                f"< {guard.floor:g} since step {since} (the model gives every pair "
+                "about the same score); dev selection ignores degenerate checkpoints"
+            )
+
+    def evaluate(
+        self, state: Any, step: int, evaluate: Callable[[Any], Mapping[str, float]]
+    ) -> dict[str, float]:
+        o, meta = self.options, self.meta
+        dev = dict(evaluate(state))
+        self.out.writer.write(step, dev, split="dev")
+        is_best = False
+        if o.select_metric is not None:
+            value = float(dev[o.select_metric])
+            degenerate = bool(dev.get("degenerate", 0.0))
+            if degenerate:
+                meta.setdefault("degenerate_steps", []).append(step)
+            if not degenerate and improved(value, meta["best_metric"], o.select_mode):
+                is_best = True
+                meta.update(best_metric=value, best_step=step, evals_since_best=0)
+                if self.out.best_checkpointer is not None:
+                    self.out.best_checkpointer.save(
+                        step, state, meta=dict(meta, dev=dev)
+                    )
+                    self.out.best_checkpointer.wait()
+                    faults.reached("after_best", step)
+            else:
+                meta["evals_since_best"] += 1
+        if self.out.on_dev is not None:
+            self.out.on_dev(step, dev, is_best)
+        return dev
+
+
 def train_loop(
-    *,
     state: Any,
+    *,
     train_step: Callable[[Any, Any], tuple[Any, Mapping[str, Any]]],
     next_batch: Callable[[], Any],
-    total_steps: int,
-    steps_per_epoch: int,
-    writer: MetricWriter,
-    checkpointer: Checkpointer,
-    data_iter: Any = None,
-    best_checkpointer: Checkpointer | None = None,
+    options: LoopOptions,
+    outputs: LoopOutputs,
     evaluate: Callable[[Any], Mapping[str, float]] | None = None,
-    select_metric: str | None = None,
-    select_mode: str = "max",
-    early_stop_patience: int = 0,
     on_eval: Callable[[Any, Mapping[str, float], dict[str, Any]], Any] | None = None,
-    log_every_steps: int = 50,
-    eval_every_steps: int = 0,
-    checkpoint_every_steps: int = 0,
     meta: dict[str, Any] | None = None,
-    loss_key: str = "loss",
 ) -> LoopResult:
-    """Runs ``train_step`` from ``state.step`` to ``total_steps``.
+    """Runs ``train_step`` from ``state.step`` to ``options.total_steps``.
 
     Args:
       state: the (restored or fresh) train state; must have an integer ``step``.
       train_step: ``(state, batch) -> (state, metrics)`` with device scalar metrics.
       next_batch: returns the next global batch.
-      total_steps: last step number.
-      steps_per_epoch: for progress display and the ``epoch`` metadata.
-      writer, checkpointer, best_checkpointer: outputs.
-      data_iter: the grain iterator whose position is checkpointed.
+      options: intervals, selection, early stopping, collapse guard.
+      outputs: writer, checkpointers, iterator, console hooks.
       evaluate: ``state -> dev metrics``; called every ``eval_every_steps`` and at
-        the end.
-      select_metric, select_mode: the dev metric that defines "best" and its direction.
-      early_stop_patience: stop after this many evaluations without improvement
-        (0 = never).
+        the end. A dev result with ``degenerate`` = 1 is never selected as best.
       on_eval: ``(state, dev_metrics, meta) -> state``, e.g. a plateau LR rule. It may
         update ``meta`` in place (it is checkpointed).
-      log_every_steps, eval_every_steps, checkpoint_every_steps: intervals (0 = only
-        at the end).
       meta: loop metadata restored from a checkpoint (best value, counters).
-      loss_key: the metric checked for finiteness.
 
     Raises:
       NonFiniteLossError: with the first step whose loss was not finite.
@@ -149,97 +294,52 @@ def train_loop(
     meta.setdefault("best_metric", None)
     meta.setdefault("best_step", None)
     meta.setdefault("evals_since_best", 0)
+    o, out = options, outputs
     step = int(jax.device_get(state.step))
     if meta.get("stopped_early_at") is not None:
         # A rerun of an early-stopped run must not train on past the stop.
         return LoopResult(state=state, meta=meta, reason="early_stopped")
-    progress = Progress(
-        total_steps, steps_per_epoch=steps_per_epoch, enabled=writer.enabled
-    )
-    pending: list[tuple[int, Mapping[str, Any]]] = []
+    run = _Run(o, out, meta)
     reason = "finished"
 
-    def flush(at_step: int) -> None:
-        nonlocal pending
-        if not pending:
-            return
-        fetched = jax.device_get([m for _, m in pending])
-        for (s, _), values in zip(pending, fetched, strict=True):
-            loss = float(np.asarray(values[loss_key]))
-            if not math.isfinite(loss):
-                last = checkpointer.latest_step()
-                raise NonFiniteLossError(
-                    s,
-                    f"training loss is {loss} at step {s}; stopping. The last good "
-                    f"checkpoint is step {last} in {checkpointer.directory}",
-                )
-        keys = fetched[0].keys()
-        mean = {k: float(np.mean([np.asarray(v[k]) for v in fetched])) for k in keys}
-        mean["epoch"] = at_step / steps_per_epoch
-        writer.write(at_step, mean, split="train")
-        progress.update(
-            at_step, {k: v for k, v in mean.items() if k in (loss_key, "lr")}
-        )
-        pending = []
-
     def save(at_step: int) -> None:
-        meta["epoch"] = at_step / steps_per_epoch
-        checkpointer.save(at_step, state, data_iter=data_iter, meta=meta)
+        meta["epoch"] = at_step / o.steps_per_epoch
+        out.checkpointer.save(at_step, state, data_iter=out.data_iter, meta=meta)
 
-    if step == 0 or step < total_steps:
-        progress.update(step)
+    first = True
     with _Preemption() as preemption:
-        while step < total_steps:
+        while step < o.total_steps:
             batch = next_batch()
             state, metrics = train_step(state, batch)
             step += 1
-            pending.append((step, metrics))
+            if first:
+                # The first step includes compilation: not a step's time.
+                jax.block_until_ready(metrics)
+                run.progress.restart_clock(step)
+                first = False
+            run.pending.append((step, metrics))
             eval_now = evaluate is not None and _due(
-                step, eval_every_steps, total_steps
+                step, o.eval_every_steps, o.total_steps
             )
-            ckpt_now = _due(step, checkpoint_every_steps, total_steps)
+            ckpt_now = _due(step, o.checkpoint_every_steps, o.total_steps)
             stop_now = preemption.reached(step)
             # Blocking every <= 16 steps also keeps simulated CPU devices from
-            # deadlocking (ENVIRONMENT.md) and bounds the pending metric list.
+            # deadlocking on a 2-core machine and bounds the pending metric list.
             if (
-                _due(step, log_every_steps, total_steps)
+                _due(step, o.log_every_steps, o.total_steps)
                 or eval_now
                 or ckpt_now
                 or stop_now
-                or len(pending) >= 16
+                or len(run.pending) >= 16
             ):
-                flush(step)
+                run.flush(step)
             if eval_now:
                 assert evaluate is not None
-                dev = dict(evaluate(state))
-                writer.write(step, dev, split="dev")
-                if select_metric is not None:
-                    value = float(dev[select_metric])
-                    if improved(value, meta["best_metric"], select_mode):
-                        meta.update(
-                            best_metric=value, best_step=step, evals_since_best=0
-                        )
-                        if best_checkpointer is not None:
-                            best_checkpointer.save(
-                                step, state, meta=dict(meta, dev=dev)
-                            )
-                    else:
-                        meta["evals_since_best"] += 1
-                    logging.info(
-                        "dev %s = %.4f at step %d (best %.4f at step %s)",
-                        select_metric,
-                        value,
-                        step,
-                        meta["best_metric"]
-                        if meta["best_metric"] is not None
-                        else math.nan,
-                        meta["best_step"],
-                    )
+                dev = run.evaluate(state, step, evaluate)
                 if on_eval is not None:
                     state = on_eval(state, dev, meta)
-                if (
-                    early_stop_patience
-                    and meta["evals_since_best"] >= early_stop_patience
+                if o.early_stop_patience and (
+                    meta["evals_since_best"] >= o.early_stop_patience
                 ):
                     reason = "early_stopped"
                     meta["stopped_early_at"] = step
@@ -251,7 +351,9 @@ def train_loop(
                 break
             if ckpt_now:
                 save(step)
-    checkpointer.wait()
-    if best_checkpointer is not None:
-        best_checkpointer.wait()
+            if eval_now or ckpt_now:
+                run.progress.restart_clock(step)
+    out.checkpointer.wait()
+    if out.best_checkpointer is not None:
+        out.best_checkpointer.wait()
     return LoopResult(state=state, meta=meta, reason=reason)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import optax
 from flax import struct
 
-__all__ = ["TrainState"]
+__all__ = ["TrainState", "create_sharded"]
 
 
 class TrainState(struct.PyTreeNode):
@@ -56,3 +57,21 @@ class TrainState(struct.PyTreeNode):
             step=self.step + 1, params=params, opt_state=opt_state, **changes
         )
         return new, updates
+
+
+def create_sharded(
+    init: Callable[[], TrainState],
+    mesh: jax.sharding.Mesh,
+    rules: Sequence[tuple[str, Sequence[str | None]]] = (),
+) -> tuple[TrainState, Any]:
+    """Runs ``init`` once, directly into its shardings; returns ``(state, shardings)``.
+
+    The state is first traced abstractly (``jax.eval_shape``), the shardings come from
+    the ``(regex, partition)`` rules, and ``init`` is jitted with those output
+    shardings: nothing is created on one device and moved afterwards.
+    """
+    from xmodal import sharding
+
+    abstract = jax.eval_shape(init)
+    shardings = sharding.param_shardings(abstract, mesh, rules)
+    return jax.jit(init, out_shardings=shardings)(), shardings

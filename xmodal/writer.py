@@ -3,12 +3,18 @@
 ``metrics.jsonl`` has one JSON object per write: ``{"step": ..., "split": "train",
 "time": ..., "<name>": value, ...}``; TensorBoard scalars are ``<split>/<name>``.
 Other processes get a writer that does nothing, so drivers call it unconditionally.
+
+A resumed run opens the writer with the step it restored: rows written after that
+step by the run that died are removed (the resumed run writes them again), and
+TensorBoard is told to purge its events from that step on, so neither file holds a
+step twice.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -18,7 +24,13 @@ from typing import Any, TextIO
 import jax
 import numpy as np
 
-__all__ = ["MetricWriter", "Progress", "format_duration"]
+__all__ = [
+    "MetricWriter",
+    "Progress",
+    "format_duration",
+    "read_metrics",
+    "truncate_metrics",
+]
 
 
 def _to_float(value: Any) -> float:
@@ -32,6 +44,8 @@ class MetricWriter:
       workdir: the run directory.
       enabled: write anything at all (default: only on process 0).
       tensorboard: also write TensorBoard event files under ``workdir/tensorboard``.
+      resume_step: the step the run restarts from (0 for a fresh start): rows of
+        later steps are dropped. None keeps the file as it is (evaluation only).
     """
 
     def __init__(
@@ -40,6 +54,7 @@ class MetricWriter:
         *,
         enabled: bool | None = None,
         tensorboard: bool = True,
+        resume_step: int | None = None,
     ) -> None:
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.workdir = pathlib.Path(workdir)
@@ -48,11 +63,17 @@ class MetricWriter:
         if not self.enabled:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.workdir / "metrics.jsonl", "a")  # noqa: SIM115
+        path = self.workdir / "metrics.jsonl"
+        if resume_step is not None and path.exists():
+            truncate_metrics(path, resume_step)
+        self._jsonl = open(path, "a")  # noqa: SIM115
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+            purge = None if resume_step is None else int(resume_step) + 1
+            self._tb = SummaryWriter(
+                str(self.workdir / "tensorboard"), purge_step=purge
+            )
 
     def write(
         self, step: int, metrics: Mapping[str, Any], *, split: str = "train"
@@ -82,6 +103,31 @@ class MetricWriter:
             self._tb = None
 
 
+def read_metrics(path: str | pathlib.Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` (a torn last line, from a kill, is skipped)."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def truncate_metrics(path: pathlib.Path, last_step: int) -> int:
+    """Rewrites ``path`` without rows after ``last_step``; returns how many went."""
+    text = path.read_text()
+    rows = read_metrics(path)
+    keep = [r for r in rows if int(r.get("step", 0)) <= last_step]
+    if len(keep) == len(rows) and (not text or text.endswith("\n")):
+        return 0
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    os.replace(partial, path)
+    return len(rows) - len(keep)
+
+
 def format_duration(seconds: float) -> str:
     """``3h02m``, ``4m05s``, ``12s``."""
     if not math.isfinite(seconds):
@@ -97,10 +143,12 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-    """Prints ``step 120/3000 (epoch 2/25) | loss 1.234 ... | 5.2 step/s | ETA 9m12s``.
+    """Prints ``step 120/3000 (epoch 2.00/25) | loss 1.234 ... | 5.2 step/s | ETA 9m12s``.
 
-    Rates are measured between calls (the first call after a (re)start only sets the
-    clock, so compilation time does not distort the ETA).
+    The rate counts training time only: the loop calls :meth:`restart_clock` after
+    anything that is not a training step (compilation, evaluation, checkpointing), so
+    the time until the next update is not charged to the steps in between. The rate
+    is the mean over every timed interval since the (re)start.
     """
 
     def __init__(
@@ -115,15 +163,28 @@ class Progress:
         self.steps_per_epoch = steps_per_epoch
         self.stream = stream or sys.stdout
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self._last: tuple[int, float] | None = None
+        self._mark: tuple[int, float] | None = None
+        self._timed_steps = 0
+        self._timed_seconds = 0.0
+
+    def restart_clock(self, step: int) -> None:
+        """Starts timing at ``step``, now (time until here is not a step's)."""
+        self._mark = (step, time.perf_counter())
+
+    @property
+    def rate(self) -> float:
+        """Training steps per second so far (NaN before the first timed interval)."""
+        if not self._timed_steps or self._timed_seconds <= 0:
+            return float("nan")
+        return self._timed_steps / self._timed_seconds
 
     def update(self, step: int, metrics: Mapping[str, Any] | None = None) -> str:
         """Prints (process 0) and returns the progress line for ``step``."""
         now = time.perf_counter()
-        rate = float("nan")
-        if self._last is not None and step > self._last[0]:
-            rate = (step - self._last[0]) / max(now - self._last[1], 1e-9)
-        self._last = (step, now)
+        if self._mark is not None and step > self._mark[0]:
+            self._timed_steps += step - self._mark[0]
+            self._timed_seconds += now - self._mark[1]
+        self._mark = (step, now)
         parts = [f"step {step}/{self.total_steps}"]
         if self.steps_per_epoch:
             epoch = step / self.steps_per_epoch
@@ -133,6 +194,7 @@ class Progress:
             parts.append(
                 " ".join(f"{k} {_to_float(v):.4g}" for k, v in sorted(metrics.items()))
             )
+        rate = self.rate
         if math.isfinite(rate):
             eta = (self.total_steps - step) / rate if rate > 0 else float("inf")
             parts.append(f"{rate:.2f} step/s | ETA {format_duration(eta)}")

@@ -1,0 +1,317 @@
+"""A run directory: one live run at a time, and the config it was started with.
+
+Opening a workdir (:func:`open_workdir`, a context manager) does three things, in this
+order, before anything is written into it:
+
+1. **Lock.** ``WORKDIR/.lock`` is locked with ``flock`` for the life of the run and
+   holds the owner's process id, host and start time. A second run on a live workdir
+   stops at once with :class:`~xmodal.errors.WorkdirBusyError` naming the owner. The
+   kernel drops the lock when its process dies (``kill -9`` included), so a lock file
+   left by a dead run is taken over, with a warning.
+2. **Config memory.** ``WORKDIR/config.json`` holds the config the run was started
+   with. A rerun whose config differs in a key that changes training stops with
+   :class:`~xmodal.errors.ConfigChangedError`: one line per changed key and the flag
+   that accepts the change (``--accept_config_changes``). Keys that cannot change
+   the trained weights are sorted into three kinds (:data:`FREE_KEYS`,
+   :data:`EXTEND_KEYS`, :data:`EVAL_KEYS`); every accepted change is appended to
+   ``config_history.jsonl``.
+3. **Results naming.** When only evaluation keys changed, the results of the rerun are
+   written beside the earlier ones (``results__<key>-<value>.json``), never over them.
+
+Only process 0 locks and writes; every process runs the same config check, so all of
+them stop on a changed config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import pathlib
+import re
+import socket
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import ml_collections
+
+from xmodal import config as config_lib
+from xmodal.errors import ConfigChangedError, WorkdirBusyError
+
+__all__ = [
+    "EVAL_KEYS",
+    "EXTEND_KEYS",
+    "FREE_KEYS",
+    "ConfigDiff",
+    "Workdir",
+    "check_trained_with",
+    "config_diff",
+    "evaluation_name",
+    "open_workdir",
+]
+
+# Keys that change neither the trained weights nor the results (threads, logging,
+# device layout: the sharded step equals the single-device one, tested).
+FREE_KEYS: tuple[str, ...] = (
+    "data.num_threads",
+    "data.worker_count",
+    "train.log_every_steps",
+    "train.checkpoint_every_steps",
+    "train.keep_checkpoints",
+    "mesh",
+    "seeds",
+)
+# Keys that lengthen or shorten a run without changing the steps already taken.
+EXTEND_KEYS: tuple[str, ...] = ("train.num_steps", "train.num_epochs")
+# Keys that change only the evaluation of a trained state (its results, not weights).
+EVAL_KEYS: tuple[str, ...] = (
+    "eval.batch_size",
+    "eval.block_size",
+    "data.test_split",
+    "data.test_protocols",
+)
+
+_LOCK = ".lock"
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _matches(key: str, names: tuple[str, ...]) -> bool:
+    return any(key == n or key.startswith(n + ".") for n in names)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigDiff:
+    """How a rerun's config differs from the stored one.
+
+    Attributes:
+      changed: ``{dotted key: (stored value, new value)}`` for every differing key
+        (a key present on one side only has ``"<absent>"`` on the other).
+    """
+
+    changed: dict[str, tuple[Any, Any]]
+
+    def keys_of(self, names: tuple[str, ...]) -> list[str]:
+        return sorted(k for k in self.changed if _matches(k, names))
+
+    @property
+    def training(self) -> list[str]:
+        """Changed keys that change training."""
+        allowed = FREE_KEYS + EXTEND_KEYS + EVAL_KEYS
+        return sorted(k for k in self.changed if not _matches(k, allowed))
+
+    @property
+    def evaluation(self) -> list[str]:
+        return self.keys_of(EVAL_KEYS)
+
+    def lines(self, keys: list[str] | None = None) -> list[str]:
+        keys = sorted(self.changed) if keys is None else keys
+        return [
+            f"  {k}: {json.dumps(self.changed[k][0])} -> {json.dumps(self.changed[k][1])}"
+            for k in keys
+        ]
+
+
+def config_diff(stored: Mapping[str, Any], new: Mapping[str, Any]) -> ConfigDiff:
+    """The keys whose JSON values differ between two config dicts."""
+    a, b = _flatten(stored), _flatten(new)
+    absent = "<absent>"
+    changed = {
+        k: (a.get(k, absent), b.get(k, absent))
+        for k in sorted(set(a) | set(b))
+        if a.get(k, absent) != b.get(k, absent)
+    }
+    return ConfigDiff(changed)
+
+
+@dataclasses.dataclass
+class Workdir:
+    """An open, locked run directory.
+
+    Attributes:
+      path: the directory.
+      eval_changes: evaluation-only keys that differ from the stored config, with
+        their new values; non-empty means results go to :meth:`results_name`'s file.
+      writer: whether this process writes (process 0).
+    """
+
+    path: pathlib.Path
+    eval_changes: dict[str, Any]
+    writer: bool
+
+    def results_name(self) -> str:
+        """``results.json``, or ``results__<key>-<value>[__...].json`` after
+        evaluation-only changes (never the name of an earlier result)."""
+        if not self.eval_changes:
+            return "results.json"
+        parts = []
+        for key, value in sorted(self.eval_changes.items()):
+            text = value if isinstance(value, str) else json.dumps(value)
+            parts.append(re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{key}-{text}").strip("_"))
+        return "results__" + "__".join(parts) + ".json"
+
+
+def _acquire(path: pathlib.Path) -> int:
+    """Locks ``path/.lock``; returns its file descriptor (kept open for the run)."""
+    lock = path / _LOCK
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = lock.read_text(errors="replace").strip() or "{}"
+        os.close(fd)
+        try:
+            info = json.loads(owner)
+        except json.JSONDecodeError:
+            info = {}
+        raise WorkdirBusyError(
+            f"workdir {path} is in use by process {info.get('pid', '?')} on host "
+            f"{info.get('host', '?')} (since {info.get('started', '?')}); wait for it "
+            "to end or stop it, or use another --workdir"
+        ) from None
+    previous = os.read(fd, 4096).decode(errors="replace").strip()
+    if previous:
+        try:
+            info = json.loads(previous)
+        except json.JSONDecodeError:
+            info = {}
+        warnings.warn(
+            f"taking over the lock of {path}: process {info.get('pid', '?')} on host "
+            f"{info.get('host', '?')} ended without releasing it",
+            stacklevel=3,
+        )
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(me).encode(), 0)
+    os.fsync(fd)
+    return fd
+
+
+def _release(path: pathlib.Path, fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+    os.close(fd)
+
+
+def _check_config(
+    path: pathlib.Path, new: dict[str, Any], *, accept: bool
+) -> tuple[ConfigDiff | None, dict[str, Any]]:
+    stored_path = path / "config.json"
+    if not stored_path.is_file():
+        return None, {}
+    try:
+        stored = json.loads(stored_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigChangedError(
+            f"{stored_path} is not valid JSON ({exc}); move it away to start afresh"
+        ) from None
+    diff = config_diff(stored, new)
+    if diff.training and not accept:
+        lines = "\n".join(diff.lines(diff.training))
+        raise ConfigChangedError(
+            f"the config differs from the one {path} was trained with in "
+            f"{len(diff.training)} key(s) that change training:\n{lines}\n"
+            "use another --workdir, or rerun with --accept_config_changes to continue "
+            "this run with the new values"
+        )
+    return diff, {k: diff.changed[k][1] for k in diff.evaluation}
+
+
+@contextlib.contextmanager
+def open_workdir(
+    path: str | os.PathLike,
+    config: ml_collections.ConfigDict,
+    *,
+    accept_config_changes: bool = False,
+) -> Iterator[Workdir]:
+    """Locks ``path``, checks ``config`` against the stored one, records changes.
+
+    Call after the config is resolved and the data opened: nothing is written into
+    ``path`` before this (the lock file is the first write).
+
+    Raises:
+      WorkdirBusyError: another live process holds the lock.
+      ConfigChangedError: a training key changed and ``accept_config_changes`` is
+        False (nothing in the workdir is modified).
+    """
+    path = pathlib.Path(path)
+    new = config_lib.config_to_dict(config)
+    writer = jax.process_index() == 0
+    diff, eval_changes = _check_config(path, new, accept=accept_config_changes)
+    fd = None
+    if writer:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = _acquire(path)
+    try:
+        if writer:
+            # Checked again under the lock: another run may have started in between.
+            diff, eval_changes = _check_config(path, new, accept=accept_config_changes)
+            if diff is None:
+                _write_atomic(
+                    path / "config.json", json.dumps(new, indent=2, sort_keys=True)
+                )
+            elif diff.changed:
+                record = {
+                    "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "changed": {k: list(v) for k, v in diff.changed.items()},
+                    "accepted_training_change": bool(diff.training),
+                }
+                with open(path / "config_history.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                if not eval_changes:
+                    # config.json describes the weights and results.json; after an
+                    # evaluation-only change it keeps describing the earlier results.
+                    _write_atomic(
+                        path / "config.json", json.dumps(new, indent=2, sort_keys=True)
+                    )
+        yield Workdir(path=path, eval_changes=eval_changes, writer=writer)
+    finally:
+        if fd is not None:
+            _release(path, fd)
+
+
+def check_trained_with(
+    path: str | os.PathLike, config: ml_collections.ConfigDict
+) -> None:
+    """Read-only check that ``config`` can score the run in ``path``: it must not
+    differ from the stored config in a training key (evaluation keys may differ).
+
+    Raises:
+      FileNotFoundError: ``path`` holds no run (no config.json).
+      ConfigChangedError: a training key differs.
+    """
+    path = pathlib.Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path}: no config.json here; is this a run folder (--workdir of a "
+            "training run)?"
+        )
+    diff, _ = _check_config(path, config_lib.config_to_dict(config), accept=False)
+    del diff
+
+
+def evaluation_name(checkpoint: str, split: str) -> str:
+    """The results file of an evaluation command: never a training result's name."""
+    return f"results__evaluate-{checkpoint}__split-{split}.json"
