@@ -11,6 +11,7 @@ unexpected tensors, and computes the same outputs.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import jax
@@ -604,6 +605,17 @@ def test_unknown_model_type_and_missing_files(tmp_path):
         bb.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"config\.json"):
         bb.from_pretrained(tmp_path / "nowhere")
+
+
+def test_pytorch_bin_without_torch_is_a_clear_error(tmp_path, monkeypatch):
+    bb.write_random_checkpoint(tmp_path, "vit")
+    (tmp_path / "model.safetensors").rename(tmp_path / "pytorch_model.bin")
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    with pytest.raises(bb.CheckpointError) as e:
+        bb.from_pretrained(tmp_path)
+    assert "pytorch_model.bin: reading a PyTorch pickle checkpoint needs torch" in (
+        _one_line_error(e)
+    )
 
 
 def test_bf16_safetensors_are_read(tmp_path):
