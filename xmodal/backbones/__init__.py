@@ -1,0 +1,52 @@
+"""Pretrained backbones: Flax ViT, Swin, CLIP vision and BERT read from local Hugging
+Face folders, with outputs equal to ``transformers``' models (tested).
+
+    module, variables = from_pretrained("checkpoints/vit-base-patch16-224-in21k")
+    tokens = module.apply(variables, images)          # [B, 197, 768]
+
+    module, variables = from_pretrained("checkpoints/bert-base-uncased")
+    batch = load_tokenizer("checkpoints/bert-base-uncased").encode(texts, 50)
+    tokens = module.apply(variables, batch.input_ids, batch.attention_mask)  # [B, 50, 768]
+
+Modules take ``dtype`` (compute; parameters stay float32), ``remat`` (per block) and
+``add_pooling_layer``; ``deterministic=False`` at call time turns dropout on.
+``write_random_checkpoint`` makes tiny random folders in the same layout.
+"""
+
+from xmodal.backbones.bert import Bert, BertConfig
+from xmodal.backbones.clip import CLIPVision, CLIPVisionConfig
+from xmodal.backbones.hf_checkpoint import CheckpointError
+from xmodal.backbones.pretrained import (
+    BackboneConfig,
+    default_vocab,
+    from_config,
+    from_pretrained,
+    load_config,
+    param_shapes,
+    write_random_checkpoint,
+)
+from xmodal.backbones.swin import Swin, SwinConfig
+from xmodal.backbones.tokenizer import TextTokenizer, TokenizedText, load_tokenizer
+from xmodal.backbones.vit import ViT, ViTConfig
+
+__all__ = [
+    "BackboneConfig",
+    "Bert",
+    "BertConfig",
+    "CLIPVision",
+    "CLIPVisionConfig",
+    "CheckpointError",
+    "Swin",
+    "SwinConfig",
+    "TextTokenizer",
+    "TokenizedText",
+    "ViT",
+    "ViTConfig",
+    "default_vocab",
+    "from_config",
+    "from_pretrained",
+    "load_config",
+    "load_tokenizer",
+    "param_shapes",
+    "write_random_checkpoint",
+]
