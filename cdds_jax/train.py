@@ -31,6 +31,7 @@ from xmodal import config as config_lib
 from xmodal import layers, optim, pipeline, sharding
 from xmodal import loop as loop_lib
 from xmodal.checkpoint import Checkpointer, restore_for_eval
+from xmodal.files import cache_dir
 from xmodal.inference import map_source
 from xmodal.state import TrainState
 from xmodal.writer import MetricWriter
@@ -79,16 +80,11 @@ class Data:
         )
 
 
-def cache_dir() -> pathlib.Path:
-    """Where demo data are generated: ``$XMODAL_CACHE`` or ``~/.cache/xmodal``."""
-    return pathlib.Path(os.environ.get("XMODAL_CACHE", "~/.cache/xmodal")).expanduser()
-
-
 def data_root(config: ml_collections.ConfigDict) -> pathlib.Path:
     """``data.root``, or the synthetic store (written on first use) for demo configs."""
     syn = config.data.synthetic
     if syn.enabled:
-        from cdds_jax import synthetic
+        from cdds_jax.data import synthetic
 
         return synthetic.ensure_demo_store(
             cache_dir() / "cdds",
