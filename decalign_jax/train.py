@@ -36,6 +36,7 @@ from xmodal import config as config_lib
 from xmodal import layers, optim, pipeline, sharding
 from xmodal import loop as loop_lib
 from xmodal.checkpoint import Checkpointer, restore_for_eval
+from xmodal.files import cache_dir
 from xmodal.inference import map_source
 from xmodal.state import TrainState
 from xmodal.writer import MetricWriter
@@ -65,16 +66,11 @@ def _log(message: str) -> None:
 # =====================================================================================
 
 
-def cache_dir() -> pathlib.Path:
-    """Where demo data are generated: ``$XMODAL_CACHE`` or ``~/.cache/xmodal``."""
-    return pathlib.Path(os.environ.get("XMODAL_CACHE", "~/.cache/xmodal")).expanduser()
-
-
 def data_path(config: ml_collections.ConfigDict) -> pathlib.Path:
     """``data.path``, or the synthetic pickle (written on first use) for demo configs."""
     syn = config.data.synthetic
     if syn.enabled:
-        from decalign_jax import synthetic
+        from decalign_jax.data import synthetic
 
         kwargs: dict[str, Any] = dict(
             seed=syn.seed,
@@ -109,7 +105,6 @@ def load_data(config: ml_collections.ConfigDict) -> dict[str, data_lib.MMSASplit
         dataset=config.data.dataset,
         standardize=standardize,
         num_classes=config.data.num_classes if config.loss.task == "ce" else None,
-        verify_checksum=config.data.verify_checksum,
     )
 
 
