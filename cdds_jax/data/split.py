@@ -213,14 +213,18 @@ def scan_features(arr: np.ndarray, path: pathlib.Path, field: str) -> bool:
       Whether ``arr`` was scanned whole (it goes into ``finite_checked``).
     """
     if arr.nbytes <= FINITE_SCAN_MAX_BYTES:
-        scan, scanned, what = files.check_finite(arr, path, field), True, "all"
+        scan, scanned = files.check_finite(arr, path, field), True
+        what = "every value is zero"
     else:
         head = arr[: max(1, files.SCAN_BLOCK_BYTES // max(1, arr[:1].nbytes))]
-        scan, scanned, what = files.scan_values(head), False, "the first"
+        scan, scanned = files.scan_values(head), False
+        what = (
+            f"the first {head.shape[0]} of {arr.shape[0]} rows (a sample) are all zero"
+        )
     if scan.all_zero:
         warnings.warn(
-            f"{path} [{field}]: {what} {scan.rows} rows of {arr.shape[0]} are all zero "
-            f"(shape {arr.shape}): placeholder features? Nothing can be learnt from them",
+            f"{path} [{field}]: {what} (shape {tuple(arr.shape)}): placeholder "
+            "features? Nothing can be learnt from them",
             files.ZeroFeaturesWarning,
             stacklevel=3,
         )
