@@ -28,6 +28,7 @@ from cdds_jax.model import CDDSModel
 from xmodal import layers, optim, run, sharding
 from xmodal import loop as loop_lib
 from xmodal import step as step_lib
+from xmodal.files import cache_dir
 from xmodal.inference import map_source
 from xmodal.state import TrainState, create_sharded
 from xmodal.step import apply_update
@@ -79,16 +80,11 @@ class Data:
         )
 
 
-def cache_dir() -> pathlib.Path:
-    """Where demo data are generated: ``$XMODAL_CACHE`` or ``~/.cache/xmodal``."""
-    return pathlib.Path(os.environ.get("XMODAL_CACHE", "~/.cache/xmodal")).expanduser()
-
-
 def data_root(config: ml_collections.ConfigDict) -> pathlib.Path:
     """``data.root``, or the synthetic store (written on first use) for demo configs."""
     syn = config.data.synthetic
     if syn.enabled:
-        from cdds_jax import synthetic
+        from cdds_jax.data import synthetic
 
         return synthetic.ensure_demo_store(
             cache_dir() / "cdds",
@@ -135,6 +131,9 @@ def load_data(
             if role in splits
             else None
         )
+    # Dimensions across splits, before any training (a mismatch would otherwise
+    # surface as a shape error at the first evaluation).
+    data_lib.check_compatible({k: v for k, v in opened.items() if v is not None})
     text_mode = "tokens" if config.model.text_encoder == "bigru" else "features"
     vocab = None
     max_words: int | None = None
@@ -163,14 +162,11 @@ def load_data(
 
 
 def save_vocab(data: Data, workdir: pathlib.Path) -> None:
-    """Writes ``workdir/vocab.json`` once (process 0; written aside and renamed, so
-    other processes of a multi-host job never read it half written)."""
+    """Writes ``workdir/vocab.json`` once (process 0; atomically, so other processes
+    of a multi-host job never read it half written)."""
     path = workdir / "vocab.json"
-    if data.vocab is None or path.exists() or jax.process_index() != 0:
-        return
-    partial = path.with_name(f".{path.name}.partial")
-    data.vocab.save(partial)
-    os.replace(partial, path)
+    if data.vocab is not None and not path.exists() and jax.process_index() == 0:
+        data.vocab.save(path)
 
 
 # =====================================================================================

@@ -58,7 +58,6 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     # scripts/convert_to_arrayrecord.py; data.path = that folder)
     c.data.path = "data/" + h["file"]  # the MMSA pickle (or converted IEMOCAP file)
     c.data.standardize = "auto"  # "auto" (MOSEI, SIMS on), "on", "off": audio/vision
-    c.data.verify_checksum = False  # SHA-256 against the known MMSA sums (slow)
     c.data.num_classes = 6 if dataset == "iemocap" else 1
     c.data.num_threads = 4  # grain read threads
     c.data.synthetic = ml_collections.ConfigDict()

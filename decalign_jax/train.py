@@ -33,6 +33,7 @@ from decalign_jax import losses, metrics
 from decalign_jax.model import DecAlignModel
 from xmodal import layers, optim, run, sharding
 from xmodal import step as step_lib
+from xmodal.files import cache_dir
 from xmodal.inference import map_source
 from xmodal.state import TrainState, create_sharded
 from xmodal.step import apply_update
@@ -56,16 +57,11 @@ __all__ = [
 # =====================================================================================
 
 
-def cache_dir() -> pathlib.Path:
-    """Where demo data are generated: ``$XMODAL_CACHE`` or ``~/.cache/xmodal``."""
-    return pathlib.Path(os.environ.get("XMODAL_CACHE", "~/.cache/xmodal")).expanduser()
-
-
 def data_path(config: ml_collections.ConfigDict) -> pathlib.Path:
     """``data.path``, or the synthetic pickle (written on first use) for demo configs."""
     syn = config.data.synthetic
     if syn.enabled:
-        from decalign_jax import synthetic
+        from decalign_jax.data import synthetic
 
         kwargs: dict[str, Any] = dict(
             seed=syn.seed,
@@ -100,7 +96,6 @@ def load_data(config: ml_collections.ConfigDict) -> dict[str, data_lib.MMSASplit
         dataset=config.data.dataset,
         standardize=standardize,
         num_classes=config.data.num_classes if config.loss.task == "ce" else None,
-        verify_checksum=config.data.verify_checksum,
     )
 
 

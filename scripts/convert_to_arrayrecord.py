@@ -28,11 +28,12 @@ from xmodal.arrayrecord import WRITER_OPTIONS
 
 
 def _cdds(args: argparse.Namespace) -> str:
-    from cdds_jax import data, tfds_builder
+    from cdds_jax import data
+    from cdds_jax.data import arrayrecord
 
-    splits = args.splits or tfds_builder.store_splits(args.src)
+    splits = args.splits or arrayrecord.store_splits(args.src)
     print(f"cdds: {args.src} splits {splits} -> {args.out}", flush=True)
-    out = tfds_builder.build_arrayrecord(
+    out = arrayrecord.build_arrayrecord(
         args.src,
         args.out,
         splits=splits,
@@ -55,18 +56,18 @@ def _cdds(args: argparse.Namespace) -> str:
 
 
 def _decalign(args: argparse.Namespace) -> str:
-    from decalign_jax import data, tfds_builder
+    from decalign_jax import data
+    from decalign_jax.data import arrayrecord
 
     standardize = {"auto": None, "on": True, "off": False}[args.standardize]
     print(f"decalign: {args.dataset} {args.src} -> {args.out}", flush=True)
-    path = tfds_builder.build_arrayrecord(
+    path = arrayrecord.build_arrayrecord(
         args.src,
         args.out,
         dataset=args.dataset,
         standardize=standardize,
         clip_percentiles=args.clip_percentiles,
         num_classes=args.num_classes,
-        verify_checksum=args.verify_checksum,
         overwrite=args.overwrite,
         writer_options=args.writer_options,
     )
@@ -105,7 +106,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--clip-percentiles", nargs=2, type=float, metavar=("LOW", "HIGH"))
     d.add_argument("--num-classes", type=int, help="IEMOCAP class count")
-    d.add_argument("--verify-checksum", action="store_true", help="SHA-256 the pickle")
     d.add_argument("--overwrite", action="store_true", help="replace an earlier result")
     for p in (c, d):
         p.add_argument(

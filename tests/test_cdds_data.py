@@ -1,4 +1,4 @@
-"""Tests for cdds_jax.data (readers, vocabulary, sources) and cdds_jax.synthetic.
+"""Tests for cdds_jax.data: readers, split checks, vocabulary, sources, synthetic data.
 
 Everything is read back from generated files through the real readers. References are
 independent: plain NumPy on the written arrays, Python loops over captions.
@@ -9,11 +9,15 @@ import json
 import os
 import pathlib
 import pickle
+import warnings
 
 import numpy as np
 import pytest
 
-from cdds_jax import data, synthetic
+from cdds_jax import data
+from cdds_jax.data import split as split_lib
+from cdds_jax.data import synthetic
+from xmodal import files
 
 SMALL = dict(
     num_images={"train": 24, "dev": 6, "test": 8},
@@ -382,7 +386,7 @@ def test_nonfinite_checked_per_item_for_large_arrays(store, monkeypatch):
     folder = store / "train"
     _corrupt(folder, "images.npy", _nan_at(_load(folder, "images.npy"), 7, np.inf))
     _corrupt(folder, "captions.npy", _nan_at(_load(folder, "captions.npy"), 33))
-    monkeypatch.setattr(data, "FINITE_SCAN_MAX_BYTES", 0)
+    monkeypatch.setattr(split_lib, "FINITE_SCAN_MAX_BYTES", 0)
     s = data.read_features(store, "train")  # opening stays cheap: no scan
     assert s.finite_checked == frozenset()
     images = data.ImageSource(s)
@@ -400,6 +404,90 @@ def test_nonfinite_checked_per_item_for_large_arrays(store, monkeypatch):
     # The per-item check survives pickling (spawned grain workers).
     with pytest.raises(ValueError, match="row 7"):
         pickle.loads(pickle.dumps(images))[7]
+
+
+def test_scan_precomp_empty_split_names_the_file(tmp_path):
+    np.save(tmp_path / "dev_ims.npy", np.ones((0, 2, 4), np.float32))
+    (tmp_path / "dev_caps.txt").write_text("a b\n")
+    with pytest.raises(ValueError) as e:
+        data.read_scan_precomp(tmp_path, "dev")
+    msg = _one_line(e)
+    assert "dev_ims.npy" in msg and "empty split" in msg and "0 images" in msg
+    np.save(tmp_path / "dev_ims.npy", np.ones((2, 2, 4), np.float32))
+    (tmp_path / "dev_caps.txt").write_text("")
+    with pytest.raises(ValueError) as e:
+        data.read_scan_precomp(tmp_path, "dev")
+    msg = _one_line(e)
+    assert "dev_caps.txt" in msg and "empty split" in msg and "0 lines" in msg
+
+
+def _zero_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if w.category is files.ZeroFeaturesWarning]
+
+
+@pytest.mark.parametrize(
+    "name, field", [("images.npy", "images"), ("captions.npy", "caption_features")]
+)
+def test_all_zero_store_features_warn(store, name, field):
+    folder = store / "train"
+    _corrupt(folder, name, np.zeros_like(_load(folder, name)))
+    with pytest.warns(files.ZeroFeaturesWarning) as record:
+        s = data.read_features(store, "train")
+    (msg,) = _zero_warnings(record)
+    assert "\n" not in msg and name in msg and f"[{field}]" in msg and "zero" in msg
+    assert field in s.finite_checked  # still read: a warning, not an error
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", files.ZeroFeaturesWarning)
+        data.read_features(store, "dev")  # real features: no warning
+
+
+def test_all_zero_large_arrays_sampled_and_scan_images_warn(
+    store, tmp_path, monkeypatch
+):
+    folder = store / "train"
+    _corrupt(folder, "images.npy", np.zeros_like(_load(folder, "images.npy")))
+    monkeypatch.setattr(split_lib, "FINITE_SCAN_MAX_BYTES", 0)
+    with pytest.warns(files.ZeroFeaturesWarning, match=r"images\.npy \[images\]"):
+        s = data.read_features(store, "train")
+    assert s.finite_checked == frozenset()  # sampled, not scanned
+    monkeypatch.undo()
+    np.save(tmp_path / "dev_ims.npy", np.zeros((3, 2, 4), np.float32))
+    (tmp_path / "dev_caps.txt").write_text("a\nb\nc\n")
+    with pytest.warns(files.ZeroFeaturesWarning, match=r"dev_ims\.npy \[images\]"):
+        data.read_scan_precomp(tmp_path, "dev")
+
+
+def test_check_compatible_names_both_splits(tmp_path):
+    a = synthetic.write_feature_store(tmp_path / "a", seed=1, **SMALL)
+    train, dev = data.read_features(a, "train"), data.read_features(a, "dev")
+    data.check_compatible({"train": train, "dev": dev, "test": None})
+    for i, (changed, what, field) in enumerate(
+        [
+            ({"image_dim": 9}, "image feature dim D_v", "images"),
+            ({"num_tokens": 5}, "tokens per image P", "images"),
+            ({"text_dim": 4}, "caption feature dim D_t", "caption_features"),
+        ]
+    ):
+        b = synthetic.write_feature_store(
+            tmp_path / f"b{i}", seed=1, **{**SMALL, **changed}
+        )
+        other = data.read_features(b, "dev")
+        with pytest.raises(ValueError) as e:
+            data.check_compatible({"train": train, "dev": other})
+        msg = _one_line(e)
+        assert what in msg and "'train'" in msg and "'dev'" in msg, msg
+        for s in (train, other):
+            assert s.source_file(field) in msg, msg
+            assert str(getattr(s, field).shape) in msg, msg
+    # Splits without caption features are not compared on D_t.
+    (a / "dev" / "captions.npy").unlink()
+    (a / "dev" / "caption_lengths.npy").unlink()
+    b = synthetic.write_feature_store(
+        tmp_path / "t", seed=1, **{**SMALL, "text_dim": 4}
+    )
+    data.check_compatible(
+        {"dev": data.read_features(a, "dev"), "test": data.read_features(b, "test")}
+    )
 
 
 # ---------------------------------------------------------------------------------------

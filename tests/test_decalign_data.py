@@ -1,8 +1,8 @@
-"""Tests for decalign_jax.data (MMSA reader, IEMOCAP adapter, grain source) and
-decalign_jax.synthetic (files in the real formats with a planted signal).
+"""Tests for decalign_jax.data (MMSA reader, standardisation, IEMOCAP adapter, grain
+source) and decalign_jax.data.synthetic (files in the real formats with a planted signal).
 
 Every file is written by the generator and read back through the real readers;
-references are independent float64 NumPy code written from spec/decalign.md 1.3.
+references are independent float64 NumPy code written from docs/decalign.md, 'Data'.
 """
 
 from __future__ import annotations
@@ -15,8 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from decalign_jax import data, synthetic
-from decalign_jax.data import MMSAFormatError, MMSASource, MMSASplit, read_mmsa
+from decalign_jax import data
+from decalign_jax.data import (
+    MMSAFormatError,
+    MMSASource,
+    MMSASplit,
+    read_mmsa,
+    synthetic,
+)
+from xmodal.files import ZeroFeaturesWarning
 
 SMALL = {"train": 48, "valid": 16, "test": 24}
 F32_MAX = float(np.finfo(np.float32).max)
@@ -357,10 +364,11 @@ def test_bad_mmsa_files_raise_one_clear_error(files, tmp_path, name, mutate, pat
 def test_missing_file_and_split_and_not_a_dict(files, tmp_path):
     with pytest.raises(
         FileNotFoundError,
-        match=r"not found: .*nope\.pkl; \.pkl files in .*\['aligned_50\.pkl'\]",
+        match=r"nope\.pkl \[MMSA pickle for dataset 'mosi'\]: file not found; .* "
+        r"holds: aligned_50\.pkl",
     ):
         read_mmsa(files["mosi"].parent / "nope.pkl", dataset="mosi")
-    with pytest.raises(FileNotFoundError, match="is a directory"):
+    with pytest.raises(FileNotFoundError, match="expected a file, got a folder"):
         read_mmsa(files["mosi"].parent, dataset="mosi")
     raw = _load(files["mosi"])
     del raw["valid"]
@@ -434,33 +442,31 @@ def test_bad_lengths(files, tmp_path):
     assert out["test"].sanitised["vision_lengths_clipped"] == 3
 
 
-# ------------------------------------------------------------------ checksums
+def test_empty_split_is_refused_naming_file_and_split(files, tmp_path):
+    raw = _load(files["mosi"])
+    raw["valid"] = {k: v[:0] for k, v in raw["valid"].items()}
+    path = _dump(raw, tmp_path / "empty.pkl")
+    with pytest.raises(MMSAFormatError) as err:
+        read_mmsa(path, dataset="mosi")
+    message = str(err.value)
+    assert str(path) in message and "split 'valid'" in message, message
+    assert "empty split" in message and "\n" not in message
 
 
-def test_checksum_opt_in(files, monkeypatch):
-    with pytest.warns(UserWarning, match="no known SHA-256 for 'mosi/aligned_50.pkl'"):
-        read_mmsa(files["mosi"], dataset="mosi", verify_checksum=True)
-    digest = data.sha256_file(files["mosi"])
-    import hashlib
-
-    assert digest == hashlib.sha256(files["mosi"].read_bytes()).hexdigest()
-    monkeypatch.setitem(data.KNOWN_SHA256, "mosi/aligned_50.pkl", "0" * 64)
-    with pytest.raises(
-        MMSAFormatError, match=r"SHA-256 mismatch for 'mosi/aligned_50\.pkl'"
-    ):
-        read_mmsa(files["mosi"], dataset="mosi", verify_checksum=True)
-    read_mmsa(files["mosi"], dataset="mosi")  # not verified unless asked
-    monkeypatch.setitem(data.KNOWN_SHA256, "mosi/aligned_50.pkl", digest)
+@pytest.mark.parametrize("key", ["text", "audio", "vision"])
+def test_all_zero_modality_warns(files, tmp_path, key):
+    raw = _load(files["mosi"])
+    raw["test"][key] = np.zeros_like(raw["test"][key])
+    path = _dump(raw, tmp_path / "zero.pkl")
+    with pytest.warns(ZeroFeaturesWarning) as record:
+        out = read_mmsa(path, dataset="mosi")
+    (message,) = [str(w.message) for w in record if w.category is ZeroFeaturesWarning]
+    assert str(path) in message and f"split 'test', key '{key}'" in message
+    assert "ALL ZERO" in message and "\n" not in message
+    assert not np.any(getattr(out["test"], key))  # read anyway: a warning, not an error
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        read_mmsa(files["mosi"], dataset="mosi", verify_checksum=True)
-    monkeypatch.setitem(data.KNOWN_SHA256, "mosei/aligned_50.pkl", digest)
-    monkeypatch.delitem(data.KNOWN_SHA256, "mosi/aligned_50.pkl")
-    with pytest.raises(
-        MMSAFormatError, match=r"known sum of \['mosei/aligned_50.pkl'\]"
-    ):
-        read_mmsa(files["mosi"], dataset="mosi", verify_checksum=True)
-    assert data.KNOWN_SHA256 is not None
+        warnings.simplefilter("error", ZeroFeaturesWarning)
+        read_mmsa(files["mosi"], dataset="mosi")  # real features: no warning
 
 
 # ------------------------------------------------------------------ IEMOCAP
@@ -630,7 +636,9 @@ def test_iemocap_errors(iemocap_gcnet, tmp_path):
             feature_root=feature_root,
             feature_names={"audio": "nope"},
         )
-    with pytest.raises(FileNotFoundError, match="raw IEMOCAP pickle not found"):
+    with pytest.raises(
+        FileNotFoundError, match=r"missing\.pkl \[raw IEMOCAP pickle\]: file not found"
+    ):
         data.convert_iemocap(
             tmp_path / "missing.pkl", tmp_path / "o.pkl", num_classes=6
         )
@@ -674,6 +682,15 @@ def test_iemocap_errors(iemocap_gcnet, tmp_path):
 
     out = tmp_path / "ok.pkl"
     data.convert_iemocap(src, out, num_classes=6, feature_root=feature_root)
+    # The trainer's reader refuses all-zero IEMOCAP features as the converter does.
+    raw = _load(out)
+    raw["valid"]["audio"] = np.zeros_like(raw["valid"]["audio"])
+    with pytest.raises(
+        MMSAFormatError,
+        match=r"zero\.pkl: split 'valid', key 'audio': audio features are ALL ZERO "
+        r"\(shape \(\d+, 1, \d+\)\); refusing",
+    ):
+        read_mmsa(_dump(raw, tmp_path / "zero.pkl"), dataset="iemocap")
     raw = _load(out)
     raw["valid"]["classification_labels"][0] = 6
     with pytest.raises(

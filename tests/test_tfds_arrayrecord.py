@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 from cdds_jax import data as cdata
-from cdds_jax import synthetic as csyn
-from cdds_jax import tfds_builder as ctfds
+from cdds_jax.data import arrayrecord as ctfds
+from cdds_jax.data import split as csplit
+from cdds_jax.data import synthetic as csyn
 from decalign_jax import data as ddata
-from decalign_jax import synthetic as dsyn
-from decalign_jax import tfds_builder as dtfds
+from decalign_jax.data import arrayrecord as dtfds
+from decalign_jax.data import synthetic as dsyn
 from xmodal import arrayrecord, pipeline
 
 SMALL = dict(
@@ -238,7 +239,7 @@ def test_cdds_rebuild_reuses_refuses_or_overwrites(tmp_path):
     )
 
 
-def test_cdds_bad_inputs_raise_clear_errors(tmp_path):
+def test_cdds_bad_inputs_raise_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no prepared TFDS dataset"):
         ctfds.read_arrayrecord(tmp_path / "nothing", "train")
     store = csyn.write_feature_store(tmp_path / "s", seed=1, **SMALL)
@@ -248,8 +249,10 @@ def test_cdds_bad_inputs_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match=r"images\.npy \[images\].*row 3"):
         ctfds.build_arrayrecord(store, tmp_path / "t", splits=["dev"])
     # rows the reader does not pre-scan are checked while they are written
-    with pytest.raises(ValueError, match="row 3"):
-        list(ctfds._rows_checked(bad, "images.npy", "images"))
+    monkeypatch.setattr(csplit, "FINITE_SCAN_MAX_BYTES", 0)
+    with pytest.raises(ValueError, match=r"images\.npy \[images\].*row 3"):
+        ctfds.build_arrayrecord(store, tmp_path / "t1", splits=["dev"])
+    monkeypatch.undo()
     (store / "test" / "captions.txt").unlink()  # text in train/dev only
     with pytest.raises(ValueError, match=r"captions\.txt present.*'test': False"):
         ctfds.build_arrayrecord(store, tmp_path / "t2", splits=["train", "test"])

@@ -75,17 +75,13 @@ def set_lr_factor(opt_state: Any, factor: float) -> Any:
     return optax.tree_utils.tree_set(opt_state, lr_factor=value)
 
 
-def _path_name(path: Sequence[Any]) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-
-
 def lr_multipliers(params: Any, groups: Sequence[tuple[str, float]]) -> Any:
     """Per-leaf learning-rate multipliers (a tree of Python floats) from regex groups."""
     compiled = [(re.compile(pattern), float(mult)) for pattern, mult in groups]
 
     def leaf_mult(path: Sequence[Any], leaf: Any) -> float:
         del leaf
-        name = _path_name(path)
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
         for pattern, mult in compiled:
             if pattern.search(name):
                 return mult

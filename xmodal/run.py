@@ -39,7 +39,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from xmodal import errors, pipeline, sharding
+from xmodal import errors, files, pipeline, sharding
 from xmodal import loop as loop_lib
 from xmodal.checkpoint import Checkpointer, restore_for_eval
 from xmodal.config import config_to_dict
@@ -68,11 +68,8 @@ def log(message: str) -> None:
 
 def write_json(path: pathlib.Path, value: Any) -> None:
     """Writes ``value`` as JSON to ``path`` atomically (process 0)."""
-    if jax.process_index() != 0:
-        return
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(value, indent=2))
-    os.replace(partial, path)
+    if jax.process_index() == 0:
+        files.atomic_write_text(path, json.dumps(value, indent=2))
 
 
 @dataclasses.dataclass

@@ -139,18 +139,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def _path_name(path: Sequence[Any]) -> str:
-    parts = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
-
-
 def param_shardings(
     abstract_tree: Any,
     mesh: Mesh,
@@ -164,7 +152,7 @@ def param_shardings(
     compiled = [(re.compile(pattern), tuple(spec)) for pattern, spec in rules]
 
     def leaf_sharding(path: Sequence[Any], leaf: Any) -> NamedSharding:
-        name = _path_name(path)
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
         ndim = len(getattr(leaf, "shape", ()))
         for pattern, spec in compiled:
             if ndim and pattern.search(name):

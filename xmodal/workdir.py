@@ -41,6 +41,7 @@ import jax
 import ml_collections
 
 from xmodal import config as config_lib
+from xmodal import files
 from xmodal.errors import ConfigChangedError, WorkdirBusyError
 
 __all__ = [
@@ -77,12 +78,6 @@ EVAL_KEYS: tuple[str, ...] = (
 )
 
 _LOCK = ".lock"
-
-
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -269,7 +264,7 @@ def open_workdir(
             # Checked again under the lock: another run may have started in between.
             diff, eval_changes = _check_config(path, new, accept=accept_config_changes)
             if diff is None:
-                _write_atomic(
+                files.atomic_write_text(
                     path / "config.json", json.dumps(new, indent=2, sort_keys=True)
                 )
             elif diff.changed:
@@ -283,7 +278,7 @@ def open_workdir(
                 if not eval_changes:
                     # config.json describes the weights and results.json; after an
                     # evaluation-only change it keeps describing the earlier results.
-                    _write_atomic(
+                    files.atomic_write_text(
                         path / "config.json", json.dumps(new, indent=2, sort_keys=True)
                     )
         yield Workdir(path=path, eval_changes=eval_changes, writer=writer)

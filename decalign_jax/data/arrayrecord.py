@@ -1,15 +1,15 @@
 """MMSA pickles as TFDS ArrayRecord datasets, and a reader for them.
 
-Building (no download; the input is an MMSA-layout pickle, ``spec/data.md``)::
+Building (no download; the input is an MMSA-layout pickle, docs/decalign.md, 'Data')::
 
-    from decalign_jax import tfds_builder
-    tfds_builder.build_arrayrecord("data/MOSI/aligned_50.pkl", "data/tfds", dataset="mosi")
-    splits = tfds_builder.read_mmsa_arrayrecord("data/tfds", dataset="mosi")
+    from decalign_jax.data import arrayrecord
+    arrayrecord.build_arrayrecord("data/MOSI/aligned_50.pkl", "data/tfds", dataset="mosi")
+    splits = arrayrecord.read_mmsa_arrayrecord("data/tfds", dataset="mosi")
 
 or ``python scripts/convert_to_arrayrecord.py decalign --dataset mosi --src
 data/MOSI/aligned_50.pkl --out data/tfds``.
 
-The pickle is read through :func:`decalign_jax.data.read_mmsa`, so validation,
+The pickle is read through :func:`decalign_jax.data.mmsa.read_mmsa`, so validation,
 sanitising (non-finite / float32-overflowing audio and vision set to 0) and the
 train-statistics clip + z-score standardisation (MOSEI, SIMS by default) are applied
 BEFORE writing; the dataset stores the result and records what was done: the
@@ -32,10 +32,10 @@ The small per-sample fields (labels, ids, lengths) are also in the metadata, so 
 split decodes no record.
 
 Reading: :func:`read_mmsa_arrayrecord` returns ``{"train", "valid", "test"} ->``
-:class:`decalign_jax.data.MMSASplit` whose ``text`` / ``audio`` / ``vision`` (and
+:class:`decalign_jax.data.split.MMSASplit` whose ``text`` / ``audio`` / ``vision`` (and
 ``text_bert``, ``raw_text``) are lazy columns over ``tfds`` data sources
 (:mod:`xmodal.arrayrecord`); labels, ids and lengths are in memory. ``MMSASource`` and the
-driver use it unchanged; pickling a source stores paths. TensorFlow is never imported.
+driver use it as any other split; pickling a source stores paths. TensorFlow is never imported.
 
 One TFDS ``data_dir`` holds one conversion per dataset name (MOSI aligned and unaligned
 need two folders): converting a different file or other settings into a folder that
@@ -44,7 +44,6 @@ already has one raises ``FileExistsError`` unless ``overwrite=True``.
 
 from __future__ import annotations
 
-import logging
 import os
 import pathlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -52,10 +51,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 
-from decalign_jax import data as data_lib
-from xmodal import arrayrecord
+from decalign_jax.data.mmsa import read_mmsa
+from decalign_jax.data.split import (
+    DATASET_SPECS,
+    MODALITIES,
+    SPLITS,
+    MMSASplit,
+    canonical_dataset,
+)
+from decalign_jax.data.standardize import STD_FLOOR
+from xmodal import arrayrecord as ar
+from xmodal import files
 
 __all__ = [
     "BUILDER_NAME",
@@ -66,7 +73,6 @@ __all__ = [
     "read_mmsa_arrayrecord",
 ]
 
-logger = logging.getLogger(__name__)
 
 #: Version of the record layout (the dataset folder name).
 VERSION = "1.0.0"
@@ -83,7 +89,7 @@ def _source_identity(
     num_classes: int | None,
 ) -> dict[str, Any]:
     """What a conversion is made from (recorded; compared on re-conversion)."""
-    return arrayrecord.jsonable(
+    return files.jsonable(
         {
             "format": "mmsa",
             "file": str(path.resolve()),
@@ -96,39 +102,33 @@ def _source_identity(
     )
 
 
-class DecalignMmsa(tfds.core.GeneratorBasedBuilder):
+class DecalignMmsa(ar.RowBuilder):
     """TFDS builder: an MMSA pickle -> one ArrayRecord dataset (see the module doc).
 
     Args:
       mmsa_path: the pickle. Required to build; None to read a prepared dataset.
-      standardize, clip_percentiles, num_classes, verify_checksum: passed to
-        :func:`decalign_jax.data.read_mmsa` (the config name is its ``dataset``).
+      standardize, clip_percentiles, num_classes: passed to
+        :func:`decalign_jax.data.mmsa.read_mmsa` (the config name is its ``dataset``).
       **kwargs: ``data_dir``, ``config`` (``"mosi"`` | ``"mosei"`` | ``"sims"`` |
         ``"iemocap"``), ``file_format`` ... for ``GeneratorBasedBuilder``.
     """
 
     VERSION = tfds.core.Version(VERSION)
     RELEASE_NOTES: ClassVar[dict[str, str]] = {
-        str(
-            VERSION
-        ): "MMSA splits (read_mmsa output) as ArrayRecord, one record per sample."
+        str(VERSION): (
+            "MMSA splits (read_mmsa output) as ArrayRecord, one record per sample."
+        )
     }
     BUILDER_CONFIGS: ClassVar[list[tfds.core.BuilderConfig]] = [
         tfds.core.BuilderConfig(name=name, description=f"{name} (MMSA layout)")
-        for name in data_lib.DATASET_SPECS
+        for name in DATASET_SPECS
     ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Pass the MMSA pickle (aligned_50.pkl, unaligned_50.pkl, unaligned_39.pkl, or an "
         "IEMOCAP file from decalign_jax.data.convert_iemocap) as mmsa_path= when "
         "constructing the builder."
     )
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        # TFDS's own lookup of a packaged builder evaluates
-        # `importlib_resources.abc.Traversable`, a package we do not install.
-        return epath.Path(__file__)
+    INPUT_ARG = "mmsa_path"
 
     def __init__(
         self,
@@ -137,7 +137,6 @@ class DecalignMmsa(tfds.core.GeneratorBasedBuilder):
         standardize: bool | None = None,
         clip_percentiles: Sequence[float] | None = None,
         num_classes: int | None = None,
-        verify_checksum: bool = False,
         **kwargs: Any,
     ) -> None:
         self._path = None if mmsa_path is None else pathlib.Path(mmsa_path)
@@ -145,48 +144,54 @@ class DecalignMmsa(tfds.core.GeneratorBasedBuilder):
             standardize=standardize,
             clip_percentiles=clip_percentiles,
             num_classes=num_classes,
-            verify_checksum=verify_checksum,
         )
-        self._splits: dict[str, data_lib.MMSASplit] | None = None
-        super().__init__(**kwargs)
-        self._original_state.update(
-            mmsa_path=None if mmsa_path is None else os.fspath(mmsa_path),
-            **self._read_kwargs,
+        self._splits: dict[str, MMSASplit] | None = None
+        super().__init__(
+            input_state=dict(
+                mmsa_path=None if mmsa_path is None else os.fspath(mmsa_path),
+                **self._read_kwargs,
+            ),
+            **kwargs,
         )
 
     @property
-    def manual_dir(self) -> None:
-        """No input folder: the input is the ``mmsa_path`` file."""
-        return None
+    def input_path(self) -> pathlib.Path | None:
+        """The pickle this builder converts (None: read-only)."""
+        return self._path
 
-    def _load(self) -> dict[str, data_lib.MMSASplit]:
+    def _load(self) -> dict[str, MMSASplit]:
         if self._splits is None:
             assert self._path is not None
-            self._splits = data_lib.read_mmsa(
+            self._splits = read_mmsa(
                 self._path, dataset=self.builder_config.name, **self._read_kwargs
             )
         return self._splits
+
+    def split_names(self) -> list[str]:
+        return list(self._load())
+
+    def source_identity(self) -> dict[str, Any]:
+        assert self._path is not None
+        return _source_identity(
+            self._path, self.builder_config.name, **self._read_kwargs
+        )
 
     # ----------------------------------------------------------------- feature spec
 
     def _present(self, key: str, get: Any) -> bool:
         """Whether every split has an optional field (all or none, one spec)."""
         has = {name: get(s) for name, s in self._load().items()}
-        if len(set(has.values())) != 1:
-            raise ValueError(
-                f"{self._path} [{key}]: present in some splits only ({has}); one TFDS "
-                "feature spec needs it in all splits or none"
-            )
-        return next(iter(has.values()))
+        hint = "the field must be in every split or in none"
+        return ar.agreed_value(self._path, key, has, hint)
 
-    def _features(self) -> tfds.features.FeaturesDict:
+    def feature_spec(self) -> tfds.features.FeaturesDict:
         train = self._load()["train"]
         t_l = train.seq_lens[0]
         feats: dict[str, Any] = {
             key: tfds.features.Tensor(
                 shape=getattr(train, key).shape[1:], dtype=np.float32, encoding=_BYTES
             )
-            for key in data_lib.MODALITIES
+            for key in MODALITIES
         }
         feats["audio_length"] = tfds.features.Scalar(dtype=np.int32)
         feats["vision_length"] = tfds.features.Scalar(dtype=np.int32)
@@ -206,7 +211,7 @@ class DecalignMmsa(tfds.core.GeneratorBasedBuilder):
                 feats[f"label_{k}"] = tfds.features.Scalar(dtype=np.float32)
         return tfds.features.FeaturesDict(feats)
 
-    def _description(self) -> str:
+    def description(self) -> str:
         splits = self._load()
         meta = splits["train"].meta
         stats = meta.get("standardization") or {}
@@ -215,7 +220,7 @@ class DecalignMmsa(tfds.core.GeneratorBasedBuilder):
             std = (
                 f"audio/vision clipped to the TRAIN percentiles {tuple(pct)} per feature "
                 "dim and z-scored with train statistics (std floored at "
-                f"{data_lib.STD_FLOOR:g})"
+                f"{STD_FLOOR:g})"
             )
         else:
             std = "no standardisation"
@@ -228,56 +233,20 @@ class DecalignMmsa(tfds.core.GeneratorBasedBuilder):
             "row order; record i holds index = i."
         )
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        if self._path is None:
-            # Read-only: TFDS restores the features from the prepared folder.
-            return tfds.core.DatasetInfo(
-                builder=self, disable_shuffling=True, metadata=tfds.core.MetadataDict()
-            )
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=self._description(),
-            features=self._features(),
-            disable_shuffling=True,  # row order = record order (keys are rows)
-            metadata=tfds.core.MetadataDict(),
-        )
-
     # ----------------------------------------------------------------- generation
 
-    def _download_and_prepare(self, dl_manager, download_config) -> None:
-        if self._path is None:
-            raise ValueError(
-                "mmsa_path: the pickle must be passed when constructing "
-                "DecalignMmsa(mmsa_path=...) (TFDS fixes the feature spec at construction)"
-            )
-        super()._download_and_prepare(dl_manager, download_config)
-
-    def _split_generators(self, dl_manager) -> dict[str, Iterator]:
-        del dl_manager  # nothing is downloaded
-        assert self._path is not None
+    def split_metadata(self) -> dict[str, Any]:
         splits = self._load()
         train_meta = splits["train"].meta
-        stats = train_meta.get("standardization") or {}
-        md = self.info.metadata
-        md["layout"] = {"builder": "decalign_jax.tfds_builder", "version": VERSION}
-        md["source"] = _source_identity(
-            self._path,
-            self.builder_config.name,
-            self._read_kwargs["standardize"],
-            self._read_kwargs["clip_percentiles"],
-            self._read_kwargs["num_classes"],
-        )
-        md["read_mmsa"] = arrayrecord.jsonable(
-            {k: v for k, v in self._read_kwargs.items() if k != "verify_checksum"}
-        )
-        md["dataset"] = train_meta["dataset"]
-        md["variant"] = train_meta["variant"]
-        md["file"] = train_meta["file"]
-        md["file_meta"] = arrayrecord.jsonable(train_meta.get("file_meta") or {})
-        md["num_classes"] = train_meta.get("num_classes")
-        md["standardization"] = arrayrecord.jsonable(stats)
-        md["splits"] = arrayrecord.jsonable(
-            {
+        return {
+            "read_mmsa": self._read_kwargs,
+            "dataset": train_meta["dataset"],
+            "variant": train_meta["variant"],
+            "file": train_meta["file"],
+            "file_meta": train_meta.get("file_meta") or {},
+            "num_classes": train_meta.get("num_classes"),
+            "standardization": train_meta.get("standardization") or {},
+            "splits": {
                 name: {
                     "num_samples": s.num_samples,
                     "label": s.label,
@@ -288,9 +257,8 @@ class DecalignMmsa(tfds.core.GeneratorBasedBuilder):
                     "sanitised": s.sanitised,
                 }
                 for name, s in splits.items()
-            }
-        )
-        return {name: self._generate_examples(name) for name in splits}
+            },
+        }
 
     def _generate_examples(self, split: str) -> Iterator[tuple[int, dict[str, Any]]]:
         s = self._load()[split]
@@ -330,9 +298,7 @@ BUILDER_NAME: str = DecalignMmsa.name  # "decalign_mmsa"
 
 def dataset_dir(data_dir: str | os.PathLike, dataset: str) -> pathlib.Path:
     """``data_dir/decalign_mmsa/{dataset}/{VERSION}`` (``dataset`` canonicalised)."""
-    return arrayrecord.builder_dir(
-        data_dir, BUILDER_NAME, data_lib.canonical_dataset(dataset), VERSION
-    )
+    return ar.builder_dir(data_dir, BUILDER_NAME, canonical_dataset(dataset), VERSION)
 
 
 def build_arrayrecord(
@@ -343,9 +309,8 @@ def build_arrayrecord(
     standardize: bool | None = None,
     clip_percentiles: Sequence[float] | None = None,
     num_classes: int | None = None,
-    verify_checksum: bool = False,
     overwrite: bool = False,
-    writer_options: str = arrayrecord.WRITER_OPTIONS,
+    writer_options: str = ar.WRITER_OPTIONS,
 ) -> pathlib.Path:
     """Converts an MMSA pickle into an ArrayRecord dataset under ``data_dir``.
 
@@ -353,8 +318,8 @@ def build_arrayrecord(
       mmsa_path: the pickle.
       data_dir: the TFDS data folder to write (``data.path`` for ``format=arrayrecord``).
       dataset: ``mosi`` | ``mosei`` | ``sims`` | ``iemocap`` (aliases accepted).
-      standardize, clip_percentiles, num_classes, verify_checksum: for
-        :func:`decalign_jax.data.read_mmsa` (applied before writing).
+      standardize, clip_percentiles, num_classes: for
+        :func:`decalign_jax.data.mmsa.read_mmsa` (applied before writing).
       overwrite: replace a dataset of the same name already in ``data_dir``.
       writer_options: ArrayRecord writer options (default uncompressed; see
         :data:`xmodal.arrayrecord.WRITER_OPTIONS`).
@@ -366,10 +331,8 @@ def build_arrayrecord(
       FileExistsError: ``data_dir`` already holds this dataset converted from another
         file or with other settings, and ``overwrite`` is False.
     """
-    name = data_lib.canonical_dataset(dataset)
-    path = pathlib.Path(mmsa_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} [mmsa_path]: file not found")
+    name = canonical_dataset(dataset)
+    path = files.require_file(mmsa_path, "mmsa_path")
     source = _source_identity(path, name, standardize, clip_percentiles, num_classes)
 
     def make() -> DecalignMmsa:
@@ -378,13 +341,12 @@ def build_arrayrecord(
             standardize=standardize,
             clip_percentiles=clip_percentiles,
             num_classes=num_classes,
-            verify_checksum=verify_checksum,
             data_dir=data_dir,
             config=name,
             file_format="array_record",
         )
 
-    return arrayrecord.prepare(
+    return ar.prepare(
         make,
         dataset_dir(data_dir, name),
         source=source,
@@ -411,42 +373,15 @@ def _stats(stats: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def read_mmsa_arrayrecord(
-    data_dir: str | os.PathLike,
-    *,
-    dataset: str,
-    standardize: bool | None = None,
-    clip_percentiles: Sequence[float] | None = None,
-    num_classes: int | None = None,
-) -> dict[str, data_lib.MMSASplit]:
-    """Opens a converted MMSA dataset (``data.format = "arrayrecord"``).
-
-    Args:
-      data_dir: the TFDS data folder given to :func:`build_arrayrecord`.
-      dataset: ``mosi`` | ``mosei`` | ``sims`` | ``iemocap`` (aliases accepted).
-      standardize: ``None`` accepts what was baked in; ``True`` / ``False`` must match it
-        (the stored features are already standardised or not).
-      clip_percentiles: ``None``, or the percentiles the stored data must have used.
-      num_classes: ``None``, or the class count the stored data must have (IEMOCAP).
-
-    Returns:
-      ``{"train", "valid", "test"} -> MMSASplit`` with lazy ``text`` / ``audio`` /
-      ``vision`` ``[N, T, D]`` float32 columns (and ``text_bert`` ``[N, 3, T_l]``,
-      ``raw_text`` when stored), in-memory ``label``, ``ids``, lengths and ``label_TAV``;
-      ``meta`` as :func:`read_mmsa` builds it plus ``format = "arrayrecord"`` and the
-      dataset folder; ``sanitised`` as counted when the pickle was read.
-
-    Raises:
-      FileNotFoundError: no converted dataset of that name (the message lists what is
-        there).
-      ValueError: a requested setting disagrees with the stored data, or the dataset is
-        inconsistent.
-    """
-    name = data_lib.canonical_dataset(dataset)
-    path = dataset_dir(data_dir, name)
-    builder = arrayrecord.open_builder(path, what=f"{name} dataset")
-    md = builder.info.metadata or {}
-    stats = _stats(md.get("standardization") or {})
+def _check_settings(
+    md: Mapping[str, Any],
+    stats: Mapping[str, Any],
+    path: pathlib.Path,
+    standardize: bool | None,
+    clip_percentiles: Sequence[float] | None,
+    num_classes: int | None,
+) -> None:
+    """The requested reading settings must match what was baked in."""
     stored_std = bool(stats)
     if standardize is not None and bool(standardize) != stored_std:
         raise ValueError(
@@ -470,32 +405,100 @@ def read_mmsa_arrayrecord(
             f"num_classes: expected {stored_classes} (as stored in {path}), got "
             f"{num_classes}"
         )
-    features = builder.info.features
+
+
+def _open_split(
+    builder: Any, path: pathlib.Path, split: str, meta: dict[str, Any]
+) -> MMSASplit:
+    """One split: lazy feature columns, per-sample fields from the metadata."""
+    md = builder.info.metadata or {}
     entries = md.get("splits") or {}
-    label_dtype = np.dtype(features["label"].np_dtype)
-    out: dict[str, data_lib.MMSASplit] = {}
-    for split in data_lib.SPLITS:
-        if split not in entries or split not in builder.info.splits:
-            raise FileNotFoundError(
-                f"{path} [split]: split {split!r} missing; it has "
-                f"{sorted(builder.info.splits)}"
-            )
-        e = entries[split]
-        n = int(e["num_samples"])
-        got = builder.info.splits[split].num_examples
-        if got != n:
-            raise ValueError(
-                f"{path} [{split}]: expected {n} records (metadata), got {got}"
-            )
-        table = arrayrecord.RecordTable(path, split, n)
+    if split not in entries or split not in builder.info.splits:
+        raise FileNotFoundError(
+            f"{path} [split]: split {split!r} missing; it has "
+            f"{sorted(builder.info.splits)}"
+        )
+    e = entries[split]
+    n = int(e["num_samples"])
+    got = builder.info.splits[split].num_examples
+    if got != n:
+        raise ValueError(
+            f"{path} [{split}]: expected {n} records (metadata), got {got}"
+        )
+    if n == 0:
+        raise ValueError(
+            f"{path} [{split}]: expected at least 1 sample, got 0 (empty split)"
+        )
+    features = builder.info.features
+    table = ar.RecordTable(path, split, n)
 
-        def column(field: str, table=table) -> arrayrecord.ArrayColumn:
-            f = features[field]
-            return arrayrecord.ArrayColumn(table, field, f.shape, f.np_dtype)
+    def column(field: str) -> ar.ArrayColumn:
+        f = features[field]
+        return ar.ArrayColumn(table, field, f.shape, f.np_dtype)
 
-        def lengths(value: Any) -> np.ndarray | None:
-            return None if value is None else np.asarray(value, dtype=np.int32)
+    def lengths(value: Any) -> np.ndarray | None:
+        return None if value is None else np.asarray(value, dtype=np.int32)
 
+    return MMSASplit(
+        text=column("text"),
+        audio=column("audio"),
+        vision=column("vision"),
+        label=np.asarray(e["label"], dtype=np.dtype(features["label"].np_dtype)),
+        ids=[str(i) for i in e["ids"]],
+        audio_lengths=lengths(e.get("audio_lengths")),
+        vision_lengths=lengths(e.get("vision_lengths")),
+        text_bert=column("text_bert") if "text_bert" in features else None,
+        raw_text=(ar.TextColumn(table, "raw_text") if "raw_text" in features else None),
+        label_TAV={
+            k: np.asarray(v, dtype=np.float32)
+            for k, v in (e.get("label_TAV") or {}).items()
+        },
+        sanitised={k: int(v) for k, v in (e.get("sanitised") or {}).items()},
+        meta=meta,
+        name=split,
+    )
+
+
+def read_mmsa_arrayrecord(
+    data_dir: str | os.PathLike,
+    *,
+    dataset: str,
+    standardize: bool | None = None,
+    clip_percentiles: Sequence[float] | None = None,
+    num_classes: int | None = None,
+) -> dict[str, MMSASplit]:
+    """Opens a converted MMSA dataset (``data.format = "arrayrecord"``).
+
+    Args:
+      data_dir: the TFDS data folder given to :func:`build_arrayrecord`.
+      dataset: ``mosi`` | ``mosei`` | ``sims`` | ``iemocap`` (aliases accepted).
+      standardize: ``None`` accepts what was baked in; ``True`` / ``False`` must match it
+        (the stored features are already standardised or not).
+      clip_percentiles: ``None``, or the percentiles the stored data must have used.
+      num_classes: ``None``, or the class count the stored data must have (IEMOCAP).
+
+    Returns:
+      ``{"train", "valid", "test"} -> MMSASplit`` with lazy ``text`` / ``audio`` /
+      ``vision`` ``[N, T, D]`` float32 columns (and ``text_bert`` ``[N, 3, T_l]``,
+      ``raw_text`` when stored), in-memory ``label``, ``ids``, lengths and ``label_TAV``;
+      ``meta`` as :func:`read_mmsa` builds it plus ``format = "arrayrecord"`` and the
+      dataset folder; ``sanitised`` as counted when the pickle was read.
+
+    Raises:
+      FileNotFoundError: no converted dataset of that name (the message lists what is
+        there).
+      ValueError: a requested setting disagrees with the stored data, or the dataset is
+        inconsistent or has an empty split.
+    """
+    name = canonical_dataset(dataset)
+    path = dataset_dir(data_dir, name)
+    builder = ar.open_builder(path, what=f"{name} dataset")
+    md = builder.info.metadata or {}
+    stats = _stats(md.get("standardization") or {})
+    _check_settings(md, stats, path, standardize, clip_percentiles, num_classes)
+    stored_classes = md.get("num_classes")
+    out: dict[str, MMSASplit] = {}
+    for split in SPLITS:
         meta: dict[str, Any] = {
             "file": md.get("file"),
             "dataset": md.get("dataset", name),
@@ -508,26 +511,5 @@ def read_mmsa_arrayrecord(
         }
         if stored_classes is not None:
             meta["num_classes"] = int(stored_classes)
-        out[split] = data_lib.MMSASplit(
-            text=column("text"),
-            audio=column("audio"),
-            vision=column("vision"),
-            label=np.asarray(e["label"], dtype=label_dtype),
-            ids=[str(i) for i in e["ids"]],
-            audio_lengths=lengths(e.get("audio_lengths")),
-            vision_lengths=lengths(e.get("vision_lengths")),
-            text_bert=column("text_bert") if "text_bert" in features else None,
-            raw_text=(
-                arrayrecord.TextColumn(table, "raw_text")
-                if "raw_text" in features
-                else None
-            ),
-            label_TAV={
-                k: np.asarray(v, dtype=np.float32)
-                for k, v in (e.get("label_TAV") or {}).items()
-            },
-            sanitised={k: int(v) for k, v in (e.get("sanitised") or {}).items()},
-            meta=meta,
-            name=split,
-        )
+        out[split] = _open_split(builder, path, split, meta)
     return out

@@ -4,7 +4,7 @@ The generator WRITES the formats the readers in :mod:`cdds_jax.data` read (the
 ``features`` store and the SCAN ``scan_precomp`` layout); tests and ``:demo`` configs
 read them back through the real readers.
 
-Planted structure (``spec/data.md``, "Synthetic data"). A "world" drawn from the seed and
+Planted structure (docs/cdds.md, 'Data'). A "world" drawn from the seed and
 shared by all splits holds:
 
 - ``num_concepts`` latent concepts, embeddings ``E`` [C, k] ~ N(0, 1), k =
@@ -406,7 +406,7 @@ def write_feature_store(
             "max_words": max_words,
             "text_dim": text_dim,
             "generator": {
-                "name": "cdds_jax.synthetic",
+                "name": "cdds_jax.data.synthetic",
                 "version": GENERATOR_VERSION,
                 **args,
             },

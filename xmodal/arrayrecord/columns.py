@@ -1,10 +1,5 @@
 """Lazy, picklable random access to TFDS ArrayRecord datasets, without TensorFlow.
 
-The method packages turn their inputs (``cdds_jax``'s feature store, ``decalign_jax``'s
-MMSA pickles) into TFDS datasets written as ArrayRecord files
-(``file_format="array_record"``) by the builders in ``*/tfds_builder.py``. This module
-holds what both need to read them back and to build them:
-
 * :class:`RecordTable` - one split of one prepared dataset, opened with
   ``tfds.builder_from_directory(...).as_data_source(split)`` on first use (never
   ``tfds.load``, which needs TensorFlow). Every record carries an ``index`` field equal
@@ -12,10 +7,7 @@ holds what both need to read them back and to build them:
 * :class:`ArrayColumn` / :class:`TextColumn` - one field of a table as an array-like
   ``[N, *item_shape]`` (``__getitem__(int)``, slices, ``shape``, ``dtype``, ``len``) or
   a sequence of ``str``. Readers put them where in-memory or memory-mapped arrays used to
-  be, so the existing grain sources work unchanged.
-* :func:`prepare` - the shared build step: refuse to mix two inputs in one TFDS
-  ``data_dir``, reuse an identical earlier conversion, overwrite on request, and write
-  the ArrayRecord files with :data:`WRITER_OPTIONS` (uncompressed by default).
+  be, so the grain sources work unchanged.
 
 Pickling a table or column stores the dataset folder and split, never records: a spawned
 grain worker reopens the files on its first read (one data source per process, shared by
@@ -29,43 +21,28 @@ a ``tf.DType``); use ``np_dtype``.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import logging
 import operator
 import os
 import pathlib
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from xmodal import files
+
 __all__ = [
     "ITER_CHUNK",
-    "WRITER_OPTIONS",
     "ArrayColumn",
     "RecordTable",
     "TextColumn",
     "builder_dir",
-    "jsonable",
     "open_builder",
-    "prepare",
 ]
-
-logger = logging.getLogger(__name__)
 
 #: Records decoded per batched read when iterating or slicing a column.
 ITER_CHUNK = 256
-
-#: ArrayRecord writer options for :func:`prepare`: one record per chunk (random access,
-#: as TFDS writes) and NO compression. TFDS's default compression saved ~8% on float16
-#: features but made reading a 36 x 2048 float16 record ~5x slower (430 us vs 85 us,
-#: decompression-bound); features are read every epoch, so speed wins. Readers handle
-#: any options (they are stored in the file).
-WRITER_OPTIONS = "group_size:1,uncompressed"
 
 # One opened data source per (process, dataset folder, split, version of the folder):
 # spawned or forked workers never reuse a parent's file handles, columns unpickled
@@ -79,14 +56,6 @@ def builder_dir(
 ) -> pathlib.Path:
     """``data_dir/name/config/version``: where TFDS keeps one prepared dataset."""
     return pathlib.Path(data_dir) / name / config / str(version)
-
-
-def _listing(folder: pathlib.Path) -> str:
-    try:
-        names = sorted(p.name for p in folder.iterdir())
-    except OSError:
-        return "(does not exist)"
-    return ", ".join(names[:20]) or "(empty)"
 
 
 def open_builder(path: str | os.PathLike, *, what: str = "dataset") -> Any:
@@ -108,7 +77,7 @@ def open_builder(path: str | os.PathLike, *, what: str = "dataset") -> Any:
         parent = path.parent
         raise FileNotFoundError(
             f"{path} [{what}]: no prepared TFDS dataset (dataset_info.json) found; "
-            f"{parent} holds: {_listing(parent)} (convert with "
+            f"{parent} holds: {files.listing(parent)} (convert with "
             "scripts/convert_to_arrayrecord.py)"
         )
     builder = tfds.builder_from_directory(os.fspath(path))
@@ -412,156 +381,3 @@ class TextColumn:
     def tolist(self) -> list[str]:
         """Every row, in order."""
         return list(self)
-
-
-# ---------------------------------------------------------------------------------------
-# Building
-# ---------------------------------------------------------------------------------------
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` with NumPy scalars/arrays, tuples and paths turned into JSON types.
-
-    Mapping keys become strings; non-finite floats become ``None`` (JSON has no NaN).
-    """
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = (
-            sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
-        )
-        return [jsonable(v) for v in items]
-    if isinstance(value, np.generic):
-        return jsonable(value.item())
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return repr(value)
-
-
-def _same(a: Any, b: Any) -> bool:
-    return json.dumps(jsonable(a), sort_keys=True) == json.dumps(
-        jsonable(b), sort_keys=True
-    )
-
-
-def _brief(source: Mapping[str, Any]) -> str:
-    """A one-line summary of a source identity (nested mappings by their keys)."""
-    parts = [
-        f"{k}={sorted(v) if isinstance(v, Mapping) else v!r}"
-        for k, v in sorted(source.items())
-    ]
-    return "{" + ", ".join(parts) + "}"
-
-
-@contextlib.contextmanager
-def _writer_options(options: str) -> Iterator[None]:
-    """Makes TFDS write ArrayRecord files with ``options`` (restored on exit).
-
-    TFDS hard-codes ``"group_size:1"`` in ``ArrayRecordFileAdapter.write_examples``;
-    this swaps that one classmethod for the duration of a build.
-    """
-    from array_record.python import array_record_module
-    from tensorflow_datasets.core import file_adapters
-
-    adapter = file_adapters.ArrayRecordFileAdapter
-    original = adapter.__dict__["write_examples"]
-
-    def write_examples(cls, path, iterator):
-        writer = array_record_module.ArrayRecordWriter(os.fspath(path), options)
-        try:
-            for _, serialized in iterator:
-                writer.write(serialized)
-        finally:
-            writer.close()
-        return None
-
-    adapter.write_examples = classmethod(write_examples)
-    try:
-        yield
-    finally:
-        adapter.write_examples = original
-
-
-def prepare(
-    make_builder: Any,
-    path: str | os.PathLike,
-    *,
-    source: Mapping[str, Any],
-    overwrite: bool = False,
-    writer_options: str = WRITER_OPTIONS,
-) -> pathlib.Path:
-    """Builds one TFDS dataset as ArrayRecord files, or reuses an identical one.
-
-    Args:
-      make_builder: ``() -> GeneratorBasedBuilder``; called only when building (the
-        builders read their input when constructed).
-      path: the dataset folder the builder writes (``data_dir/name/config/version``).
-      source: what the dataset is made from (input path, settings), as recorded in its
-        metadata under ``"source"`` (the builder records it).
-      overwrite: delete an existing dataset at ``path`` first.
-      writer_options: ArrayRecord writer options (recorded in the metadata under
-        ``"writer_options"``), e.g. ``"group_size:1,zstd:3"`` to trade read speed for
-        disk.
-
-    Returns:
-      ``path``.
-
-    Raises:
-      FileExistsError: ``path`` holds a dataset made from a different ``source`` (or
-        with other ``writer_options``) and ``overwrite`` is False (one TFDS
-        ``data_dir`` holds one input per builder config).
-    """
-    path = pathlib.Path(path)
-    wanted = {"source": dict(source), "writer_options": writer_options}
-    if (path / "dataset_info.json").is_file():
-        if overwrite:
-            logger.info("Deleting %s (overwrite)", path)
-            shutil.rmtree(path)
-        else:
-            md = open_builder(path).info.metadata or {}
-            old = {
-                "source": md.get("source") or {},
-                "writer_options": md.get("writer_options"),
-            }
-            if _same(old, wanted):
-                logger.info("Reusing %s: already built from the same input", path)
-                return path
-            differ = sorted(
-                k
-                for k in set(old["source"]) | set(source)
-                if not _same(old["source"].get(k), source.get(k))
-            )
-            if old["writer_options"] != writer_options:
-                differ.append("writer_options")
-            raise FileExistsError(
-                f"{path}: already holds a dataset built from {_brief(old['source'])}; "
-                f"the new input {_brief(source)} differs in {differ}; pass "
-                "overwrite=True (--overwrite) or another output folder"
-            )
-    import tensorflow_datasets as tfds
-
-    builder = make_builder()
-    if pathlib.Path(os.fspath(builder.data_dir)) != path:
-        raise AssertionError(f"builder writes {builder.data_dir}, expected {path}")
-    builder.info.metadata["writer_options"] = writer_options
-    # Nothing is downloaded; keep TFDS's empty downloads/ folder out of data_dir.
-    with (
-        tempfile.TemporaryDirectory(prefix="tfds-downloads-") as tmp,
-        _writer_options(writer_options),
-    ):
-        builder.download_and_prepare(
-            file_format="array_record",
-            download_dir=tmp,
-            download_config=tfds.download.DownloadConfig(
-                manual_dir=getattr(builder, "manual_dir", None)
-            ),
-        )
-    return path

@@ -1,10 +1,10 @@
 """The retrieval feature store as TFDS ArrayRecord datasets, and a reader for them.
 
-Building (no download; the input is a ``features`` store, ``spec/data.md``)::
+Building (no download; the input is a ``features`` store, docs/cdds.md, 'Data')::
 
-    from cdds_jax import tfds_builder
-    tfds_builder.build_arrayrecord("data/f30k", "data/tfds")   # all splits
-    split = tfds_builder.read_arrayrecord("data/tfds", "train")  # a RetrievalSplit
+    from cdds_jax.data import arrayrecord
+    arrayrecord.build_arrayrecord("data/f30k", "data/tfds")   # all splits
+    split = arrayrecord.read_arrayrecord("data/tfds", "train")  # a RetrievalSplit
 
 or ``python scripts/convert_to_arrayrecord.py cdds --src data/f30k --out data/tfds``,
 then train with ``--config.data.format=arrayrecord --config.data.root=data/tfds``.
@@ -30,15 +30,15 @@ Text and features are separate datasets so that building a vocabulary from the t
 never decodes the (large) caption features, and a text-only store builds no feature set.
 
 Every row is checked finite while it is written, so the reader marks both feature
-fields as finite-checked. Build-time inputs go through :func:`cdds_jax.data.read_features`
-(all of its validation applies).
+fields as finite-checked. Build-time inputs go through
+:func:`cdds_jax.data.store.read_features` (all of its validation applies).
 
-Reading: :func:`read_arrayrecord` returns a :class:`cdds_jax.data.RetrievalSplit` whose
+Reading: :func:`read_arrayrecord` returns a :class:`cdds_jax.data.split.RetrievalSplit` whose
 ``images`` / ``caption_features`` are lazy :class:`xmodal.arrayrecord.ArrayColumn` s and
 ``captions`` a lazy :class:`xmodal.arrayrecord.TextColumn` backed by
 ``tfds.builder_from_directory(...).as_data_source(split)``; ``caption_to_image`` and
-``caption_lengths`` are in memory. The existing ``PairSource`` / ``ImageSource`` /
-``CaptionSource`` and the driver use it unchanged; pickling stores folder paths, so
+``caption_lengths`` are in memory. ``PairSource`` / ``ImageSource`` /
+``CaptionSource`` and the driver use it as any other split; pickling stores folder paths, so
 spawned grain workers reopen the files. TensorFlow is never imported.
 
 TFDS fixes a dataset's feature spec (shapes, dtypes) when the builder is CONSTRUCTED, so
@@ -59,10 +59,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 
-from cdds_jax import data as data_lib
-from xmodal import arrayrecord
+from cdds_jax.data.split import (
+    RetrievalSplit,
+    check_caption_lengths,
+    check_caption_to_image,
+)
+from cdds_jax.data.store import read_features
+from xmodal import arrayrecord as ar
+from xmodal import files
 
 __all__ = [
     "BUILDER_NAME",
@@ -82,7 +87,7 @@ CONFIGS: tuple[str, ...] = ("images", "captions", "caption_features")
 
 _BYTES = tfds.features.Encoding.BYTES  # raw bytes: exact, no up-casting to float32
 _SPLIT_RE = re.compile(r"[A-Za-z0-9_]+")
-_BLOCK_BYTES = 32 * 2**20  # rows read from the memory maps per block while writing
+_SEPARATE = "convert the splits into separate folders (splits=...)"
 
 
 def store_splits(store: str | os.PathLike) -> list[str]:
@@ -94,13 +99,13 @@ def store_splits(store: str | os.PathLike) -> list[str]:
     if not names:
         raise FileNotFoundError(
             f"{root} [feature store root]: no split folders with meta.json; it holds: "
-            f"{', '.join(sorted(p.name for p in root.iterdir())[:20]) or '(empty)'}"
+            f"{files.listing(root)}"
         )
     return names
 
 
 def _source_identity(
-    store: pathlib.Path, splits: dict[str, data_lib.RetrievalSplit]
+    store: pathlib.Path, splits: dict[str, RetrievalSplit]
 ) -> dict[str, Any]:
     """What a conversion is made from (recorded; compared on re-conversion)."""
     return {
@@ -120,7 +125,22 @@ def _source_identity(
     }
 
 
-class CddsFeatureStore(tfds.core.GeneratorBasedBuilder):
+def _check_consistent(store: pathlib.Path, splits: dict[str, RetrievalSplit]) -> None:
+    """Every split must fit one feature spec per config (shapes, dtypes, text kinds)."""
+    checks = {
+        "images.npy shape/dtype": lambda s: (s.images.shape[1:], s.images.dtype.str),
+        "captions.txt present": lambda s: s.captions is not None,
+        "captions.npy shape/dtype": lambda s: (
+            None
+            if s.caption_features is None
+            else (s.caption_features.shape[1:], s.caption_features.dtype.str)
+        ),
+    }
+    for key, get in checks.items():
+        ar.agreed_value(store, key, {n: get(s) for n, s in splits.items()}, _SEPARATE)
+
+
+class CddsFeatureStore(ar.RowBuilder):
     """TFDS builder: a ``features`` store -> ArrayRecord datasets (see the module doc).
 
     Args:
@@ -133,9 +153,9 @@ class CddsFeatureStore(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version(VERSION)
     RELEASE_NOTES: ClassVar[dict[str, str]] = {
-        str(
-            VERSION
-        ): "Feature store as ArrayRecord: images / captions / caption_features."
+        str(VERSION): (
+            "Feature store as ArrayRecord: images / captions / caption_features."
+        )
     }
     BUILDER_CONFIGS: ClassVar[list[tfds.core.BuilderConfig]] = [
         tfds.core.BuilderConfig(
@@ -155,13 +175,7 @@ class CddsFeatureStore(tfds.core.GeneratorBasedBuilder):
         "caption_to_image.npy, captions.npy + caption_lengths.npy and/or captions.txt, "
         "meta.json) as manual_dir= when constructing the builder."
     )
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        # TFDS's own lookup of a packaged builder evaluates
-        # `importlib_resources.abc.Traversable`, a package we do not install.
-        return epath.Path(__file__)
+    INPUT_ARG = "manual_dir"
 
     def __init__(
         self,
@@ -171,7 +185,7 @@ class CddsFeatureStore(tfds.core.GeneratorBasedBuilder):
         **kwargs: Any,
     ) -> None:
         self._store = None if manual_dir is None else pathlib.Path(manual_dir)
-        self._splits: dict[str, data_lib.RetrievalSplit] | None = None
+        self._splits: dict[str, RetrievalSplit] | None = None
         if self._store is not None:
             names = list(splits) if splits is not None else store_splits(self._store)
             if not names:
@@ -182,19 +196,34 @@ class CddsFeatureStore(tfds.core.GeneratorBasedBuilder):
                         f"splits: {name!r} is not a valid TFDS split name "
                         "(letters, digits, underscore)"
                     )
-            self._splits = {n: data_lib.read_features(self._store, n) for n in names}
+            self._splits = {n: read_features(self._store, n) for n in names}
         elif splits is not None:
             raise ValueError("splits: given without manual_dir (nothing to build)")
-        super().__init__(**kwargs)
-        self._original_state.update(
-            manual_dir=None if manual_dir is None else os.fspath(manual_dir),
-            splits=None if splits is None else list(splits),
+        super().__init__(
+            input_state=dict(
+                manual_dir=None if manual_dir is None else os.fspath(manual_dir),
+                splits=None if splits is None else list(splits),
+            ),
+            **kwargs,
         )
 
     @property
-    def manual_dir(self) -> pathlib.Path | None:
+    def input_path(self) -> pathlib.Path | None:
         """The feature store root this builder converts (None: read-only)."""
         return self._store
+
+    @property
+    def manual_dir(self) -> pathlib.Path | None:
+        """The feature store root (TFDS's ``DownloadConfig.manual_dir`` must match)."""
+        return self._store
+
+    def split_names(self) -> list[str]:
+        assert self._splits is not None
+        return list(self._splits)
+
+    def source_identity(self) -> dict[str, Any]:
+        assert self._splits is not None and self._store is not None
+        return _source_identity(self._store, self._splits)
 
     # ----------------------------------------------------------------- feature spec
 
@@ -202,15 +231,9 @@ class CddsFeatureStore(tfds.core.GeneratorBasedBuilder):
         """``get(split)`` for every split; all splits must agree (one feature spec)."""
         assert self._splits is not None
         values = {name: get(s) for name, s in self._splits.items()}
-        if len({repr(v) for v in values.values()}) != 1:
-            raise ValueError(
-                f"{self._store} [{key}]: expected every converted split to agree "
-                f"(one TFDS feature spec), got {values}; convert the splits into "
-                "separate folders (splits=...)"
-            )
-        return next(iter(values.values()))
+        return ar.agreed_value(self._store, key, values, _SEPARATE)
 
-    def _features(self) -> tfds.features.FeaturesDict:
+    def feature_spec(self) -> tfds.features.FeaturesDict:
         name = self.builder_config.name
         index = {"index": tfds.features.Scalar(dtype=np.int64)}
         if name == "images":
@@ -254,54 +277,24 @@ class CddsFeatureStore(tfds.core.GeneratorBasedBuilder):
             }
         )
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        if self._splits is None:
-            # Read-only: TFDS restores the features from the prepared folder.
-            return tfds.core.DatasetInfo(
-                builder=self, disable_shuffling=True, metadata=tfds.core.MetadataDict()
-            )
+    def description(self) -> str:
+        assert self._splits is not None
         first = next(iter(self._splits.values()))
         counts = {
             n: f"{s.num_images} images / {s.num_captions} captions"
             for n, s in self._splits.items()
         }
-        description = (
+        return (
             f"cdds_jax feature store {self._store} (dataset "
             f"{first.meta.get('dataset', '?')!r}), config {self.builder_config.name!r}: "
             f"{self.builder_config.description} Splits: {counts}. Records are in row "
             "order; record i holds index = i."
         )
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=description,
-            features=self._features(),
-            disable_shuffling=True,  # row order = record order (keys are rows)
-            metadata=tfds.core.MetadataDict(),
-        )
 
     # ----------------------------------------------------------------- generation
 
-    def _download_and_prepare(self, dl_manager, download_config) -> None:
-        if self._splits is None:
-            raise ValueError(
-                "manual_dir: the feature store root must be passed when constructing "
-                "CddsFeatureStore(manual_dir=...) (TFDS fixes the feature spec at "
-                "construction)"
-            )
-        given = download_config.manual_dir
-        if given is not None and pathlib.Path(given).resolve() != self._store.resolve():
-            raise ValueError(
-                f"download_config.manual_dir: expected the constructor's store "
-                f"{self._store}, got {given}"
-            )
-        super()._download_and_prepare(dl_manager, download_config)
-
-    def _split_generators(self, dl_manager) -> dict[str, Iterator]:
-        del dl_manager  # nothing is downloaded
-        assert self._splits is not None and self._store is not None
-        md = self.info.metadata
-        md["layout"] = {"builder": "cdds_jax.tfds_builder", "version": VERSION}
-        md["source"] = _source_identity(self._store, self._splits)
+    def split_metadata(self) -> dict[str, Any]:
+        assert self._splits is not None
         entries = {}
         for name, s in self._splits.items():
             entry: dict[str, Any] = {
@@ -315,8 +308,7 @@ class CddsFeatureStore(tfds.core.GeneratorBasedBuilder):
                     None if s.caption_lengths is None else s.caption_lengths.tolist()
                 )
             entries[name] = entry
-        md["splits"] = arrayrecord.jsonable(entries)
-        return {name: self._generate_examples(name) for name in self._splits}
+        return {"splits": entries}
 
     def _generate_examples(self, split: str) -> Iterator[tuple[int, dict[str, Any]]]:
         assert self._splits is not None
@@ -353,17 +345,8 @@ def _rows_checked(
     arr: np.ndarray, path: str, field: str
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Rows of a memory-mapped ``[N, ...]`` array, read in blocks, each checked finite."""
-    n = arr.shape[0]
-    step = max(1, _BLOCK_BYTES // max(1, arr[:1].nbytes))
-    for start in range(0, n, step):
-        block = np.ascontiguousarray(arr[start : start + step])
-        ok = np.isfinite(block).reshape(block.shape[0], -1).all(axis=1)
-        if not ok.all():
-            bad = start + int(np.argmin(ok))
-            raise ValueError(
-                f"{path} [{field}]: expected finite values, got NaN/Inf in row {bad} "
-                f"(of {n})"
-            )
+    for start, block in files.finite_blocks(arr, path, field):
+        block = np.ascontiguousarray(block)
         for j in range(block.shape[0]):
             yield start + j, block[j]
 
@@ -380,30 +363,7 @@ def dataset_dir(data_dir: str | os.PathLike, config: str) -> pathlib.Path:
     """``data_dir/cdds_feature_store/{config}/{VERSION}``."""
     if config not in CONFIGS:
         raise ValueError(f"config: expected one of {list(CONFIGS)}, got {config!r}")
-    return arrayrecord.builder_dir(data_dir, BUILDER_NAME, config, VERSION)
-
-
-def _check_consistent(
-    store: pathlib.Path, splits: dict[str, data_lib.RetrievalSplit]
-) -> None:
-    """Every split must fit one feature spec per config (shapes, dtypes, text kinds)."""
-    checks = {
-        "images.npy shape/dtype": lambda s: (s.images.shape[1:], s.images.dtype.str),
-        "captions.txt present": lambda s: s.captions is not None,
-        "captions.npy shape/dtype": lambda s: (
-            None
-            if s.caption_features is None
-            else (s.caption_features.shape[1:], s.caption_features.dtype.str)
-        ),
-    }
-    for key, get in checks.items():
-        values = {name: get(s) for name, s in splits.items()}
-        if len({repr(v) for v in values.values()}) != 1:
-            raise ValueError(
-                f"{store} [{key}]: expected every converted split to agree (one TFDS "
-                f"feature spec), got {values}; convert the splits into separate "
-                "folders (splits=...)"
-            )
+    return ar.builder_dir(data_dir, BUILDER_NAME, config, VERSION)
 
 
 def build_arrayrecord(
@@ -412,7 +372,7 @@ def build_arrayrecord(
     *,
     splits: Sequence[str] | None = None,
     overwrite: bool = False,
-    writer_options: str = arrayrecord.WRITER_OPTIONS,
+    writer_options: str = ar.WRITER_OPTIONS,
 ) -> dict[str, pathlib.Path]:
     """Converts a ``features`` store into ArrayRecord datasets under ``data_dir``.
 
@@ -435,7 +395,7 @@ def build_arrayrecord(
     """
     store = pathlib.Path(store)
     names = list(splits) if splits is not None else store_splits(store)
-    opened = {n: data_lib.read_features(store, n) for n in names}
+    opened = {n: read_features(store, n) for n in names}
     _check_consistent(store, opened)  # before anything is written
     source = _source_identity(store, opened)
     has_feat = {n: s.caption_features is not None for n, s in opened.items()}
@@ -453,7 +413,7 @@ def build_arrayrecord(
                 file_format="array_record",
             )
 
-        out[config] = arrayrecord.prepare(
+        out[config] = ar.prepare(
             make,
             path,
             source=source,
@@ -463,9 +423,25 @@ def build_arrayrecord(
     return out
 
 
-def read_arrayrecord(
-    data_dir: str | os.PathLike, split: str
-) -> data_lib.RetrievalSplit:
+def _table(
+    path: pathlib.Path, builder: Any, split: str, expected: int, what: str
+) -> ar.RecordTable:
+    """``split`` of a prepared dataset, which must hold ``expected`` records."""
+    if split not in builder.info.splits:
+        raise FileNotFoundError(
+            f"{path} [split]: split {split!r} not found; it has "
+            f"{sorted(builder.info.splits)}"
+        )
+    got = builder.info.splits[split].num_examples
+    if got != expected:
+        raise ValueError(
+            f"{path} [{what}]: expected {expected} records in split {split!r} "
+            f"(captions metadata), got {got}"
+        )
+    return ar.RecordTable(path, split, got)
+
+
+def read_arrayrecord(data_dir: str | os.PathLike, split: str) -> RetrievalSplit:
     """Opens ``split`` of a converted store (``data.format = "arrayrecord"``).
 
     Args:
@@ -486,7 +462,7 @@ def read_arrayrecord(
     """
     data_dir = pathlib.Path(data_dir)
     caps_dir = dataset_dir(data_dir, "captions")
-    caps = arrayrecord.open_builder(caps_dir, what="captions")
+    caps = ar.open_builder(caps_dir, what="captions")
     md = caps.info.metadata or {}
     entries = md.get("splits") or {}
     if split not in entries:
@@ -496,73 +472,60 @@ def read_arrayrecord(
         )
     entry = entries[split]
     n_img, n_cap = int(entry["num_images"]), int(entry["num_captions"])
-    files: dict[str, str] = {}
-
-    def table(path: pathlib.Path, builder: Any, expected: int, what: str):
-        if split not in builder.info.splits:
-            raise FileNotFoundError(
-                f"{path} [split]: split {split!r} not found; it has "
-                f"{sorted(builder.info.splits)}"
-            )
-        got = builder.info.splits[split].num_examples
-        if got != expected:
-            raise ValueError(
-                f"{path} [{what}]: expected {expected} records in split {split!r} "
-                f"(captions metadata), got {got}"
-            )
-        return arrayrecord.RecordTable(path, split, got)
-
+    if n_img == 0 or n_cap == 0:
+        raise ValueError(
+            f"{caps_dir} [{split}]: expected at least 1 image and 1 caption (empty "
+            f"split), got {n_img} images and {n_cap} captions"
+        )
+    where: dict[str, str] = {}
     img_dir = dataset_dir(data_dir, "images")
-    img_builder = arrayrecord.open_builder(img_dir, what="images")
+    img_builder = ar.open_builder(img_dir, what="images")
     img_feature = img_builder.info.features["image"]
-    images = arrayrecord.ArrayColumn(
-        table(img_dir, img_builder, n_img, "images"),
+    images = ar.ArrayColumn(
+        _table(img_dir, img_builder, split, n_img, "images"),
         "image",
         img_feature.shape,
         img_feature.np_dtype,
     )
-    files["images"] = f"{img_dir} [{split}]"
+    where["images"] = f"{img_dir} [{split}]"
 
-    cap_table = table(caps_dir, caps, n_cap, "captions")
+    cap_table = _table(caps_dir, caps, split, n_cap, "captions")
     c2i = np.asarray(entry["caption_to_image"], dtype=np.int64)
-    c2i = data_lib._check_caption_to_image(c2i, f"{caps_dir} [metadata]", n_img, n_cap)
-    files["caption_to_image"] = f"{caps_dir} [{split}, metadata caption_to_image]"
+    c2i = check_caption_to_image(c2i, f"{caps_dir} [metadata]", n_img, n_cap)
+    where["caption_to_image"] = f"{caps_dir} [{split}, metadata caption_to_image]"
     captions = None
     if "caption" in caps.info.features:
-        captions = arrayrecord.TextColumn(cap_table, "caption")
-        files["captions"] = f"{caps_dir} [{split}]"
+        captions = ar.TextColumn(cap_table, "caption")
+        where["captions"] = f"{caps_dir} [{split}]"
 
     caption_features = caption_lengths = None
     if entry.get("caption_lengths") is not None:
         feat_dir = dataset_dir(data_dir, "caption_features")
-        feat_builder = arrayrecord.open_builder(feat_dir, what="caption_features")
+        feat_builder = ar.open_builder(feat_dir, what="caption_features")
         feature = feat_builder.info.features["caption_features"]
-        caption_features = arrayrecord.ArrayColumn(
-            table(feat_dir, feat_builder, n_cap, "caption_features"),
+        caption_features = ar.ArrayColumn(
+            _table(feat_dir, feat_builder, split, n_cap, "caption_features"),
             "caption_features",
             feature.shape,
             feature.np_dtype,
         )
-        caption_lengths = np.asarray(entry["caption_lengths"], dtype=np.int32)
-        l_max = caption_features.shape[1]
-        if caption_lengths.shape != (n_cap,) or (
-            n_cap and (caption_lengths.min() < 1 or caption_lengths.max() > l_max)
-        ):
-            raise ValueError(
-                f"{caps_dir} [metadata caption_lengths]: expected {n_cap} lengths in "
-                f"[1, {l_max}], got shape {caption_lengths.shape}"
-            )
-        files["caption_features"] = f"{feat_dir} [{split}]"
-        files["caption_lengths"] = f"{caps_dir} [{split}, metadata caption_lengths]"
+        caption_lengths = check_caption_lengths(
+            np.asarray(entry["caption_lengths"], dtype=np.int64),
+            f"{caps_dir} [metadata]",
+            n_cap,
+            caption_features.shape[1],
+        )
+        where["caption_features"] = f"{feat_dir} [{split}]"
+        where["caption_lengths"] = f"{caps_dir} [{split}, metadata caption_lengths]"
 
     meta = dict(entry.get("store_meta") or {})
     meta["arrayrecord"] = {
         "data_dir": str(data_dir),
         "layout": md.get("layout"),
         "source_store": (md.get("source") or {}).get("store"),
-        "datasets": {k: v.split(" [")[0] for k, v in files.items()},
+        "datasets": {k: v.split(" [")[0] for k, v in where.items()},
     }
-    return data_lib.RetrievalSplit(
+    return RetrievalSplit(
         root=data_dir,
         split=split,
         images=images,
@@ -571,7 +534,7 @@ def read_arrayrecord(
         caption_lengths=caption_lengths,
         captions=captions,
         meta=meta,
-        files=files,
+        files=where,
         format="arrayrecord",
         # Every row was checked finite when the dataset was written.
         finite_checked=frozenset(

@@ -1,0 +1,179 @@
+"""Grain-compatible sources over a :class:`~cdds_jax.data.split.RetrievalSplit`.
+
+:class:`PairSource` (training, one item per caption), :class:`ImageSource` and
+:class:`CaptionSource` (evaluation) are plain picklable classes with ``__len__`` and
+``__getitem__(i) -> dict`` of NumPy arrays with identical shapes and dtypes for every
+item (static shapes for ``jit``). Pickling a source stores file paths, not array
+contents: spawned grain workers reopen the memory maps (or the ArrayRecord files).
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Literal
+
+import numpy as np
+
+from cdds_jax.data.split import RetrievalSplit
+from cdds_jax.data.text import Vocabulary
+
+__all__ = ["CaptionSource", "ImageSource", "PairSource", "TextMode"]
+
+#: How captions reach the model: token features from the store, or token ids.
+TextMode = Literal["features", "tokens"]
+
+
+def _index(i: int, n: int) -> int:
+    i = operator.index(i)
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError(f"index {i} out of range for {n} items")
+    return i
+
+
+class _TextFields:
+    """Builds the text fields of caption i (shared by Pair- and CaptionSource)."""
+
+    def __init__(
+        self,
+        split: RetrievalSplit,
+        text: str,
+        vocab: Vocabulary | None,
+        max_words: int | None,
+    ):
+        if text == "features":
+            if split.caption_features is None:
+                raise ValueError(
+                    f"{split.root}/{split.split} [caption_features]: text='features' needs "
+                    f"captions.npy + caption_lengths.npy, the split has files {sorted(split.files)}"
+                )
+            if max_words is None:
+                max_words = split.max_caption_tokens
+        elif text == "tokens":
+            if split.captions is None:
+                raise ValueError(
+                    f"{split.root}/{split.split} [captions]: text='tokens' needs caption "
+                    f"text (captions.txt), the split has files {sorted(split.files)}"
+                )
+            if vocab is None:
+                raise ValueError("vocab: text='tokens' needs a Vocabulary, got None")
+            if max_words is None:
+                raise ValueError(
+                    "max_words: text='tokens' needs the token length L, got None"
+                )
+            if max_words < 2:
+                raise ValueError(
+                    f"max_words: expected >= 2 (<start>, <end>), got {max_words}"
+                )
+        else:
+            raise ValueError(f"text: expected 'features' or 'tokens', got {text!r}")
+        if max_words < 1:
+            raise ValueError(f"max_words: expected >= 1, got {max_words}")
+        self.split = split
+        self.text = text
+        self.vocab = vocab
+        self.max_words = int(max_words)
+
+    def __call__(self, i: int) -> dict[str, np.ndarray]:
+        length_axis = np.arange(self.max_words)
+        if self.text == "tokens":
+            ids, n = self.vocab.encode(self.split.captions[i], self.max_words)
+            return {"tokens": ids, "text_mask": length_axis < n}
+        feats = self.split.caption_feature(i)  # [L_max, D_t], zero past the length
+        n = min(int(self.split.caption_lengths[i]), self.max_words)
+        l_max = feats.shape[0]
+        if self.max_words <= l_max:
+            feats = feats[: self.max_words]
+        else:
+            feats = np.pad(feats, ((0, self.max_words - l_max), (0, 0)))
+        # caption_feature already zeroed everything past the caption's length.
+        return {"text": np.ascontiguousarray(feats), "text_mask": length_axis < n}
+
+
+class PairSource:
+    """Training source: one item per CAPTION (one epoch = one pass over captions).
+
+    Item i:
+      ``image`` float32 [P, D_v] (the image of caption i), ``image_id`` int64 [] (=
+      ``caption_to_image[i]``), ``index`` int64 [] (= i), and either ``text`` float32
+      [L, D_t] + ``text_mask`` bool [L] (``text="features"``; L = ``max_words`` or the
+      store's L_max; truncated / zero-padded) or ``tokens`` int32 [L] + ``text_mask``
+      bool [L] (``text="tokens"``; L = ``max_words``, required, with ``vocab``).
+    """
+
+    def __init__(
+        self,
+        split: RetrievalSplit,
+        *,
+        text: TextMode = "features",
+        vocab: Vocabulary | None = None,
+        max_words: int | None = None,
+    ):
+        self.split = split
+        self._text = _TextFields(split, text, vocab, max_words)
+
+    def __len__(self) -> int:
+        return self.split.num_captions
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        i = _index(i, len(self))
+        image_id = int(self.split.caption_to_image[i])
+        return {
+            "image": self.split.image(image_id),
+            "image_id": np.int64(image_id),
+            "index": np.int64(i),
+            **self._text(i),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"PairSource({self.split.split}, text={self._text.text!r}, n={len(self)})"
+        )
+
+
+class ImageSource:
+    """Evaluation source: one item per unique image: ``image`` float32 [P, D_v], ``index`` int64 []."""
+
+    def __init__(self, split: RetrievalSplit):
+        self.split = split
+
+    def __len__(self) -> int:
+        return self.split.num_images
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        i = _index(i, len(self))
+        return {"image": self.split.image(i), "index": np.int64(i)}
+
+    def __repr__(self) -> str:
+        return f"ImageSource({self.split.split}, n={len(self)})"
+
+
+class CaptionSource:
+    """Evaluation source: one item per caption: text fields (as :class:`PairSource`),
+    ``image_id`` int64 [] and ``index`` int64 []."""
+
+    def __init__(
+        self,
+        split: RetrievalSplit,
+        *,
+        text: TextMode = "features",
+        vocab: Vocabulary | None = None,
+        max_words: int | None = None,
+    ):
+        self.split = split
+        self._text = _TextFields(split, text, vocab, max_words)
+
+    def __len__(self) -> int:
+        return self.split.num_captions
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        i = _index(i, len(self))
+        return {
+            **self._text(i),
+            "image_id": np.int64(self.split.caption_to_image[i]),
+            "index": np.int64(i),
+        }
+
+    def __repr__(self) -> str:
+        return f"CaptionSource({self.split.split}, text={self._text.text!r}, n={len(self)})"
