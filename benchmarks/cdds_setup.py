@@ -21,6 +21,7 @@ from cdds_jax import train as cdds_train
 from configs import flickr
 
 __all__ = [
+    "BUILT_BY",
     "STEPS_PER_EPOCH",
     "build_model",
     "config",
@@ -31,6 +32,11 @@ __all__ = [
     "random_batch",
 ]
 
+#: How the measured step is built, as BENCHMARKS.md says it (follows the calls below).
+BUILT_BY = (
+    "`cdds_jax.train.build_model` / `create_train_state` / `train_step` (jitted with "
+    "the driver's shardings and donation)"
+)
 #: Steps per epoch given to the driver: only the L_s ramp and the hardest-negative
 #: switch read it, and a benchmark step is far from both.
 STEPS_PER_EPOCH = 1000

@@ -141,8 +141,7 @@ def _intro(sz: Mapping[str, Any]) -> list[str]:
         f"D_v {sz['image_dim']}, L {sz['text_tokens']} caption tokens of D_t "
         f"{sz['text_dim']} (precomputed features), G {sz['levels']}, z "
         f"{sz['samples']}, K {sz['bins']}; `configs/flickr.py` with these "
-        "overrides, built by `cdds_jax.train.build_model` / `create_train_state` / "
-        "`train_step` (jitted with the driver's shardings and donation) on random "
+        f"overrides, built by {cdds_setup.BUILT_BY} on random "
         "inputs. Step time = median over `reps` calls after one warm-up call, "
         "blocking on the new state and metrics. Fraction = model FLOPs / step time "
         "/ the f32 GEMM rate above.",

@@ -108,8 +108,8 @@ def render(results: Mapping[str, Any]) -> list[str]:
         "",
         "## DecAlign train step",
         "",
-        "HEAD configs (`configs/decalign_base.py`), driver's `build_model` / "
-        "`create_train_state` / `train_step` jitted with donation, random inputs. "
+        f"HEAD configs (`configs/decalign_base.py`), {decalign_setup.BUILT_BY}, "
+        "random inputs. "
         "EM + Sinkhorn share = `losses.hetero_loss` forward + backward alone on "
         "[B, d] pooled inputs / the HEAD step; cross-check = 1 - step(alpha = 0) / "
         "step. Dropout RNG share = 1 - step(every dropout rate 0) / step. Shares "

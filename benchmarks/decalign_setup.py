@@ -22,6 +22,7 @@ from decalign_jax import losses as decalign_losses
 from decalign_jax import train as decalign_train
 
 __all__ = [
+    "BUILT_BY",
     "STEPS_PER_EPOCH",
     "VARIANTS",
     "build_model",
@@ -32,6 +33,10 @@ __all__ = [
     "random_batch",
 ]
 
+#: How the measured step is built, as BENCHMARKS.md says it (follows the calls below).
+BUILT_BY = (
+    "driver's `build_model` / `create_train_state` / `train_step` jitted with donation"
+)
 #: Steps per epoch given to the driver (its schedules only; a benchmark runs a few).
 STEPS_PER_EPOCH = 100
 #: The step variants measured: the HEAD config, alpha = 0 (no EM + Sinkhorn term) and
