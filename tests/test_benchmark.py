@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
 import types
 
 import jax
@@ -324,3 +325,11 @@ def test_rank_disagreements_allow_exact_ties_only():
     wrong[0][1] += 1  # nor has image 1's row
     bad = cdds_eval.rank_disagreements(scores, c2i, wrong, counting)
     assert bad == {"differ": 5, "explained_by_ties": 3}
+
+
+def test_committed_markdown_is_the_rendering_of_the_committed_json():
+    # `--render` rebuilds BENCHMARKS.md from benchmarks.json: a change of the report's
+    # text comes with the re-rendered file.
+    root = pathlib.Path(__file__).resolve().parents[1]
+    results = json.loads((root / "benchmarks.json").read_text())
+    assert runner.render_markdown(results) == (root / "BENCHMARKS.md").read_text()
