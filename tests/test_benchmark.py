@@ -1,4 +1,4 @@
-"""scripts/benchmark.py: its pieces at trivial sizes write the expected JSON / markdown.
+"""The benchmark package: its pieces at trivial sizes write the expected JSON / markdown.
 
 A smoke test (no timing assertions). Compiling the real CDDS and DecAlign train steps
 takes 20-50 s each on the 2-core CI machine, so `test_every_section_is_written`
@@ -10,12 +10,10 @@ count, the aggregation and the report. ``XMODAL_BENCH_SMOKE=1`` also runs the re
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import pathlib
-import sys
 import types
 
 import jax
@@ -23,9 +21,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import (
+    cdds_eval,
+    cdds_flops,
+    cdds_setup,
+    decalign,
+    decalign_setup,
+    kernels,
+    memory,
+    runner,
+    settings,
+    steps,
+)
+from cdds_jax import retrieval
 from decalign_jax import prototypes
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 SECTION_TITLES = (
     "## Machine",
     "## Machine ceilings",
@@ -35,19 +45,6 @@ SECTION_TITLES = (
     "## DecAlign train step",
     "## Naive forms vs library kernels",
 )
-
-
-@pytest.fixture(scope="module")
-def bench():
-    name = "_xmodal_benchmark_script"
-    spec = importlib.util.spec_from_file_location(
-        name, ROOT / "scripts" / "benchmark.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(name, None)
 
 
 def _fake_timing(median: float) -> dict:
@@ -61,7 +58,7 @@ def _fake_timing(median: float) -> dict:
     }
 
 
-def _stub_heavy_parts(bench, monkeypatch) -> None:
+def _stub_heavy_parts(monkeypatch) -> None:
     """Replaces every compile of a full train step by a stub (see module docstring)."""
 
     def fake_run_step(step, state, batch, settings, *, label, guard=True):
@@ -83,24 +80,24 @@ def _stub_heavy_parts(bench, monkeypatch) -> None:
     def fake_kernels_decalign(settings):
         timing = _fake_timing(2e-3)
         return [
-            bench._kernel_row(
+            kernels.kernel_row(
                 name, "stub", "eager Python loop", timing, _fake_timing(1e-3), 0.0
             )
             for name in ("EM (fwd+bwd)", "Sinkhorn 3-marginal (fwd+bwd)")
         ]
 
-    monkeypatch.setattr(bench, "_run_step", fake_run_step)
-    monkeypatch.setattr(bench.cdds_train, "create_train_state", fake_state)
-    monkeypatch.setattr(bench.decalign_train, "create_train_state", fake_state)
-    monkeypatch.setattr(bench, "time_hetero", lambda *a: _fake_timing(1e-3))
-    monkeypatch.setattr(bench, "kernels_decalign", fake_kernels_decalign)
+    monkeypatch.setattr(steps, "run_step", fake_run_step)
+    monkeypatch.setattr(cdds_setup, "create_state", fake_state)
+    monkeypatch.setattr(decalign_setup, "create_state", fake_state)
+    monkeypatch.setattr(decalign, "time_hetero", lambda *a: _fake_timing(1e-3))
+    monkeypatch.setattr(kernels, "kernels_decalign", fake_kernels_decalign)
 
 
-def test_every_section_is_written(bench, tmp_path, monkeypatch):
-    _stub_heavy_parts(bench, monkeypatch)
-    returned = bench.main(["--smoke", "--out", str(tmp_path)])
+def test_every_section_is_written(tmp_path, monkeypatch):
+    _stub_heavy_parts(monkeypatch)
+    returned = runner.main(["--smoke", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "benchmarks.json").read_text())
-    assert set(data) == {"meta", "machine", "settings", *bench.SECTIONS}
+    assert set(data) == {"meta", "machine", "settings", *runner.SECTIONS}
     assert data["meta"]["mode"] == "smoke"
     assert data["ceilings"]["f32"]["gflops"] == returned["ceilings"]["f32"]["gflops"]
 
@@ -180,15 +177,15 @@ def test_every_section_is_written(bench, tmp_path, monkeypatch):
     assert "**total**" in md
 
 
-def test_partial_run_writes_only_its_sections(bench, tmp_path):
-    bench.main(["--smoke", "--sections", "ceilings", "--out", str(tmp_path)])
+def test_partial_run_writes_only_its_sections(tmp_path):
+    runner.main(["--smoke", "--sections", "ceilings", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "benchmarks.json").read_text())
     assert set(data) == {"meta", "machine", "settings", "ceilings"}
     md = (tmp_path / "BENCHMARKS.md").read_text()
     assert "## Machine ceilings" in md and "## CDDS train step" not in md
 
 
-def test_cdds_flops_match_a_count_by_matmul_shapes(bench):
+def test_cdds_flops_match_a_count_by_matmul_shapes():
     # Independent count: every matmul of one (image, caption) pair by its shapes.
     # (8 heads: splitting d into heads does not change the FLOPs.)
     d, r, z, g = 512, 4, 4, 32
@@ -215,7 +212,7 @@ def test_cdds_flops_match_a_count_by_matmul_shapes(bench):
     projections = mm(p, dv, d) + mm(length, dt, d)
     expected = 3 * trainable + 2 * projections  # + small terms below
 
-    rows = bench.cdds_flops(bench._paper_cdds((b,)), b)
+    rows = cdds_flops.cdds_flops(settings.paper_cdds((b,)), b)
     got = sum(row["train_per_pair"] for row in rows)
     small = {
         "histogram KL (S^v and S^t)",
@@ -228,12 +225,12 @@ def test_cdds_flops_match_a_count_by_matmul_shapes(bench):
     # The issue's ~80 GFLOP / pair is the blocks' dense layers (77.8); the full count
     # adds attention, UNet skips and the rest (90.1).
     np.testing.assert_allclose(
-        bench._blocks_dense_only(bench._paper_cdds((b,))), 77.80e9, rtol=1e-3
+        cdds_flops.blocks_dense_only(settings.paper_cdds((b,))), 77.80e9, rtol=1e-3
     )
     np.testing.assert_allclose(got, 90.13e9, rtol=1e-3)
 
 
-def test_memory_growth_flags_fast_growth(bench):
+def test_memory_growth_flags_fast_growth():
     rows = [
         {
             "batch": 8,
@@ -247,7 +244,7 @@ def test_memory_growth_flags_fast_growth(bench):
         },
         {"batch": 64, "memory_bytes": 1000, "memory_analysis": None},
     ]
-    first, second = bench.memory_growth(rows)
+    first, second = memory.memory_growth(rows)
     assert first["violates"] and first["reported_per_doubling"] == pytest.approx(2.5)
     assert first["analysis_temp_per_doubling"] == pytest.approx(2.0)
     # 16 -> 64 is two doublings: (1000 / 250) ** (1 / 2) = 2.
@@ -256,10 +253,10 @@ def test_memory_growth_flags_fast_growth(bench):
     assert second["analysis_temp_per_doubling"] is None
 
 
-def test_naive_em_and_sinkhorn_agree_with_the_library(bench):
+def test_naive_em_and_sinkhorn_agree_with_the_library():
     # The speed-ups compare like with like only if the naive forms compute the same.
     x = jax.random.normal(jax.random.PRNGKey(0), (24, 6)) * 2.0 + 0.5
-    naive_gmm = jax.jit(bench._naive_gmm, static_argnums=(1, 2, 3))
+    naive_gmm = jax.jit(kernels.naive_gmm, static_argnums=(1, 2, 3))
     means, variances, gamma = naive_gmm(x, 4, 3, 1e-4)
     fit = prototypes.fit_diag_gmm(x, 4, num_iters=3, var_floor=1e-4)
     np.testing.assert_allclose(means, fit.means, atol=1e-4)
@@ -270,7 +267,7 @@ def test_naive_em_and_sinkhorn_agree_with_the_library(bench):
     pair = jnp.abs(jax.random.normal(keys[0], (3, 3, 3)))
     cost = prototypes.joint_cost(pair[0], pair[1], pair[2])
     marg = tuple(jax.nn.softmax(jax.random.normal(kk, (3,))) for kk in keys[1:])
-    naive = jax.jit(bench._naive_sinkhorn_value, static_argnums=(2, 3))(
+    naive = jax.jit(kernels.naive_sinkhorn_value, static_argnums=(2, 3))(
         cost, marg, 0.1, 7
     )
     _, value = prototypes.multi_marginal_sinkhorn(
@@ -279,26 +276,26 @@ def test_naive_em_and_sinkhorn_agree_with_the_library(bench):
     np.testing.assert_allclose(naive, value, rtol=1e-5)
 
 
-def test_bad_arguments_fail_early(bench):
+def test_bad_arguments_fail_early():
     with pytest.raises(ValueError, match="sections"):
-        bench.make_settings("smoke", accelerator=False, sections=("nope",))
+        runner.make_settings("smoke", accelerator=False, sections=("nope",))
     with pytest.raises(ValueError, match="cdds_batches"):
-        bench.make_settings("smoke", accelerator=False, cdds_batches=(0,))
+        runner.make_settings("smoke", accelerator=False, cdds_batches=(0,))
     with pytest.raises(ValueError, match="mode"):
-        bench.make_settings("huge", accelerator=False)
+        runner.make_settings("huge", accelerator=False)
 
 
 @pytest.mark.skipif(
     os.environ.get("XMODAL_BENCH_SMOKE") != "1",
     reason="compiles the real train steps (minutes); set XMODAL_BENCH_SMOKE=1",
 )
-def test_real_smoke_run(bench, tmp_path):
-    data = bench.main(["--smoke", "--out", str(tmp_path)])
+def test_real_smoke_run(tmp_path):
+    data = runner.main(["--smoke", "--out", str(tmp_path)])
     assert all(r["loss_finite"] for r in data["cdds_train"]["rows"])
     assert (tmp_path / "BENCHMARKS.md").exists()
 
 
-def test_rank_disagreements_allow_exact_ties_only(bench):
+def test_rank_disagreements_allow_exact_ties_only():
     # 3 images x 6 captions (2 each); integer scores make exact ties on purpose. A
     # stable argsort puts a tied candidate with a lower index before the positive.
     c2i = np.array([0, 0, 1, 1, 2, 2])
@@ -310,8 +307,8 @@ def test_rank_disagreements_allow_exact_ties_only(bench):
         ],
         np.float32,
     )  # columns 3 and 5: the positive image ties with image 0 (before it)
-    naive = jax.device_get(bench._naive_ranks(jnp.asarray(scores), jnp.asarray(c2i)))
-    counting = bench.retrieval.retrieval_ranks(scores, c2i)
+    naive = jax.device_get(cdds_eval.naive_ranks(jnp.asarray(scores), jnp.asarray(c2i)))
+    counting = retrieval.retrieval_ranks(scores, c2i)
     # Brute force (ties favour the positive): strictly greater candidates.
     i2t = [min((scores[i] > scores[i, c]).sum() for c in np.flatnonzero(c2i == i))
            for i in range(3)]  # fmt: skip
@@ -320,11 +317,19 @@ def test_rank_disagreements_allow_exact_ties_only(bench):
     np.testing.assert_array_equal(counting[1], t2i)
     np.testing.assert_array_equal(naive[0], [0, 0, 1])
     np.testing.assert_array_equal(naive[1], [0, 2, 1, 2, 0, 1])
-    diff = bench.rank_disagreements(scores, c2i, naive, counting)
+    diff = cdds_eval.rank_disagreements(scores, c2i, naive, counting)
     assert diff == {"differ": 3, "explained_by_ties": 3}  # image 2, captions 3 and 5
     # A difference no tie explains is reported as one.
     wrong = (naive[0].copy(), naive[1].copy())
     wrong[1][0] += 1  # caption 0's column has no tie
     wrong[0][1] += 1  # nor has image 1's row
-    bad = bench.rank_disagreements(scores, c2i, wrong, counting)
+    bad = cdds_eval.rank_disagreements(scores, c2i, wrong, counting)
     assert bad == {"differ": 5, "explained_by_ties": 3}
+
+
+def test_committed_markdown_is_the_rendering_of_the_committed_json():
+    # `--render` rebuilds BENCHMARKS.md from benchmarks.json: a change of the report's
+    # text comes with the re-rendered file.
+    root = pathlib.Path(__file__).resolve().parents[1]
+    results = json.loads((root / "benchmarks.json").read_text())
+    assert runner.render_markdown(results) == (root / "BENCHMARKS.md").read_text()
