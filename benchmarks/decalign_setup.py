@@ -84,20 +84,10 @@ def hetero_loss(
     config: ml_collections.ConfigDict,
 ) -> Callable[[tuple[jax.Array, ...]], jax.Array]:
     """``losses.hetero_loss`` with ``config.loss`` bound: pooled ``[B, d]`` x 3 -> scalar."""
-    lc = config.loss
+    bound = decalign_losses.bind_hetero_loss(config.loss)
 
     def loss(pooled: tuple[jax.Array, ...]) -> jax.Array:
-        return decalign_losses.hetero_loss(
-            pooled,
-            num_prototypes=lc.num_prototypes,
-            em_iters=lc.em_iters,
-            var_floor=lc.var_floor,
-            ot_epsilon=lc.ot_epsilon,
-            ot_iters=lc.ot_iters,
-            cost_reduction=lc.cost_reduction,
-            local_mahalanobis=lc.local_mahalanobis,
-            log_domain=lc.ot_log_domain,
-        )[0]
+        return bound(pooled)[0]
 
     return loss
 
