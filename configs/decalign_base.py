@@ -44,6 +44,7 @@ HEAD = {
     ),
 }  # fmt: skip
 
+
 def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     """The config of ``dataset`` for argument ``arg`` (None, "paper", "demo", "tiny")."""
     h = HEAD[dataset]
