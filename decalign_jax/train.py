@@ -63,20 +63,17 @@ def data_path(config: ml_collections.ConfigDict) -> pathlib.Path:
     if syn.enabled:
         from decalign_jax.data import synthetic
 
-        kwargs: dict[str, Any] = dict(
-            seed=syn.seed,
+        return synthetic.ensure_demo_dataset(
+            cache_dir() / "decalign",
             dataset=config.data.dataset,
+            seed=syn.seed,
             sizes={
                 "train": syn.num_train,
                 "valid": syn.num_valid,
                 "test": syn.num_test,
             },
+            num_classes=config.data.num_classes,
         )
-        if config.data.dataset == "iemocap":
-            kwargs = dict(
-                seed=syn.seed, dataset="iemocap", num_classes=config.data.num_classes
-            )
-        return synthetic.ensure_demo_pickle(cache_dir() / "decalign", **kwargs)
     path = pathlib.Path(config.data.path).expanduser()
     if not (path.is_dir() if config.data.format == "arrayrecord" else path.is_file()):
         raise FileNotFoundError(

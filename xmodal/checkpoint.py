@@ -76,7 +76,9 @@ class Checkpointer:
             max_to_keep=max_to_keep,
             create=True,
             enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,
+            # Temporary folders of interrupted saves are removed by reconcile() (only
+            # on resume, on process 0): orbax's own clean-up races with it.
+            cleanup_tmp_directories=False,
             multiprocessing_options=ocp.options.MultiprocessingOptions(
                 barrier_sync_key_prefix=f"xmodal.{prefix}"
             ),
@@ -96,8 +98,9 @@ class Checkpointer:
 
         Returns the dropped steps. Call on process 0 before training resumes.
         """
-        for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+        if jax.process_index() == 0:
+            for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+                shutil.rmtree(tmp, ignore_errors=True)
         dropped = [s for s in self.all_steps() if s > restored_step]
         for step in dropped:
             self.manager.delete(step)

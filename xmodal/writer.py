@@ -189,7 +189,7 @@ class Progress:
         if self.steps_per_epoch:
             epoch = step / self.steps_per_epoch
             total = self.total_steps / self.steps_per_epoch
-            parts[0] += f" (epoch {epoch:.2f}/{total:.0f})"
+            parts[0] += f" (epoch {epoch:.2f}/{total:.4g})"
         if metrics:
             parts.append(
                 " ".join(f"{k} {_to_float(v):.4g}" for k, v in sorted(metrics.items()))

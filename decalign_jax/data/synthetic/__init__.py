@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "DATASET_DEFAULTS",
     "DEFAULT_SIZES",
     "GENERATOR_VERSION",
+    "ensure_demo_dataset",
     "ensure_demo_pickle",
     "mmsa_file_name",
     "write_iemocap_raw",
@@ -44,6 +46,26 @@ __all__ = [
 ]
 
 _IEMOCAP_CONVERT_KEYS = ("valid_fraction", "class_names")
+
+
+def ensure_demo_dataset(
+    cache_dir: str | os.PathLike[str],
+    *,
+    dataset: str,
+    seed: int,
+    sizes: Mapping[str, int],
+    num_classes: int,
+) -> Path:
+    """The demo data of ``dataset`` (what a ``:demo`` config trains on).
+
+    MOSI / MOSEI / SIMS: an MMSA pickle with ``sizes``; IEMOCAP: the GCNet-layout
+    file through the real converter, with its own session split (``sizes`` unused).
+    """
+    if canonical_dataset(dataset) == "iemocap":
+        return ensure_demo_pickle(
+            cache_dir, seed=seed, dataset="iemocap", num_classes=num_classes
+        )
+    return ensure_demo_pickle(cache_dir, seed=seed, dataset=dataset, sizes=dict(sizes))
 
 
 def ensure_demo_pickle(cache_dir: str | os.PathLike[str], **kwargs: Any) -> Path:
