@@ -63,7 +63,8 @@ def describe(exc: BaseException) -> tuple[str, int]:
     """``(one line, exit status)`` for ``exc``: 2 for known errors, 1 for bugs."""
     disk = disk_cause(exc)
     if isinstance(exc, UserError):
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2
+        # Written for people: kept whole (a changed config lists one key per line).
+        return str(exc) or type(exc).__name__, 2
     if disk is not None:
         where = disk.filename or "the workdir"
         return f"cannot write {where}: {os.strerror(disk.errno or 0)}", 2
