@@ -25,6 +25,9 @@ def base_config() -> ml_collections.ConfigDict:
     """Paper defaults shared by Flickr30K and COCO (spec sections 2-8)."""
     c = ml_collections.ConfigDict()
     c.seed = 0  # parameter init, shuffling and noise all derive from it
+    # Several seeds (--config.seeds=0,1,2): one run per seed, mean and std per metric;
+    # empty = the single run of c.seed.
+    c.seeds = ()
 
     # ------------------------------------------------------------------ data
     c.data = ml_collections.ConfigDict()
@@ -76,9 +79,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.semantics.num_bins = 16  # K soft histogram bins
     c.semantics.kl_chunk_size = 16  # pairs per chunk of the histogram KL (memory)
     c.semantics.tau = 1.0  # temperature of p(j|i) = softmax(-S / tau)
+    # "fixed" (tau) | "relative" (tau x each row's std of S) | "learned" (a learnable
+    # log-temperature, initialised at log tau)
+    c.semantics.tau_mode = "fixed"
     c.semantics.alpha_init = 1.0  # soft-threshold alpha (learnable per row)
     c.semantics.num_levels = 32  # G quantile levels
-    c.semantics.ema_momentum = 0.99  # EMA of S used at evaluation
+    c.semantics.ema_momentum = 0.99  # EMA of S (evaluation builds W from it)
+    # Where training builds W from: "batch" (this batch's S, the paper's reading) |
+    # "ema" (the EMA of S, the first step the batch's) | "window" (mean S of the last
+    # window_steps batches, kept in the train state)
+    c.semantics.w_source = "batch"
+    c.semantics.window_steps = 16  # batches of the "window" source
+    # Table comparison of the score: "cosine" (the paper's reading) | "centred" (each
+    # column minus its mean over the G levels) | "level_centred" (each level minus its
+    # mean over the d columns) | "w2" (minus the squared 1-D W2 distance per column)
+    c.semantics.table_compare = "cosine"
+    c.semantics.table_scale = False  # centred comparisons: also divide by the spread
 
     # ------------------------------------------------------------------ loss
     c.loss = ml_collections.ConfigDict()
@@ -92,6 +108,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.a_s = 1.0
     c.loss.a_m = 1.0
     c.loss.a_f = 0.5  # L_f weight; L_x gets 1 - a_f
+
+    # ---------------------------------------------------------- collapse guard
+    # The training metric score_std (std of the B x B scores) below floor for
+    # patience_steps steps warns once; a dev evaluation whose score matrix has a std
+    # below floor (or whose positives all tie with most candidates) is "degenerate"
+    # and never selected. In score units: a healthy demo spreads ~0.1-0.2 (cosine
+    # scores in [-2, 2]), a collapsed one ~0.002; "w2" scores have their own scale.
+    c.collapse = ml_collections.ConfigDict()
+    c.collapse.floor = 0.01
+    c.collapse.patience_steps = 100
 
     # -------------------------------------------------- ablations (Table 3)
     c.ablate = ml_collections.ConfigDict()
@@ -143,6 +169,10 @@ def base_config() -> ml_collections.ConfigDict:
 def demo_overrides(c: ml_collections.ConfigDict, *, tiny: bool = False) -> None:
     """Shrinks ``c`` to the synthetic demo (few minutes on 2 CPU cores)."""
     c.data.synthetic.enabled = True
+    # Dev and test of 1,000 images x 5 captions, as Flickr30K's: with 100 test images
+    # i2t R@1 varies by ~4.6 points from run to run, too much to rank variants.
+    c.data.synthetic.num_dev = 1000
+    c.data.synthetic.num_test = 1000
     c.data.test_protocols = ("full",)
     c.model.dim = 64
     c.model.num_heads = 4
