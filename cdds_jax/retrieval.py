@@ -1,8 +1,8 @@
 """Image-text retrieval evaluation: block-wise scores and recall by counting.
 
-The evaluation protocol of the VSE / SCAN / LAPS line (spec `cdds.md` section 8,
-`cdds-sources.md` part 3), written so that it scales to COCO 5K (5,000 images x 25,010
-captions) without a single sort:
+The evaluation protocol of the VSE / SCAN / LAPS line (docs/cdds.md, 'Evaluation'),
+written so that it scales to COCO 5K (5,000 images x 25,010 captions) without a single
+sort:
 
 * `score_matrix` builds ``image_emb @ caption_emb.T`` in fixed-size ``[B, B]`` blocks
   under one jitted function (the last blocks are zero-padded, so there is one compile

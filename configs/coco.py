@@ -1,4 +1,4 @@
-r"""CDDS on MS-COCO (Karpathy split; spec/cdds.md section 8 defaults).
+r"""CDDS on MS-COCO (Karpathy split; docs/cdds.md, 'Training and evaluation').
 
     python -m cdds_jax.train --config configs/coco.py --workdir runs/coco \
         --config.data.root=data/coco

@@ -1,4 +1,4 @@
-r"""CDDS on Flickr30K (spec/cdds.md section 8 defaults).
+r"""CDDS on Flickr30K (the defaults of docs/cdds.md, 'Training and evaluation').
 
     python -m cdds_jax.train --config configs/flickr.py --workdir runs/f30k \
         --config.data.root=data/f30k
@@ -9,8 +9,9 @@ Expected (paper, Table 1): rSum 510.6 with ViT-224 features, 552.5 with Swin-384
 Arguments (``configs/flickr.py:ARG``):
 
 - ``demo``: a synthetic feature store written on first use into the cache folder
-  (``$XMODAL_CACHE`` or ``~/.cache/xmodal``) and a small model; a few minutes on a
-  2-core CPU. See the README for the expected numbers.
+  (``$XMODAL_CACHE`` or ``~/.cache/xmodal``: 1,000 training images, dev and test of
+  1,000 images x 5 captions each) and a small model; minutes on a 2-core CPU. See the
+  README for the expected numbers.
 - ``tiny``: the demo shrunk further, for tests.
 - ``scan``: the SCAN/VSE precomp layout (``{split}_ims.npy`` + ``{split}_caps.txt``,
   bottom-up regions 36 x 2048) with the BiGRU text encoder.
@@ -22,7 +23,7 @@ import ml_collections
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Paper defaults shared by Flickr30K and COCO (spec sections 2-8)."""
+    """Paper defaults shared by Flickr30K and COCO (docs/cdds.md)."""
     c = ml_collections.ConfigDict()
     c.seed = 0  # parameter init, shuffling and noise all derive from it
     # Several seeds (--config.seeds=0,1,2): one run per seed, mean and std per metric;
@@ -31,9 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # ------------------------------------------------------------------ data
     c.data = ml_collections.ConfigDict()
-    c.data.format = (
-        "features"  # "features" (our store) | "scan_precomp" | "arrayrecord"
-    )
+    # "features" (our store) | "scan_precomp" | "arrayrecord"
+    c.data.format = "features"
     c.data.root = "data/f30k"  # folder holding the splits (unused by data.synthetic)
     c.data.train_split = "train"
     c.data.dev_split = "dev"  # model selection (rSum on the "full" protocol)
@@ -101,9 +101,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.contrastive = "hinge"  # "hinge" (VSE++, LAPS) | "infonce"
     c.loss.margin = 0.2
     c.loss.temperature = 0.05  # infonce only
-    c.loss.max_violation_after_epochs = (
-        1  # all violations before, hardest after; -1 never
-    )
+    # All violations before this epoch, the hardest negative after; -1 never.
+    c.loss.max_violation_after_epochs = 1
     c.loss.ramp_epochs = 1  # L_s x (step / steps) over the first epoch(s), LAPS
     c.loss.a_s = 1.0
     c.loss.a_m = 1.0
