@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from cdds_jax import data as data_lib
-from cdds_jax import losses, retrieval, scores, semantics
+from cdds_jax import kl_statistics, losses, retrieval, scores, semantics
 from cdds_jax.model import CDDSModel
 from xmodal import config as config_lib
 from xmodal import layers, optim, pipeline, sharding
@@ -210,7 +210,7 @@ def init_extra(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
     ``semantics.w_source="window"``) the window of the last batches' matrices."""
     sc = config.semantics
     window = int(sc.window_steps) if sc.w_source == "window" else 0
-    return semantics.init_statistics(config.model.dim, window_steps=window)
+    return kl_statistics.init_statistics(config.model.dim, window_steps=window)
 
 
 def create_train_state(
@@ -344,8 +344,10 @@ def compute_loss(
     else:
         d = img["s"].shape[-1]
         s_v = s_t = jnp.zeros((d, d), jnp.float32)
-    stats = semantics.update_statistics(extra, s_v, s_t, momentum=sc.ema_momentum)
-    w_s_v, w_s_t = semantics.training_correlation(stats, s_v, s_t, source=sc.w_source)
+    stats = kl_statistics.update_statistics(extra, s_v, s_t, momentum=sc.ema_momentum)
+    w_s_v, w_s_t = kl_statistics.training_correlation(
+        stats, s_v, s_t, source=sc.w_source
+    )
     weights = _weights(scalars, w_s_v, w_s_t, options)
     emb = scores.retrieval_embeddings(
         img["s"], img["mask"], txt["s"], txt["mask"], weights, options=options
@@ -459,7 +461,9 @@ def _eval_weights(
 ) -> tuple[jax.Array, jax.Array] | None:
     """(W^v, W^t) at evaluation: from the stored S statistics, never from test pairs."""
     scalars = model.apply({"params": params}, method="scalars")
-    s_v, s_t = semantics.evaluation_correlation(extra, source=config.semantics.w_source)
+    s_v, s_t = kl_statistics.evaluation_correlation(
+        extra, source=config.semantics.w_source
+    )
     return _weights(scalars, s_v, s_t, score_options(config))
 
 
