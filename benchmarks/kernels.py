@@ -3,7 +3,7 @@
 CDDS (sizes of ``Settings.cdds`` at ``Settings.kernel_batch``): the KL correlation as a
 per-pair vmap and as a Python loop over pairs, against ``semantics.kl_correlation``;
 the pair scores as a per-pair vmap forming every ``X^v_b``, ``X^t_a``, against
-``semantics.pair_scores`` (one GEMM). DecAlign (sizes of the last DecAlign case): EM and
+``scores.pair_scores`` (one GEMM). DecAlign (sizes of the last DecAlign case): EM and
 the 3-marginal Sinkhorn, forward + backward, as an eager Python loop and as the jit of
 the unrolled loop, against ``prototypes.fit_diag_gmm`` and
 ``prototypes.multi_marginal_sinkhorn`` (``lax.fori_loop``). The naive retrieval ranks
@@ -25,7 +25,7 @@ import numpy as np
 from benchmarks import cdds_eval, cdds_setup, decalign_setup, markdown
 from benchmarks.settings import Settings
 from benchmarks.timing import log, time_jit
-from cdds_jax import semantics
+from cdds_jax import arrays, scores, semantics
 from decalign_jax import prototypes
 
 __all__ = [
@@ -80,8 +80,8 @@ def naive_pair_kl(
 
 
 def _cos_flat(a: jax.Array, b: jax.Array) -> jax.Array:
-    na = jnp.maximum(jnp.linalg.norm(a), semantics.NORM_EPS)
-    nb = jnp.maximum(jnp.linalg.norm(b), semantics.NORM_EPS)
+    na = jnp.maximum(jnp.linalg.norm(a), arrays.NORM_EPS)
+    nb = jnp.maximum(jnp.linalg.norm(b), arrays.NORM_EPS)
     return jnp.sum(a * b) / (na * nb)
 
 
@@ -267,7 +267,7 @@ def kernels_cdds(settings: Settings) -> list[dict[str, Any]]:
     w_v = jax.nn.softmax(jnp.asarray(rng.standard_normal((d, d), dtype=np.float32)))
     w_t = jax.nn.softmax(jnp.asarray(rng.standard_normal((d, d), dtype=np.float32)))
     args = (q_v, q_t, w_v, w_t)
-    lib_t, lib_s = time_jit(jax.jit(semantics.pair_scores), args, settings)
+    lib_t, lib_s = time_jit(jax.jit(scores.pair_scores), args, settings)
     naive_t, naive_s = time_jit(jax.jit(naive_pair_scores), args, settings)
     rows.append(
         kernel_row(
@@ -277,7 +277,7 @@ def kernels_cdds(settings: Settings) -> list[dict[str, Any]]:
             naive_t,
             lib_t,
             float(jnp.max(jnp.abs(naive_s - lib_s))),
-            library_form="semantics.pair_scores (one GEMM)",
+            library_form="scores.pair_scores (one GEMM)",
         )
     )
     return rows

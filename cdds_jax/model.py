@@ -152,7 +152,8 @@ class CDDSModel(nn.Module):
     """Projections / text encoder, one decoupler per modality, learned CDDS scalars.
 
     Parameters outside the encoders: ``alpha_v``, ``alpha_t`` ``[d]`` (soft-threshold
-    rows, init ``alpha_init``) and ``w_s``, ``w_m`` (reconstruction weights, init 1).
+    rows, init ``alpha_init``), ``w_s``, ``w_m`` (reconstruction weights, init 1) and,
+    with ``log_tau_init`` set (``semantics.tau_mode="learned"``), the scalar ``log_tau``.
 
     Attributes:
       dim: d. num_heads, mlp_ratio: decoupler blocks.
@@ -160,6 +161,8 @@ class CDDSModel(nn.Module):
       vocab_size, word_dim: for ``bigru``.
       decouple: False = ablation "w/o Dec." (x^s = x, no UNet, no x^m).
       num_samples, sigma: decoupler noise (z, sigma).
+      log_tau_init: initial learnable log-temperature of the soft threshold; None =
+        no such parameter (the temperature is not learned).
     """
 
     dim: int = 512
@@ -172,6 +175,7 @@ class CDDSModel(nn.Module):
     num_samples: int = 4
     sigma: float = 0.1
     alpha_init: float = 1.0
+    log_tau_init: float | None = None
     remat: bool = False
     dtype: Any = jnp.float32
 
@@ -207,6 +211,9 @@ class CDDSModel(nn.Module):
         self.alpha_t = self.param("alpha_t", init, (self.dim,), jnp.float32)
         self.w_s = self.param("w_s", nn.initializers.ones, (), jnp.float32)
         self.w_m = self.param("w_m", nn.initializers.ones, (), jnp.float32)
+        if self.log_tau_init is not None:
+            tau0 = nn.initializers.constant(self.log_tau_init)
+            self.log_tau = self.param("log_tau", tau0, (), jnp.float32)
 
     def _decouple(
         self, decoupler: Any, x: Array, mask: Array, train: bool
@@ -237,13 +244,17 @@ class CDDSModel(nn.Module):
         )
 
     def scalars(self) -> dict[str, Array]:
-        """The learned CDDS scalars: ``alpha_v``, ``alpha_t`` ``[d]``, ``w_s``, ``w_m``."""
-        return {
+        """The learned CDDS scalars: ``alpha_v``, ``alpha_t`` ``[d]``, ``w_s``, ``w_m``
+        (and ``log_tau`` when the temperature is learned)."""
+        out = {
             "alpha_v": self.alpha_v,
             "alpha_t": self.alpha_t,
             "w_s": self.w_s,
             "w_m": self.w_m,
         }
+        if self.log_tau_init is not None:
+            out["log_tau"] = self.log_tau
+        return out
 
     def __call__(
         self, images: Array, text: Array, text_mask: Array, *, train: bool

@@ -1,37 +1,45 @@
 """Image-text retrieval evaluation: block-wise scores and recall by counting.
 
-The evaluation protocol of the VSE / SCAN / LAPS line (spec `cdds.md` section 8,
-`cdds-sources.md` part 3), written so that it scales to COCO 5K (5,000 images x 25,010
-captions) without a single sort:
+The evaluation protocol of the VSE / SCAN / LAPS line (docs/cdds.md, 'Evaluation'),
+written so that it scales to COCO 5K (5,000 images x 25,010 captions) without a single
+sort:
 
 * `score_matrix` builds ``image_emb @ caption_emb.T`` in fixed-size ``[B, B]`` blocks
   under one jitted function (the last blocks are zero-padded, so there is one compile
   for any number of images / captions), streaming host blocks to the device.
 * `retrieval_ranks` / `rank_metrics` compute 0-based ranks by COUNTING the candidates
-  that score strictly above the positive, in fixed-size chunks of rows / columns under
-  jit (memory ``O(chunk * n)``, no argsort):
+  that score at least as high as the positive, in fixed-size chunks of rows / columns
+  under jit (memory ``O(chunk * n)``, no argsort):
 
-  - text -> image rank of caption ``c``: ``#{i : s[i, c] > s[c2i[c], c]}``;
-  - image -> text rank of image ``i``: ``#{c : s[i, c] > max_{c' : c2i[c'] = i} s[i, c']}``
-    (the best of the image's captions, as in VSE-infinity / LAPS ``i2t``).
+  - text -> image rank of caption ``c``: ``#{i != c2i[c] : s[i, c] >= s[c2i[c], c]}``;
+  - image -> text rank of image ``i``: ``#{c : c2i[c] != i, s[i, c] >= best_i}`` with
+    ``best_i = max_{c' : c2i[c'] = i} s[i, c']`` (the best of the image's captions, as
+    in VSE-infinity / LAPS ``i2t``; the other positives never count against it).
 
   The positive scores are gathered from the same matrix, never recomputed.
 * `evaluate_protocols` runs the named protocols (``"full"``; ``"1k_5fold"`` = COCO 1K)
   on embeddings with an explicit caption -> image index (captions need not be
   contiguous nor five per image), and `format_table` prints the numbers the way the
   papers tabulate them.
+* `degeneracy` (and the ``collapse_floor`` option of `rank_metrics` /
+  `evaluate_protocols`) says whether a score matrix carries no ranking at all: its
+  spread below a floor, or the positives tied with most candidates (a collapsed model,
+  docs/cdds.md, 'Evaluation').
 
-Tie rule: a candidate that scores exactly as high as the positive is NOT counted, so
-ties favour the positive (optimistic). The reference code (reversed ``np.argsort``)
-breaks ties by sort order; with continuous scores ties do not occur and both agree.
-No epsilon is used anywhere: all comparisons are exact on the scores as stored (scores
-in float64 are rounded to float32 first unless ``jax_enable_x64`` is on).
+Tie rule (pessimistic): a candidate that scores exactly as high as the positive COUNTS
+AGAINST it, in both directions and in every protocol. The rank is therefore the worst
+position the positive can take under any tie-breaking order, and recall is a lower
+bound: a constant score matrix ranks every positive last (R@K = 0 unless there are
+fewer than K negatives), so a collapsed model can never look perfect. With continuous
+scores ties do not occur and the rule agrees with the reference code's reversed
+``np.argsort``. No epsilon is used anywhere: all comparisons are exact on the scores as
+stored (scores in float64 are rounded to float32 first unless ``jax_enable_x64`` is on).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +47,11 @@ import numpy as np
 from jax import lax
 
 __all__ = [
+    "DEGENERACY_KEYS",
+    "DEGENERATE_TIE_FRACTION",
     "METRIC_KEYS",
     "PROTOCOLS",
+    "degeneracy",
     "evaluate_protocols",
     "format_table",
     "rank_metrics",
@@ -62,6 +73,15 @@ METRIC_KEYS: tuple[str, ...] = (
     "t2i_medr",
     "t2i_meanr",
 )
+
+#: Keys `degeneracy` returns (and `rank_metrics` adds with ``collapse_floor``).
+DEGENERACY_KEYS: tuple[str, ...] = ("score_std", "tie_fraction", "degenerate")
+
+#: A direction in which every query's positive ties with more than this fraction of
+#: its negatives is degenerate (`degeneracy`): a majority, so that a healthy model with
+#: a few coarse-grained exact ties (quantised features, duplicated captions) never
+#: trips it, while a tower that maps (almost) every input to one embedding does.
+DEGENERATE_TIE_FRACTION = 0.5
 
 #: Protocol names understood by `evaluate_protocols`.
 PROTOCOLS: tuple[str, ...] = ("full", "1k_5fold")
@@ -304,53 +324,98 @@ def score_matrix(
 # ------------------------------------------------------------------ ranks by counting
 
 
-def _count_above(
+def _count_at_least(
     scores: jax.Array, thresholds: jax.Array, *, axis: int, chunk_size: int
-) -> jax.Array:
-    """Per-entry counts of `scores` strictly above a threshold, chunk by chunk.
+) -> tuple[jax.Array, jax.Array]:
+    """Per-entry counts of `scores` at least as high as, and equal to, a threshold.
 
-    ``axis=0``: ``out[i] = #{j : scores[i, j] > thresholds[i]}`` (thresholds ``[n_img]``);
-    ``axis=1``: ``out[j] = #{i : scores[i, j] > thresholds[j]}`` (thresholds ``[n_cap]``).
-    Chunks are ``min(chunk_size, n)`` rows (columns); the last chunk start is clamped
-    so that it overlaps the previous one instead of running past the end, and the
-    overlapping entries are rewritten with the same counts. Returns int32 ``[n]``.
+    ``axis=0``: ``ge[i] = #{j : scores[i, j] >= thresholds[i]}`` and ``eq[i]`` the same
+    with ``==`` (thresholds ``[n_img]``); ``axis=1``: the same down each column
+    (thresholds ``[n_cap]``). Chunks are ``min(chunk_size, n)`` rows (columns); the
+    last chunk start is clamped so that it overlaps the previous one instead of running
+    past the end, and the overlapping entries are rewritten with the same counts.
+    Returns two int32 ``[n]``.
     """
     n = scores.shape[axis]
     chunk = min(chunk_size, n)
     num_chunks = -(-n // chunk)
     other = 1 - axis
 
-    def body(k: jax.Array, counts: jax.Array) -> jax.Array:
+    def body(
+        k: jax.Array, counts: tuple[jax.Array, jax.Array]
+    ) -> tuple[jax.Array, jax.Array]:
         start = jnp.minimum(k * chunk, n - chunk)
         block = lax.dynamic_slice_in_dim(scores, start, chunk, axis=axis)
-        thr = lax.dynamic_slice_in_dim(thresholds, start, chunk)
-        above = block > jnp.expand_dims(thr, other)
-        return lax.dynamic_update_slice_in_dim(
-            counts, jnp.sum(above, axis=other, dtype=jnp.int32), start, axis=0
+        thr = jnp.expand_dims(lax.dynamic_slice_in_dim(thresholds, start, chunk), other)
+        ge = jnp.sum(block >= thr, axis=other, dtype=jnp.int32)
+        eq = jnp.sum(block == thr, axis=other, dtype=jnp.int32)
+        return (
+            lax.dynamic_update_slice_in_dim(counts[0], ge, start, axis=0),
+            lax.dynamic_update_slice_in_dim(counts[1], eq, start, axis=0),
         )
 
-    return lax.fori_loop(0, num_chunks, body, jnp.zeros((n,), jnp.int32))
+    zeros = jnp.zeros((n,), jnp.int32)
+    return lax.fori_loop(0, num_chunks, body, (zeros, zeros))
+
+
+class _Counts(NamedTuple):
+    """What one pass of the counting kernel returns (all on the device)."""
+
+    i2t: jax.Array  # [n_img] int32 pessimistic ranks
+    t2i: jax.Array  # [n_cap] int32 pessimistic ranks
+    i2t_ties: jax.Array  # [n_img] negatives scoring exactly the best positive
+    t2i_ties: jax.Array  # [n_cap] other images scoring exactly the positive
+    i2t_negatives: jax.Array  # [n_img] captions of other images
+    std: jax.Array  # scalar float32 population std of every score
 
 
 def _count_ranks_impl(
     scores: jax.Array, caption_to_image: jax.Array, *, chunk_size: int
-) -> tuple[jax.Array, jax.Array]:
-    """0-based ``(i2t [n_img], t2i [n_cap])`` int32 ranks of ``scores [n_img, n_cap]``."""
+) -> _Counts:
+    """Pessimistic 0-based ranks and tie counts of ``scores [n_img, n_cap]``."""
     n_img, n_cap = scores.shape
     positives = scores[caption_to_image, jnp.arange(n_cap)]  # [n_cap], gathered
     best = jax.ops.segment_max(positives, caption_to_image, num_segments=n_img)
-    i2t = _count_above(scores, best, axis=0, chunk_size=chunk_size)
-    t2i = _count_above(scores, positives, axis=1, chunk_size=chunk_size)
-    return i2t, t2i
+    # The positives of image i scoring >= best_i (= exactly best_i, at least one) are
+    # in the row count but are not candidates against it.
+    at_best = jax.ops.segment_sum(
+        (positives == best[caption_to_image]).astype(jnp.int32),
+        caption_to_image,
+        num_segments=n_img,
+    )
+    per_image = jax.ops.segment_sum(
+        jnp.ones((n_cap,), jnp.int32), caption_to_image, num_segments=n_img
+    )
+    ge_i, eq_i = _count_at_least(scores, best, axis=0, chunk_size=chunk_size)
+    ge_t, eq_t = _count_at_least(scores, positives, axis=1, chunk_size=chunk_size)
+    # The positive image is in its own column count exactly once (s >= s, s == s).
+    return _Counts(
+        i2t=ge_i - at_best,
+        t2i=ge_t - 1,
+        i2t_ties=eq_i - at_best,
+        t2i_ties=eq_t - 1,
+        i2t_negatives=n_cap - per_image,
+        std=jnp.std(scores),  # two-pass (mean first), float32
+    )
 
 
 _count_ranks = jax.jit(_count_ranks_impl, static_argnames=("chunk_size",))
 
 
+def _counts(scores: Any, caption_to_image: Any, chunk_size: int) -> _Counts:
+    """Validates the inputs and runs the counting kernel; host NumPy results."""
+    arr = _validate_scores(scores)
+    n_img, n_cap = arr.shape
+    c2i = _validate_index(caption_to_image, n_img, n_cap)
+    chunk = _positive_int("chunk_size", chunk_size)
+    out = jax.device_get(_count_ranks(arr, jnp.asarray(c2i), chunk_size=chunk))
+    return _Counts(*(np.asarray(x) for x in out))
+
+
 def retrieval_ranks(
     scores: Any, caption_to_image: Any, *, chunk_size: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
-    """0-based retrieval ranks in both directions, by counting (no sort).
+    """0-based pessimistic retrieval ranks in both directions, by counting (no sort).
 
     Args:
       scores: ``[n_img, n_cap]`` finite floating scores (host array or jax array).
@@ -360,16 +425,12 @@ def retrieval_ranks(
 
     Returns:
       ``(i2t [n_img], t2i [n_cap])`` int32 host arrays: ``i2t[i]`` = number of captions
-      scoring strictly above image ``i``'s best positive caption, ``t2i[c]`` = number
-      of images scoring strictly above caption ``c``'s image.
+      of OTHER images scoring at least as high as image ``i``'s best positive caption,
+      ``t2i[c]`` = number of other images scoring at least as high as caption ``c``'s
+      image (ties count against the positive).
     """
-    arr = _validate_scores(scores)
-    n_img, n_cap = arr.shape
-    c2i = _validate_index(caption_to_image, n_img, n_cap)
-    chunk = _positive_int("chunk_size", chunk_size)
-    i2t, t2i = _count_ranks(arr, jnp.asarray(c2i), chunk_size=chunk)
-    i2t, t2i = jax.device_get((i2t, t2i))
-    return np.asarray(i2t), np.asarray(t2i)
+    counts = _counts(scores, caption_to_image, chunk_size)
+    return counts.i2t, counts.t2i
 
 
 def _metrics_from_ranks(i2t: np.ndarray, t2i: np.ndarray) -> dict[str, float]:
@@ -386,8 +447,69 @@ def _metrics_from_ranks(i2t: np.ndarray, t2i: np.ndarray) -> dict[str, float]:
     return {key: out[key] for key in METRIC_KEYS}
 
 
+def _tie_fraction(ties: np.ndarray, negatives: np.ndarray | int) -> float:
+    """Smallest fraction over queries of the negatives tied with the positive."""
+    negatives = np.broadcast_to(np.asarray(negatives), ties.shape)
+    frac = np.where(negatives > 0, ties / np.maximum(negatives, 1), 0.0)
+    return float(np.min(frac))
+
+
+def _degeneracy_from_counts(
+    counts: _Counts, n_img: int, floor: float
+) -> dict[str, float]:
+    tie = max(
+        _tie_fraction(counts.i2t_ties, counts.i2t_negatives),
+        _tie_fraction(counts.t2i_ties, n_img - 1),
+    )
+    std = float(counts.std)
+    flag = std < floor or tie > DEGENERATE_TIE_FRACTION
+    return {"score_std": std, "tie_fraction": tie, "degenerate": float(flag)}
+
+
+def degeneracy(
+    scores: Any,
+    caption_to_image: Any,
+    *,
+    floor: float,
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """Whether a score matrix ranks anything at all (the collapse guard's dev check).
+
+    A model whose scores collapsed to one value (or to a few values shared by most
+    candidates) has no ranking left; with pessimistic ranks it scores at most chance,
+    and this check names it so that model selection can refuse it (docs/cdds.md,
+    'Evaluation').
+
+    * ``score_std``: population standard deviation of all entries (float32, two-pass).
+    * ``tie_fraction``: for each query, the fraction of its negatives (captions of other
+      images for i2t, other images for t2i) that score EXACTLY its positive (the best
+      positive for i2t); the minimum over the queries of one direction, then the
+      larger of the two directions. Above ``DEGENERATE_TIE_FRACTION`` (one half) it
+      means: in one direction EVERY query's positive is tied with most candidates
+      (e.g. one tower mapping every input to the same embedding, which leaves the
+      matrix's spread intact but makes every row, or column, constant).
+    * ``degenerate``: ``1.0`` when ``score_std < floor`` or ``tie_fraction >
+      DEGENERATE_TIE_FRACTION``, else ``0.0``.
+
+    Args:
+      scores: ``[n_img, n_cap]`` finite floating scores.
+      caption_to_image: ``[n_cap]`` integer image id of each caption.
+      floor: smallest healthy score spread, in score units (``collapse.floor``).
+      chunk_size: rows / columns counted per jitted step (keyword-only, positive).
+
+    Returns:
+      ``{"score_std", "tie_fraction", "degenerate"}`` as Python floats.
+    """
+    counts = _counts(scores, caption_to_image, chunk_size)
+    return _degeneracy_from_counts(counts, np.shape(scores)[0], float(floor))
+
+
 def rank_metrics(
-    scores: Any, caption_to_image: Any, *, chunk_size: int = 1024
+    scores: Any,
+    caption_to_image: Any,
+    *,
+    chunk_size: int = 1024,
+    collapse_floor: float | None = None,
 ) -> dict[str, float]:
     """Recall@{1,5,10}, rSum, median and mean rank in both directions.
 
@@ -396,16 +518,23 @@ def rank_metrics(
       caption_to_image: ``[n_cap]`` integer image id of each caption, in
         ``[0, n_img)``; every image needs at least one caption (any number, any order).
       chunk_size: rows / columns counted per jitted step (keyword-only, positive).
+      collapse_floor: when given, the `degeneracy` keys (``DEGENERACY_KEYS``) are
+        added, computed in the same pass with this ``floor``.
 
     Returns:
       Python floats keyed by `METRIC_KEYS`: ``{i2t,t2i}_r{1,5,10}`` = 100 * fraction
       of queries with 0-based rank < K (in percent), ``rsum`` = sum of the six
       recalls, ``*_medr = floor(median(rank)) + 1`` and ``*_meanr = mean(rank) + 1``
       (1-based, as VSE-infinity / LAPS report them). Ranks are those of
-      `retrieval_ranks` (ties favour the positive).
+      `retrieval_ranks` (ties count against the positive).
     """
-    i2t, t2i = retrieval_ranks(scores, caption_to_image, chunk_size=chunk_size)
-    return _metrics_from_ranks(i2t, t2i)
+    counts = _counts(scores, caption_to_image, chunk_size)
+    out = _metrics_from_ranks(counts.i2t, counts.t2i)
+    if collapse_floor is not None:
+        out.update(
+            _degeneracy_from_counts(counts, np.shape(scores)[0], float(collapse_floor))
+        )
+    return out
 
 
 # ------------------------------------------------------------------ protocols
@@ -433,6 +562,7 @@ def evaluate_protocols(
     *,
     protocols: Sequence[str],
     block_size: int = 1024,
+    collapse_floor: float | None = None,
 ) -> dict[str, dict[str, float]]:
     """Retrieval metrics under the named evaluation protocols.
 
@@ -446,12 +576,17 @@ def evaluate_protocols(
         the reference code averages them). When ``"full"`` is also requested the fold
         matrices are sliced from the full one instead of recomputed.
 
+    Every protocol ranks pessimistically (ties count against the positive).
+
     Args:
       image_emb: ``[n_img, d]`` floating host array, one row per unique image.
       caption_emb: ``[n_cap, d]`` floating host array, one row per caption.
       caption_to_image: ``[n_cap]`` integer image id of each caption.
       protocols: names from `PROTOCOLS` (keyword-only; repeats are ignored).
       block_size: block size of `score_matrix` (keyword-only).
+      collapse_floor: when given, every protocol's metrics also carry the
+        `degeneracy` keys; over the COCO 1K folds ``score_std`` and ``tie_fraction``
+        are the fold means and ``degenerate`` is 1 when any fold is degenerate.
 
     Returns:
       ``{protocol: metrics}`` with metrics as in `rank_metrics`.
@@ -474,7 +609,9 @@ def evaluate_protocols(
     results: dict[str, dict[str, float]] = {}
     for name in names:
         if name == "full":
-            results[name] = rank_metrics(full_scores, c2i)
+            results[name] = rank_metrics(
+                full_scores, c2i, collapse_floor=collapse_floor
+            )
             continue
         fold = n_img // _NUM_FOLDS
         per_fold = []
@@ -487,9 +624,16 @@ def evaluate_protocols(
                 scores = score_matrix(
                     images[lo:hi], captions[caps], block_size=block_size
                 )
-            per_fold.append(rank_metrics(scores, c2i[caps] - lo))
+            per_fold.append(
+                rank_metrics(scores, c2i[caps] - lo, collapse_floor=collapse_floor)
+            )
         results[name] = {
-            key: float(np.mean([m[key] for m in per_fold])) for key in METRIC_KEYS
+            key: float(
+                np.max([m[key] for m in per_fold])
+                if key == "degenerate"
+                else np.mean([m[key] for m in per_fold])
+            )
+            for key in per_fold[0]
         }
     return results
 

@@ -1,9 +1,9 @@
-"""CDDS related-semantics identification and distribution sampling (spec sections 3-6).
+"""CDDS related-semantics identification and distribution sampling (paper sec. 3.2-3.3).
 
 Every function here is a pure, jit-compatible function of token arrays, so any
-similarity head can reuse it (the paper's plug-and-play claim, spec section 7).
+similarity head can reuse it (the paper's plug-and-play claim, Table 4).
 
-Conventions (spec ``cdds.md``):
+Conventions (docs/cdds.md, 'Notation'):
 
 * image tokens ``v`` ``[B, P, d]`` with mask ``v_mask`` ``[B, P]``; caption tokens ``t``
   ``[B, L, d]`` with mask ``t_mask`` ``[B, L]`` (right padded). Masks may be bool, int or
@@ -13,14 +13,15 @@ Conventions (spec ``cdds.md``):
 * All statistics are computed in float32 and every function returns float32, whatever
   the input dtype (bfloat16 inputs are upcast first).
 
-Pipeline (what the model calls):
+Pipeline (what the driver calls):
 
 1. ``S^v = kl_correlation(V^s, v_mask, T^s, t_mask)`` and
    ``S^t = kl_correlation(T^s, t_mask, V^s, v_mask)`` (``[d, d]``, stop-gradient).
-2. ``W^v = soft_threshold(S^v, alpha_v)``, ``W^t = soft_threshold(S^t, alpha_t)``.
-3. ``Q^v = quantile_table(V^s, v_mask, G)``, ``Q^t = quantile_table(T^s, t_mask, G)``.
-4. Scores ``pair_scores(Q^v, Q^t, W^v, W^t)``, or per-item retrieval embeddings
-   ``image_embeddings`` / ``caption_embeddings`` whose dot products are those scores.
+2. The S that W is built from: this batch's, their EMA or a window of batches
+   (``cdds_jax.kl_statistics``).
+3. ``W^v = soft_threshold(S^v, alpha_v, tau=row_temperature(S^v, ...))``, likewise W^t.
+4. ``Q^v = quantile_table(V^s, v_mask, G)``, ``Q^t = quantile_table(T^s, t_mask, G)``;
+   the scores of the tables are in ``cdds_jax.scores``.
 5. For L_x: ``V^x = x_semantic_tokens(V^s, v_mask, Q^t, W^v)`` and
    ``T^x = x_semantic_tokens(T^s, t_mask, Q^v, W^t)``.
 """
@@ -33,73 +34,49 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cdds_jax.arrays import as_mask as _as_mask
+from cdds_jax.arrays import check_tokens as _check_tokens
+from cdds_jax.arrays import f32 as _f32
+from cdds_jax.arrays import safe_sqrt as _safe_sqrt
+
 __all__ = [
     "GAUSSIAN_VAR_EPS",
     "HISTOGRAM_EPS",
     "HISTOGRAM_WIDTH_FLOOR",
-    "NORM_EPS",
-    "caption_embeddings",
-    "image_embeddings",
+    "LOG_TAU_RANGE",
+    "SPREAD_EPS",
+    "TAU_MODES",
     "kl_correlation",
-    "pair_scores",
-    "pooled_cosine_embeddings",
     "quantile_table",
+    "row_temperature",
     "soft_threshold",
     "x_semantic_tokens",
 ]
 
-#: Added to every soft-histogram count before renormalising over bins (spec section 3).
+#: Added to every soft-histogram count before renormalising over bins (docs/cdds.md, 'The KL correlation matrix').
 HISTOGRAM_EPS = 1e-6
 #: Relative floor of the histogram bin width: ``w >= HISTOGRAM_WIDTH_FLOOR * max(1, |lo|, |hi|)``
 #: so a degenerate support (``hi == lo``: all values equal) gives a finite, non-zero width.
 HISTOGRAM_WIDTH_FLOOR = 1e-6
 #: Added to every per-column variance of the ``gaussian`` estimator: ``std = sqrt(var + eps)``.
 GAUSSIAN_VAR_EPS = 1e-6
-#: Norm clamp of the cosines: ``||x|| -> max(||x||, NORM_EPS)`` (like ``torch`` cosine).
-NORM_EPS = 1e-8
+#: Floor of a row's spread in the ``relative`` temperature: ``tau_i = tau * max(std_j
+#: S_ij, SPREAD_EPS)`` (nats). A constant row (no information) then keeps a finite
+#: temperature: its softmax is uniform whatever tau, and W falls back to the argmax.
+SPREAD_EPS = 1e-6
+#: Clamp of the ``learned`` log-temperature: ``tau = exp(clip(log_tau, *LOG_TAU_RANGE))``
+#: so that ``-S / tau`` stays finite in float32 (S is a few nats; exp(-10) = 4.5e-5).
+LOG_TAU_RANGE = (-10.0, 10.0)
+
+#: ``semantics.tau_mode``: where the softmax temperature of p(j|i) comes from.
+TAU_MODES = ("fixed", "relative", "learned")
 
 _HIGHEST = lax.Precision.HIGHEST
 
 
 # ----------------------------------------------------------------------------------------
-# Validation helpers
+# Helpers
 # ----------------------------------------------------------------------------------------
-
-
-def _as_mask(mask: jax.typing.ArrayLike) -> jax.Array:
-    """Bool mask from a bool / int / float mask (non-zero = valid)."""
-    mask = jnp.asarray(mask)
-    return mask if mask.dtype == jnp.bool_ else mask != 0
-
-
-def _check_tokens(x, mask, x_name: str, mask_name: str) -> tuple[int, int, int]:
-    """Checks ``x [B, N, d]`` and ``mask [B, N]``; returns ``(B, N, d)``."""
-    xs, ms = jnp.shape(x), jnp.shape(mask)
-    if len(xs) != 3:
-        raise ValueError(f"`{x_name}` must be [B, N, d]; got shape {xs}.")
-    if ms != xs[:2]:
-        raise ValueError(
-            f"`{mask_name}` must be [B, N] = {xs[:2]} to match `{x_name}` {xs}; "
-            f"got shape {ms}."
-        )
-    if xs[1] < 1:
-        raise ValueError(f"`{x_name}` needs at least one token; got shape {xs}.")
-    return xs
-
-
-def _f32(x: jax.typing.ArrayLike) -> jax.Array:
-    return jnp.asarray(x).astype(jnp.float32)
-
-
-def _safe_norm(x: jax.Array, axis) -> jax.Array:
-    """``max(||x||, NORM_EPS)`` with finite gradients at ``x = 0``."""
-    return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=axis), NORM_EPS**2))
-
-
-def _safe_sqrt(x: jax.Array) -> jax.Array:
-    """``sqrt(max(x, 0))`` whose gradient is 0 (not inf / NaN) at ``x <= 0``."""
-    pos = x > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
 
 
 def _column_order(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -149,7 +126,7 @@ def _interp_positions(
 
 
 # ----------------------------------------------------------------------------------------
-# 1. KL correlation matrix (spec section 3)
+# 1. KL correlation matrix (paper sec. 3.2)
 # ----------------------------------------------------------------------------------------
 
 
@@ -258,7 +235,7 @@ def kl_correlation(
     pair_mask: jax.typing.ArrayLike | None = None,
     chunk_size: int | None = None,
 ) -> jax.Array:
-    """Batch KL correlation matrix between the columns of two modalities (spec sec. 3).
+    """Batch KL correlation matrix between the columns of two modalities (paper sec. 3.2).
 
     ``S[i, j] = mean_a KL(C^v_{a,i} || C^t_{a,j})`` over the matched pairs ``a`` (row
     ``a`` of ``v_s`` with row ``a`` of ``t_s``), where ``C^v_{a,i}`` is column ``i`` of
@@ -334,26 +311,83 @@ def kl_correlation(
 
 
 # ----------------------------------------------------------------------------------------
-# 2. Adaptive soft threshold (spec section 4)
+# 2. Adaptive soft threshold and its temperature (paper sec. 3.2)
 # ----------------------------------------------------------------------------------------
 
 
-def soft_threshold(
-    s: jax.typing.ArrayLike, alpha: jax.typing.ArrayLike, *, tau: float = 1.0
+def row_temperature(
+    s: jax.typing.ArrayLike,
+    *,
+    mode: str,
+    tau: float,
+    log_tau: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
-    """Sparse row-stochastic correlation weights from a KL matrix (spec section 4).
+    """Per-row softmax temperature of ``p(j|i) = softmax_j(-S_ij / tau_i)``.
 
-    ``p(j|i) = softmax_j(-S_ij / tau)``; threshold ``k_i = mean_j p + max(alpha_i, 0)
+    ``semantics.tau_mode`` (docs/cdds.md, 'Choices the paper leaves open'):
+
+    * ``"fixed"``: ``tau_i = tau`` (the paper's reading, tau = 1).
+    * ``"relative"``: ``tau_i = tau * max(std_j S_ij, SPREAD_EPS)`` with the population
+      std of the row: the softmax sees z-scores of the row divided by ``tau``, so the
+      sharpness no longer depends on how many nats a row spans (S of a batch spans
+      about half a nat per row, which makes tau = 1 almost uniform). The std rather
+      than max - min: one outlier column does not set the scale.
+    * ``"learned"``: ``tau_i = exp(clip(log_tau, *LOG_TAU_RANGE))``, one learnable
+      scalar shared by both directions (``tau`` is only its initial value, set by the
+      model).
+
+    Args:
+      s: ``[d, e]`` KL matrix.
+      mode: one of ``TAU_MODES``.
+      tau: the temperature (``fixed``) or its multiplier (``relative``), > 0.
+      log_tau: scalar learnable log-temperature (``learned`` only).
+
+    Returns:
+      ``[d]`` float32, > 0.
+    """
+    ss = jnp.shape(s)
+    if len(ss) != 2:
+        raise ValueError(f"`s` must be [d, e]; got shape {ss}.")
+    if mode not in TAU_MODES:
+        raise ValueError(f"`mode` must be one of {TAU_MODES}; got {mode!r}.")
+    if mode != "learned" and tau <= 0:
+        raise ValueError(f"`tau` must be > 0; got {tau}.")
+    d = ss[0]
+    if mode == "fixed":
+        return jnp.full((d,), tau, jnp.float32)
+    if mode == "relative":
+        spread = jnp.std(lax.stop_gradient(_f32(s)), axis=-1)
+        return tau * jnp.maximum(spread, SPREAD_EPS)
+    if log_tau is None or jnp.size(log_tau) != 1:
+        raise ValueError(
+            "mode='learned' needs a scalar `log_tau`; got "
+            f"{None if log_tau is None else jnp.shape(log_tau)}."
+        )
+    log_tau = jnp.clip(jnp.reshape(_f32(log_tau), ()), *LOG_TAU_RANGE)
+    return jnp.broadcast_to(jnp.exp(log_tau), (d,))
+
+
+def soft_threshold(
+    s: jax.typing.ArrayLike,
+    alpha: jax.typing.ArrayLike,
+    *,
+    tau: float | jax.typing.ArrayLike = 1.0,
+) -> jax.Array:
+    """Sparse row-stochastic correlation weights from a KL matrix (paper sec. 3.2).
+
+    ``p(j|i) = softmax_j(-S_ij / tau_i)``; threshold ``k_i = mean_j p + max(alpha_i, 0)
     * std_j p`` (population std); ``W_ij = relu(p(j|i) - k_i)`` renormalised per row. A
     row with nothing above its threshold (e.g. a uniform row, where std = 0) is the
     one-hot of ``argmax_j p(j|i)`` (the first maximiser on ties). ``W`` is piecewise
-    differentiable in ``alpha`` (and in ``S``; the std's gradient is 0, not NaN, when a
-    row is uniform); rows with a single survivor are one-hot and have zero gradient.
+    differentiable in ``alpha`` and ``tau`` (and in ``S``; the std's gradient is 0, not
+    NaN, when a row is uniform); rows with a single survivor are one-hot and have zero
+    gradient.
 
     Args:
       s: ``[d, e]`` KL matrix (rows: this direction's columns).
       alpha: ``[d]`` threshold multipliers (clamped at 0 here).
-      tau: softmax temperature (> 0).
+      tau: softmax temperature (> 0): a scalar, or ``[d]`` one per row
+        (``row_temperature``).
 
     Returns:
       ``W [d, e]`` float32, rows summing to 1.
@@ -368,6 +402,12 @@ def soft_threshold(
         )
     if isinstance(tau, int | float) and tau <= 0:
         raise ValueError(f"`tau` must be > 0; got {tau}.")
+    if jnp.shape(tau) not in ((), (ss[0],)):
+        raise ValueError(
+            f"`tau` must be a scalar or [d] = ({ss[0]},) to match `s` {ss}; "
+            f"got shape {jnp.shape(tau)}."
+        )
+    tau = jnp.reshape(_f32(tau), (-1, 1))  # [1, 1] or [d, 1]
     p = jax.nn.softmax(-_f32(s) / tau, axis=-1)
     mean = jnp.mean(p, axis=-1, keepdims=True)
     std = _safe_sqrt(jnp.mean(jnp.square(p - mean), axis=-1, keepdims=True))
@@ -380,14 +420,14 @@ def soft_threshold(
 
 
 # ----------------------------------------------------------------------------------------
-# 3. Quantile tables (spec section 5)
+# 3. Quantile tables (paper sec. 3.3)
 # ----------------------------------------------------------------------------------------
 
 
 def quantile_table(
     x: jax.typing.ArrayLike, mask: jax.typing.ArrayLike, num_levels: int
 ) -> jax.Array:
-    """Per-column quantile functions resampled to ``G = num_levels`` levels (spec sec. 5).
+    """Per-column quantile functions resampled to ``G = num_levels`` levels (paper sec. 3.3).
 
     For sample ``b`` with ``n`` valid tokens and column ``i`` sorted over them
     (``s_0 <= ... <= s_{n-1}``), level ``g`` (quantile ``q = (g + 0.5) / G``) sits at
@@ -432,117 +472,7 @@ def quantile_table(
 
 
 # ----------------------------------------------------------------------------------------
-# 4. Pair scores and retrieval embeddings (spec section 6)
-# ----------------------------------------------------------------------------------------
-
-
-def _check_tables(q, w_v, w_t, q_name: str) -> tuple[int, int, int]:
-    qs = jnp.shape(q)
-    if len(qs) != 3:
-        raise ValueError(f"`{q_name}` must be [B, G, d]; got shape {qs}.")
-    d = qs[2]
-    for name, w in (("w_v", w_v), ("w_t", w_t)):
-        if jnp.shape(w) != (d, d):
-            raise ValueError(
-                f"`{name}` must be [d, d] = ({d}, {d}) to match `{q_name}` {qs}; "
-                f"got shape {jnp.shape(w)}."
-            )
-    return qs
-
-
-def image_embeddings(
-    q_v: jax.typing.ArrayLike, w_v: jax.typing.ArrayLike, w_t: jax.typing.ArrayLike
-) -> jax.Array:
-    """Per-image retrieval embeddings: ``image_embeddings @ caption_embeddings.T`` = scores.
-
-    With ``s(a, b) = cosF(Q^v_a, Q^t_b W_v^T) + cosF(Q^t_b, Q^v_a W_t^T)`` and the
-    identities ``<A, B C^T>_F = <A C, B>_F``, every norm depends on one side only, so
-
-    ``e^v_a = [vec(Q^v_a W_v) / ||Q^v_a||, vec(Q^v_a) / ||Q^v_a W_t^T||]``.
-
-    Norms are clamped at ``NORM_EPS`` (``max(||.||, 1e-8)``), so zero tables give zero
-    embeddings with finite gradients.
-
-    Args:
-      q_v: ``[Bi, G, d]`` image quantile tables.
-      w_v: ``[d, d]`` image-direction weights ``W^v`` (rows: image columns).
-      w_t: ``[d, d]`` text-direction weights ``W^t`` (rows: text columns).
-
-    Returns:
-      ``[Bi, 2 G d]`` float32.
-    """
-    bi, _, _ = _check_tables(q_v, w_v, w_t, "q_v")
-    q = _f32(q_v)
-    qw = jnp.einsum("bgi,ij->bgj", q, _f32(w_v))  # Q^v W_v
-    qwt = jnp.einsum("bgi,ji->bgj", q, _f32(w_t))  # Q^v W_t^T = X^t
-    first = qw.reshape(bi, -1) / _safe_norm(q, axis=(1, 2))[:, None]
-    second = q.reshape(bi, -1) / _safe_norm(qwt, axis=(1, 2))[:, None]
-    return jnp.concatenate([first, second], axis=-1)
-
-
-def caption_embeddings(
-    q_t: jax.typing.ArrayLike, w_v: jax.typing.ArrayLike, w_t: jax.typing.ArrayLike
-) -> jax.Array:
-    """Per-caption retrieval embeddings (the partner of ``image_embeddings``).
-
-    ``e^t_b = [vec(Q^t_b) / ||Q^t_b W_v^T||, vec(Q^t_b W_t) / ||Q^t_b||]``; norms clamped
-    at ``NORM_EPS``.
-
-    Args:
-      q_t: ``[Bt, G, d]`` caption quantile tables.
-      w_v: ``[d, d]`` image-direction weights ``W^v``.
-      w_t: ``[d, d]`` text-direction weights ``W^t``.
-
-    Returns:
-      ``[Bt, 2 G d]`` float32.
-    """
-    bt, _, _ = _check_tables(q_t, w_v, w_t, "q_t")
-    q = _f32(q_t)
-    qvt = jnp.einsum("bgj,ij->bgi", q, _f32(w_v))  # Q^t W_v^T = X^v
-    qw = jnp.einsum("bgj,ji->bgi", q, _f32(w_t))  # Q^t W_t
-    first = q.reshape(bt, -1) / _safe_norm(qvt, axis=(1, 2))[:, None]
-    second = qw.reshape(bt, -1) / _safe_norm(q, axis=(1, 2))[:, None]
-    return jnp.concatenate([first, second], axis=-1)
-
-
-def pair_scores(
-    q_v: jax.typing.ArrayLike,
-    q_t: jax.typing.ArrayLike,
-    w_v: jax.typing.ArrayLike,
-    w_t: jax.typing.ArrayLike,
-    *,
-    precision: lax.PrecisionLike = None,
-) -> jax.Array:
-    """All image-caption scores ``s(a, b) = cosF(Q^v_a, X^v_b) + cosF(Q^t_b, X^t_a)``.
-
-    ``X^v_b = Q^t_b W_v^T`` and ``X^t_a = Q^v_a W_t^T``; ``cosF`` is the cosine of the
-    flattened ``G x d`` tables (norms clamped at ``NORM_EPS``). Computed as ONE GEMM of
-    the per-item embeddings (``image_embeddings``, ``caption_embeddings``); no per-pair
-    tensor is formed. Each score lies in ``[-2, 2]``.
-
-    Args:
-      q_v: ``[Bi, G, d]`` image quantile tables.
-      q_t: ``[Bt, G, d]`` caption quantile tables.
-      w_v: ``[d, d]`` image-direction weights.
-      w_t: ``[d, d]`` text-direction weights.
-      precision: precision of the score GEMM (default: backend default).
-
-    Returns:
-      ``[Bi, Bt]`` float32.
-    """
-    qvs, qts = jnp.shape(q_v), jnp.shape(q_t)
-    if len(qvs) != 3 or len(qts) != 3 or qvs[1:] != qts[1:]:
-        raise ValueError(
-            f"`q_v` [Bi, G, d] and `q_t` [Bt, G, d] must share G and d; got {qvs} "
-            f"and {qts}."
-        )
-    e_v = image_embeddings(q_v, w_v, w_t)
-    e_t = caption_embeddings(q_t, w_v, w_t)
-    return jnp.matmul(e_v, e_t.T, precision=precision)
-
-
-# ----------------------------------------------------------------------------------------
-# 5. Token-layout x-semantic components (spec section 5)
+# 4. Token-layout x-semantic components (paper sec. 3.3)
 # ----------------------------------------------------------------------------------------
 
 
@@ -552,7 +482,7 @@ def x_semantic_tokens(
     q_other: jax.typing.ArrayLike,
     w: jax.typing.ArrayLike,
 ) -> jax.Array:
-    """Token-layout x-semantic component of matched pairs (spec section 5).
+    """Token-layout x-semantic component of matched pairs (paper sec. 3.3).
 
     ``X = q_other W^T`` (``X[g, i] = sum_j q_other[g, j] w[i, j]``: for each own column
     ``i`` the Wasserstein barycenter of its correlated counterpart columns). Token ``n``
@@ -601,32 +531,3 @@ def x_semantic_tokens(
     v1 = jnp.take_along_axis(table, i1, axis=1)
     out = (1.0 - frac) * v0 + frac * v1
     return jnp.where(m[:, :, None], out, 0.0)
-
-
-# ----------------------------------------------------------------------------------------
-# 6. Mean-pooled cosine (ablate.sampling=False)
-# ----------------------------------------------------------------------------------------
-
-
-def pooled_cosine_embeddings(
-    x: jax.typing.ArrayLike, mask: jax.typing.ArrayLike
-) -> jax.Array:
-    """Masked mean over tokens, L2-normalised (VSE++-style score for ``sampling=False``).
-
-    The score matrix is ``pooled_cosine_embeddings(V^s, v_mask) @
-    pooled_cosine_embeddings(T^s, t_mask).T``. The norm is clamped at ``NORM_EPS``; a
-    sample without valid tokens gives the zero vector (finite gradients).
-
-    Args:
-      x: ``[B, N, d]`` tokens.
-      mask: ``[B, N]`` validity.
-
-    Returns:
-      ``[B, d]`` float32.
-    """
-    _check_tokens(x, mask, "x", "mask")
-    m = _as_mask(mask)
-    xv = jnp.where(m[:, :, None], _f32(x), 0.0)
-    n = jnp.maximum(jnp.sum(m, axis=1).astype(jnp.float32), 1.0)
-    mean = jnp.sum(xv, axis=1) / n[:, None]
-    return mean / _safe_norm(mean, axis=-1)[:, None]

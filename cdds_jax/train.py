@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from cdds_jax import data as data_lib
-from cdds_jax import losses, retrieval, semantics
+from cdds_jax import kl_statistics, losses, retrieval, scores, semantics
 from cdds_jax.model import CDDSModel
 from xmodal import layers, optim, run, sharding
 from xmodal import loop as loop_lib
@@ -41,7 +41,9 @@ __all__ = [
     "create_train_state",
     "jit_train_step",
     "load_data",
+    "objective_options",
     "save_vocab",
+    "score_options",
     "summarize_seeds",
     "train_and_evaluate",
     "train_seed",
@@ -190,6 +192,11 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int = 0) -> CDDSM
         num_samples=m.num_samples if sigma > 0 else 1,
         sigma=sigma,
         alpha_init=config.semantics.alpha_init,
+        log_tau_init=(
+            float(np.log(config.semantics.tau))
+            if config.semantics.tau_mode == "learned"
+            else None
+        ),
         remat=m.remat,
         dtype=jnp.dtype(m.dtype),
     )
@@ -200,13 +207,12 @@ def text_input(batch: Mapping[str, jax.Array]) -> jax.Array:
     return batch["text"] if "text" in batch else batch["tokens"]
 
 
-def init_extra(dim: int) -> dict[str, jax.Array]:
-    """Method statistics kept in the state: EMAs of S^v and S^t and their count."""
-    return {
-        "S_v": jnp.zeros((dim, dim), jnp.float32),
-        "S_t": jnp.zeros((dim, dim), jnp.float32),
-        "count": jnp.zeros((), jnp.int32),
-    }
+def init_extra(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+    """Method statistics kept in the state: EMAs of S^v and S^t, their count and (for
+    ``semantics.w_source="window"``) the window of the last batches' matrices."""
+    sc = config.semantics
+    window = int(sc.window_steps) if sc.w_source == "window" else 0
+    return kl_statistics.init_statistics(config.model.dim, window_steps=window)
 
 
 def create_train_state(
@@ -236,7 +242,7 @@ def create_train_state(
         params = variables["params"]
         tx = optim.make_optimizer(config.optim, params, steps_per_epoch=steps_per_epoch)
         return TrainState.create(
-            params=params, tx=tx, rng=state_rng, extra=init_extra(config.model.dim)
+            params=params, tx=tx, rng=state_rng, extra=init_extra(config)
         )
 
     return create_sharded(init, mesh, config.sharding_rules)
@@ -247,62 +253,76 @@ def create_train_state(
 # =====================================================================================
 
 
-def retrieval_embeddings(
-    img: Mapping[str, jax.Array] | None,
-    txt: Mapping[str, jax.Array] | None,
+def score_options(config: ml_collections.ConfigDict) -> scores.ScoreOptions:
+    """The score function of ``config``, shared by the train step and the evaluation."""
+    sc = config.semantics
+    return scores.ScoreOptions(
+        sampling=bool(config.ablate.sampling),
+        num_levels=int(sc.num_levels),
+        table_compare=sc.table_compare,
+        table_scale=bool(sc.table_scale),
+        tau_mode=sc.tau_mode,
+        tau=float(sc.tau),
+    ).validate()
+
+
+def objective_options(config: ml_collections.ConfigDict) -> losses.ObjectiveOptions:
+    """The loss weights and Table 3 switches of ``config``."""
+    lc, ab = config.loss, config.ablate
+    return losses.ObjectiveOptions(
+        contrastive=lc.contrastive,
+        margin=float(lc.margin),
+        temperature=float(lc.temperature),
+        max_violation_after_epochs=float(lc.max_violation_after_epochs),
+        ramp_epochs=float(lc.ramp_epochs),
+        a_s=float(lc.a_s),
+        a_m=float(lc.a_m),
+        a_f=float(lc.a_f),
+        decouple=bool(ab.decouple),
+        modality=bool(ab.modality),
+        integrity=bool(ab.integrity),
+        sampling=bool(ab.sampling),
+    )
+
+
+def _weights(
     scalars: Mapping[str, jax.Array],
     s_v: jax.Array,
     s_t: jax.Array,
-    config: ml_collections.ConfigDict,
-) -> tuple[jax.Array | None, jax.Array | None, dict[str, jax.Array]]:
-    """Per-item embeddings whose dot products are the CDDS scores (spec 6).
-
-    With ``ablate.sampling=False`` they are mean-pooled, normalised x^s (VSE++ cosine).
-    Returns ``(image_emb [B, E] | None, caption_emb [B, E] | None, aux)`` where ``aux``
-    holds the quantile tables and weights (needed for L_x in training).
-    """
-    if not config.ablate.sampling:
-        ie = (
-            None
-            if img is None
-            else semantics.pooled_cosine_embeddings(img["s"], img["mask"])
-        )
-        ce = (
-            None
-            if txt is None
-            else semantics.pooled_cosine_embeddings(txt["s"], txt["mask"])
-        )
-        return ie, ce, {}
-    w_v = semantics.soft_threshold(s_v, scalars["alpha_v"], tau=config.semantics.tau)
-    w_t = semantics.soft_threshold(s_t, scalars["alpha_t"], tau=config.semantics.tau)
-    g = config.semantics.num_levels
-    aux: dict[str, jax.Array] = {"w_v": w_v, "w_t": w_t}
-    ie = ce = None
-    if img is not None:
-        aux["q_v"] = semantics.quantile_table(img["s"], img["mask"], g)
-        ie = semantics.image_embeddings(aux["q_v"], w_v, w_t)
-    if txt is not None:
-        aux["q_t"] = semantics.quantile_table(txt["s"], txt["mask"], g)
-        ce = semantics.caption_embeddings(aux["q_t"], w_v, w_t)
-    return ie, ce, aux
+    options: scores.ScoreOptions,
+) -> tuple[jax.Array, jax.Array] | None:
+    """(W^v, W^t) from S and the learned scalars; None without sampling."""
+    if not options.sampling:
+        return None
+    return scores.correlation_weights(
+        s_v,
+        s_t,
+        scalars["alpha_v"],
+        scalars["alpha_t"],
+        options=options,
+        log_tau=scalars.get("log_tau"),
+    )
 
 
 def compute_loss(
     params: Any,
+    extra: Mapping[str, jax.Array],
     batch: Mapping[str, jax.Array],
     rng: jax.Array,
     *,
     model: CDDSModel,
     config: ml_collections.ConfigDict,
     epoch: jax.Array,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The CDDS objective on a global batch of B (image, caption) pairs (spec 3-7).
+) -> tuple[jax.Array, dict[str, Any]]:
+    """The CDDS objective on a global batch of B (image, caption) pairs.
 
-    ``epoch`` is the fractional epoch (step / steps_per_epoch): it drives the L_s ramp
-    and the switch from all violations to the hardest negative.
-    Returns ``(loss, aux)`` with the loss parts and this batch's S^v, S^t.
+    ``extra`` holds the S statistics of the state (``init_extra``); ``epoch`` is the
+    fractional epoch (step / steps_per_epoch), for the L_s ramp and the hinge switch.
+    Returns ``(loss, aux)``: aux holds the loss parts, the training score statistics
+    and the updated S statistics (``"stats"``, for the state).
     """
-    sc, lc, ab = config.semantics, config.loss, config.ablate
+    sc = config.semantics
+    options = score_options(config)
     img, txt, scalars = model.apply(
         {"params": params},
         batch["image"],
@@ -311,90 +331,50 @@ def compute_loss(
         train=True,
         rngs={"noise": rng},
     )
-    chunk = int(sc.kl_chunk_size) or None
-    kl = functools.partial(
-        semantics.kl_correlation,
-        estimator=sc.kl,
-        num_bins=sc.num_bins,
-        chunk_size=chunk,
-    )
-    if ab.sampling:
+    if options.sampling:
+        kl = functools.partial(
+            semantics.kl_correlation,
+            estimator=sc.kl,
+            num_bins=sc.num_bins,
+            chunk_size=int(sc.kl_chunk_size) or None,
+        )
         s_v = kl(img["s"], img["mask"], txt["s"], txt["mask"])
         s_t = kl(txt["s"], txt["mask"], img["s"], img["mask"])
     else:
         d = img["s"].shape[-1]
         s_v = s_t = jnp.zeros((d, d), jnp.float32)
-    ie, ce, aux = retrieval_embeddings(img, txt, scalars, s_v, s_t, config)
-    scores = jnp.einsum("ae,be->ab", ie, ce, precision=jax.lax.Precision.HIGHEST)
-
-    if lc.contrastive == "hinge":
-        # Hardest negatives after a warm-up of all violations (LAPS: 1 epoch); < 0 = never.
-        after = lc.max_violation_after_epochs
-        max_violation = (epoch >= after) if after >= 0 else jnp.zeros((), bool)
-        l_s = losses.hinge_loss(
-            scores, batch["image_id"], margin=lc.margin, max_violation=max_violation
-        )
-    elif lc.contrastive == "infonce":
-        l_s = losses.infonce_loss(scores, batch["image_id"], temperature=lc.temperature)
-    else:
-        raise ValueError(
-            f"loss.contrastive: unknown {lc.contrastive!r} (hinge, infonce)"
-        )
-    ramp = jnp.clip(epoch / lc.ramp_epochs, 0.0, 1.0) if lc.ramp_epochs > 0 else 1.0
-
-    zero = jnp.zeros((), jnp.float32)
-    l_m = l_f = l_x = zero
-    if ab.decouple:
-        if ab.modality:
-            l_m = jnp.sum(losses.modality_loss(img["m"], img["mask"])) + jnp.sum(
-                losses.modality_loss(txt["m"], txt["mask"])
-            )
-        if ab.integrity:
-            w_s, w_m = scalars["w_s"], scalars["w_m"]
-            l_f = jnp.sum(
-                losses.completeness_loss(
-                    img["x"], img["s"], img["m"], w_s, w_m, img["mask"]
-                )
-            ) + jnp.sum(
-                losses.completeness_loss(
-                    txt["x"], txt["s"], txt["m"], w_s, w_m, txt["mask"]
-                )
-            )
-            if ab.sampling:
-                v_x = semantics.x_semantic_tokens(
-                    img["s"], img["mask"], aux["q_t"], aux["w_v"]
-                )
-                t_x = semantics.x_semantic_tokens(
-                    txt["s"], txt["mask"], aux["q_v"], aux["w_t"]
-                )
-                l_x = jnp.sum(
-                    losses.completeness_loss(
-                        img["x"], v_x, img["m"], w_s, w_m, img["mask"]
-                    )
-                ) + jnp.sum(
-                    losses.completeness_loss(
-                        txt["x"], t_x, txt["m"], w_s, w_m, txt["mask"]
-                    )
-                )
-    a_m = lc.a_m if ab.modality else 0.0
-    total = losses.total_loss(
-        ramp * l_s, l_m, l_f, l_x, a_s=lc.a_s, a_m=a_m, a_f=lc.a_f
+    stats = kl_statistics.update_statistics(extra, s_v, s_t, momentum=sc.ema_momentum)
+    w_s_v, w_s_t = kl_statistics.training_correlation(
+        stats, s_v, s_t, source=sc.w_source
     )
-    if ab.decouple and ab.integrity and not ab.sampling:
-        # Without sampling there is no x-semantic: L_f takes the whole completeness weight.
-        total = total + (1.0 - lc.a_f) * l_f
-    positive = jnp.mean(jnp.diagonal(scores))
-    aux_out = {
-        "l_s": l_s,
-        "l_m": l_m,
-        "l_f": l_f,
-        "l_x": l_x,
-        "score_pos": positive,
-        "score_mean": jnp.mean(scores),
-        "S_v": s_v,
-        "S_t": s_t,
+    weights = _weights(scalars, w_s_v, w_s_t, options)
+    emb = scores.retrieval_embeddings(
+        img["s"], img["mask"], txt["s"], txt["mask"], weights, options=options
+    )
+    score = scores.score_gemm(emb.image, emb.caption)
+    tables = (
+        None if weights is None else losses.SampledTables(emb.q_v, emb.q_t, *weights)
+    )
+    obj = losses.objective(
+        score,
+        batch["image_id"],
+        img,
+        txt,
+        w_s=scalars["w_s"],
+        w_m=scalars["w_m"],
+        epoch=epoch,
+        options=objective_options(config),
+        tables=tables,
+    )
+    aux = {
+        "l_s": obj.l_s,
+        "l_m": obj.l_m,
+        "l_f": obj.l_f,
+        "l_x": obj.l_x,
+        **scores.score_statistics(score),
+        "stats": stats,
     }
-    return total, aux_out
+    return obj.total, aux
 
 
 def train_step(
@@ -405,38 +385,39 @@ def train_step(
     config: ml_collections.ConfigDict,
     steps_per_epoch: int,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One AdamW update on a global batch; returns the new state and device scalars."""
+    """One AdamW update on a global batch; returns the new state and device scalars.
+
+    Metrics: the loss and its parts; ``score_std`` (std of the B x B score matrix: the
+    collapse guard compares it with ``collapse.floor``), ``score_margin`` (mean
+    positive minus mean of all scores), ``score_pos``, ``score_mean``; norms, lr and the
+    learned scalars (``tau`` when learned).
+    """
     rng = jax.random.fold_in(state.rng, state.step)
     epoch = state.step.astype(jnp.float32) / steps_per_epoch
     grad_fn = jax.value_and_grad(
         functools.partial(compute_loss, model=model, config=config, epoch=epoch),
         has_aux=True,
     )
-    (loss, aux), grads = grad_fn(state.params, batch, rng)
-    # EMA of S for evaluation; the first batch initialises it (no zero bias).
-    extra = state.extra
-    m = config.semantics.ema_momentum
-    first = extra["count"] == 0
-    new_extra = {
-        "S_v": jnp.where(first, aux["S_v"], m * extra["S_v"] + (1 - m) * aux["S_v"]),
-        "S_t": jnp.where(first, aux["S_t"], m * extra["S_t"] + (1 - m) * aux["S_t"]),
-        "count": extra["count"] + 1,
-    }
+    (loss, aux), grads = grad_fn(state.params, state.extra, batch, rng)
     new_state, update_metrics = apply_update(
         state,
         grads,
         optim_config=config.optim,
         steps_per_epoch=steps_per_epoch,
-        extra=new_extra,
+        extra=aux.pop("stats"),
     )
     metrics = {
         "loss": loss,
-        **{k: aux[k] for k in ("l_s", "l_m", "l_f", "l_x", "score_pos", "score_mean")},
+        **aux,
         **update_metrics,
         "alpha_v": jnp.mean(state.params["alpha_v"]),
         "w_s": state.params["w_s"],
         "w_m": state.params["w_m"],
     }
+    if "log_tau" in state.params:
+        metrics["tau"] = jnp.exp(
+            jnp.clip(state.params["log_tau"], *semantics.LOG_TAU_RANGE)
+        )
     return new_state, metrics
 
 
@@ -460,15 +441,28 @@ def jit_train_step(
 # =====================================================================================
 
 
+def _eval_weights(
+    params: Any,
+    extra: Mapping[str, jax.Array],
+    model: CDDSModel,
+    config: ml_collections.ConfigDict,
+) -> tuple[jax.Array, jax.Array] | None:
+    """(W^v, W^t) at evaluation: from the stored S statistics, never from test pairs."""
+    scalars = model.apply({"params": params}, method="scalars")
+    s_v, s_t = kl_statistics.evaluation_correlation(
+        extra, source=config.semantics.w_source
+    )
+    return _weights(scalars, s_v, s_t, score_options(config))
+
+
 def _embed_images(params, extra, batch, *, model, config):
     img = model.apply(
         {"params": params}, batch["image"], train=False, method="encode_image"
     )
-    scalars = model.apply({"params": params}, method="scalars")
-    emb, _, _ = retrieval_embeddings(
-        img, None, scalars, extra["S_v"], extra["S_t"], config
-    )
-    return emb
+    weights = _eval_weights(params, extra, model, config)
+    return scores.retrieval_embeddings(
+        img["s"], img["mask"], None, None, weights, options=score_options(config)
+    ).image
 
 
 def _embed_captions(params, extra, batch, *, model, config):
@@ -479,11 +473,10 @@ def _embed_captions(params, extra, batch, *, model, config):
         train=False,
         method="encode_text",
     )
-    scalars = model.apply({"params": params}, method="scalars")
-    _, emb, _ = retrieval_embeddings(
-        None, txt, scalars, extra["S_v"], extra["S_t"], config
-    )
-    return emb
+    weights = _eval_weights(params, extra, model, config)
+    return scores.retrieval_embeddings(
+        None, None, txt["s"], txt["mask"], weights, options=score_options(config)
+    ).caption
 
 
 class Evaluator:
@@ -521,12 +514,15 @@ class Evaluator:
             self.data.caption_source(split),
             **kw,
         )
+        # Every protocol also reports score_std / tie_fraction / degenerate: the loop
+        # refuses to select a checkpoint whose dev scores are degenerate.
         return retrieval.evaluate_protocols(
             img,
             cap,
             np.asarray(split.caption_to_image),
             protocols=tuple(protocols),
             block_size=ec.block_size,
+            collapse_floor=float(self.config.collapse.floor),
         )
 
 

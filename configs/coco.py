@@ -1,4 +1,4 @@
-r"""CDDS on MS-COCO (Karpathy split; spec/cdds.md section 8 defaults).
+r"""CDDS on MS-COCO (Karpathy split; docs/cdds.md, 'Training and evaluation').
 
     python -m cdds_jax.train --config configs/coco.py --workdir runs/coco \
         --config.data.root=data/coco
@@ -26,8 +26,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.test_protocols = ("1k_5fold", "full")  # COCO 1K (5 folds) and COCO 5K
     if arg in ("demo", "tiny"):
         flickr.demo_overrides(c, tiny=arg == "tiny")
-        # 5 folds of the synthetic test images, as COCO 1K.
-        c.data.synthetic.num_test = 100 if arg == "demo" else 20
+        # 5 folds of the synthetic test images, as COCO 1K (demo: 5 x 200).
+        if arg == "tiny":
+            c.data.synthetic.num_test = 20
         c.data.test_protocols = ("1k_5fold", "full")
     elif arg == "scan":
         c.data.format = "scan_precomp"

@@ -309,22 +309,26 @@ def test_rank_disagreements_allow_exact_ties_only():
     )  # columns 3 and 5: the positive image ties with image 0 (before it)
     naive = jax.device_get(cdds_eval.naive_ranks(jnp.asarray(scores), jnp.asarray(c2i)))
     counting = retrieval.retrieval_ranks(scores, c2i)
-    # Brute force (ties favour the positive): strictly greater candidates.
-    i2t = [min((scores[i] > scores[i, c]).sum() for c in np.flatnonzero(c2i == i))
-           for i in range(3)]  # fmt: skip
-    t2i = [(scores[:, c] > scores[c2i[c], c]).sum() for c in range(6)]
+    # Brute force (a tie counts against the positive): negatives scoring >= it.
+    i2t = [min(((scores[i] >= scores[i, c]) & (c2i != i)).sum()
+               for c in np.flatnonzero(c2i == i)) for i in range(3)]  # fmt: skip
+    t2i = [
+        ((scores[:, c] >= scores[c2i[c], c]) & (np.arange(3) != c2i[c])).sum()
+        for c in range(6)
+    ]
     np.testing.assert_array_equal(counting[0], i2t)
     np.testing.assert_array_equal(counting[1], t2i)
     np.testing.assert_array_equal(naive[0], [0, 0, 1])
     np.testing.assert_array_equal(naive[1], [0, 2, 1, 2, 0, 1])
     diff = cdds_eval.rank_disagreements(scores, c2i, naive, counting)
-    assert diff == {"differ": 3, "explained_by_ties": 3}  # image 2, captions 3 and 5
+    np.testing.assert_array_equal(counting[0], [1, 0, 1])
+    assert diff == {"differ": 1, "explained_by_ties": 1}  # image 0
     # A difference no tie explains is reported as one.
     wrong = (naive[0].copy(), naive[1].copy())
     wrong[1][0] += 1  # caption 0's column has no tie
     wrong[0][1] += 1  # nor has image 1's row
     bad = cdds_eval.rank_disagreements(scores, c2i, wrong, counting)
-    assert bad == {"differ": 5, "explained_by_ties": 3}
+    assert bad == {"differ": 3, "explained_by_ties": 1}
 
 
 def test_committed_markdown_is_the_rendering_of_the_committed_json():

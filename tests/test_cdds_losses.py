@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cdds_jax import losses
+from cdds_jax import semantics as sem
 
 # ----------------------------------------------------------------------------------------
 # float64 NumPy references (plain loops)
@@ -253,13 +254,111 @@ def test_completeness_loss_matches_reference_and_stops_target_gradient(tokens):
         losses.completeness_loss(x, cs, cm[:, :2], ws, wm, mask)
 
 
-def test_total_loss():
-    got = jax.jit(functools.partial(losses.total_loss, a_s=2.0, a_m=0.5, a_f=0.3))(
-        1.0, 2.0, 3.0, 4.0
+# ----------------------------------------------------------------------------------------
+# The objective: composition of the terms and the ablation switches
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(5)
+    b, p, n, d, g = 5, 4, 3, 6, 4
+
+    def side(tokens, lens):
+        mask = np.arange(tokens)[None, :] < np.asarray(lens)[:, None]
+        comp = {k: rng.normal(size=(b, tokens, d)).astype(np.float32) for k in "xsm"}
+        return {**comp, "mask": mask}
+
+    image = side(p, [4, 4, 4, 4, 4])
+    text = side(n, [3, 1, 2, 3, 2])
+    w = rng.uniform(0, 1, (2, d, d)) ** 3
+    w = (w / w.sum(axis=-1, keepdims=True)).astype(np.float32)
+    tables = losses.SampledTables(
+        q_v=rng.normal(size=(b, g, d)).astype(np.float32),
+        q_t=rng.normal(size=(b, g, d)).astype(np.float32),
+        w_v=w[0],
+        w_t=w[1],
     )
-    np.testing.assert_allclose(got, 2.0 * 1.0 + 0.5 * 2.0 + 0.3 * 3.0 + 0.7 * 4.0)
-    np.testing.assert_allclose(
-        losses.total_loss(1.0, 2.0, 3.0, 4.0), 1.0 + 2.0 + 1.5 + 2.0
+    scores = rng.uniform(-1, 1, (b, b)).astype(np.float32)
+    return scores, IDS, image, text, tables
+
+
+# (decouple, modality, integrity, sampling) -> the weights the spec's Table 3 gives
+# (a_s, a_m, a_f, a_x) with a_s = 1, a_m = 0.7, a_f = 0.3, written out by hand.
+SWITCHES = {
+    (True, True, True, True): (1.0, 0.7, 0.3, 0.7),
+    (True, False, True, True): (1.0, 0.0, 0.3, 0.7),
+    (True, True, False, True): (1.0, 0.7, 0.0, 0.0),
+    (True, True, True, False): (1.0, 0.7, 1.0, 0.0),  # L_f takes the whole weight
+    (True, True, False, False): (1.0, 0.7, 0.0, 0.0),
+    (False, True, True, True): (1.0, 0.0, 0.0, 0.0),  # no decoupler: only L_s
+}
+
+
+@pytest.mark.parametrize("switches", list(SWITCHES))
+@pytest.mark.parametrize(
+    ("contrastive", "epoch"), [("hinge", 0.5), ("hinge", 2.0), ("infonce", 0.25)]
+)
+def test_objective_matches_reference(batch, switches, contrastive, epoch):
+    scores, ids, image, text, tables = batch
+    decouple, modality, integrity, sampling = switches
+    options = losses.ObjectiveOptions(
+        contrastive=contrastive,
+        margin=0.2,
+        temperature=0.1,
+        max_violation_after_epochs=1.0,
+        ramp_epochs=1.0,
+        a_s=1.0,
+        a_m=0.7,
+        a_f=0.3,
+        decouple=decouple,
+        modality=modality,
+        integrity=integrity,
+        sampling=sampling,
     )
-    with pytest.raises(ValueError, match="l_m"):
-        losses.total_loss(1.0, np.ones(3), 3.0, 4.0)
+    w_s, w_m = np.float32(0.8), np.float32(1.1)
+    fn = jax.jit(functools.partial(losses.objective, w_s=w_s, w_m=w_m, options=options))
+    got = fn(scores, ids, image, text, epoch=epoch, tables=tables if sampling else None)
+
+    # Reference: every term from the float64 loops, weighted by the table above.
+    if contrastive == "hinge":
+        l_s = ref_hinge(scores, ids, 0.2, max_violation=epoch >= 1.0)
+    else:
+        l_s = ref_infonce(scores, ids, 0.1)
+    ramp = min(epoch, 1.0)
+    l_m = sum(ref_modality(c["m"], c["mask"]).sum() for c in (image, text))
+    comp = lambda c, cs: ref_completeness(c["x"], cs, c["m"], w_s, w_m, c["mask"]).sum()
+    l_f = comp(image, image["s"]) + comp(text, text["s"])
+    v_x = sem.x_semantic_tokens(image["s"], image["mask"], tables.q_t, tables.w_v)
+    t_x = sem.x_semantic_tokens(text["s"], text["mask"], tables.q_v, tables.w_t)
+    l_x = comp(image, np.asarray(v_x)) + comp(text, np.asarray(t_x))
+    a_s, a_m, a_f, a_x = SWITCHES[switches]
+    want = a_s * ramp * l_s + a_m * l_m + a_f * l_f + a_x * l_x
+    np.testing.assert_allclose(got.total, want, rtol=1e-5, atol=1e-5)
+    assert options.term_weights() == pytest.approx((a_s, a_m, a_f, a_x))
+    # Parts: unweighted, 0 when switched off.
+    np.testing.assert_allclose(got.l_s, l_s, rtol=1e-5, atol=1e-6)
+    on_m = decouple and modality
+    on_f = decouple and integrity
+    on_x = on_f and sampling
+    np.testing.assert_allclose(got.l_m, l_m if on_m else 0.0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.l_f, l_f if on_f else 0.0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.l_x, l_x if on_x else 0.0, rtol=1e-5, atol=1e-5)
+
+
+def test_objective_errors(batch):
+    scores, ids, image, text, _ = batch
+    kw = dict(w_s=1.0, w_m=1.0, epoch=0.0)
+    with pytest.raises(ValueError, match="tables"):
+        losses.objective(
+            scores, ids, image, text, options=losses.ObjectiveOptions(), **kw
+        )
+    with pytest.raises(ValueError, match="contrastive"):
+        losses.objective(
+            scores,
+            ids,
+            image,
+            text,
+            options=losses.ObjectiveOptions(contrastive="triplet", sampling=False),
+            **kw,
+        )

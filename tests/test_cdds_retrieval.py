@@ -41,18 +41,25 @@ def _ref_metrics(i2t, t2i):
     return m
 
 
-def _np_count_ranks(scores, c2i, rows=512):
-    """Chunked NumPy count (row chunks for both directions), independent of the kernel."""
+def _np_count_ranks(scores, c2i, rows=512, *, pessimistic=True):
+    """Chunked NumPy count (row chunks for both directions), independent of the kernel.
+
+    ``pessimistic=False`` counts only strictly higher candidates (ties favour the
+    positive), to show that planted ties change the ranks.
+    """
     n_img, n_cap = scores.shape
     pos = scores[c2i, np.arange(n_cap)]
     best = np.full(n_img, -np.inf, dtype=scores.dtype)
     np.maximum.at(best, c2i, pos)
+    above = np.greater_equal if pessimistic else np.greater
     i2t = np.empty(n_img, dtype=np.int64)
     t2i = np.zeros(n_cap, dtype=np.int64)
     for lo in range(0, n_img, rows):
         block = scores[lo : lo + rows]
-        i2t[lo : lo + rows] = (block > best[lo : lo + rows, None]).sum(axis=1)
-        t2i += (block > pos[None, :]).sum(axis=0)
+        negative = c2i[None, :] != np.arange(lo, lo + block.shape[0])[:, None]
+        hit = above(block, best[lo : lo + rows, None]) & negative
+        i2t[lo : lo + rows] = hit.sum(axis=1)
+        t2i += (above(block, pos[None, :]) & negative).sum(axis=0)
     return i2t, t2i
 
 
@@ -182,22 +189,189 @@ def test_rank_metrics_random_scores_near_chance():
     assert 400 <= got["t2i_medr"] <= 600
 
 
-def test_rank_metrics_ties_favour_the_positive():
+def _ref_pessimistic_ranks(scores, c2i):
+    """Pessimistic 0-based ranks by brute force: every tied negative counts against.
+
+    Counted directly, one query at a time, in float64 NumPy.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    n_img, n_cap = s.shape
+    i2t = np.empty(n_img, dtype=np.int64)
+    for i in range(n_img):
+        best = s[i, c2i == i].max()
+        i2t[i] = sum(1 for c in range(n_cap) if c2i[c] != i and s[i, c] >= best)
+    t2i = np.empty(n_cap, dtype=np.int64)
+    for c in range(n_cap):
+        pos = s[c2i[c], c]
+        t2i[c] = sum(1 for i in range(n_img) if i != c2i[c] and s[i, c] >= pos)
+    return i2t, t2i
+
+
+def _ref_worst_order_ranks(scores, c2i):
+    """Pessimistic ranks as positions in a descending sort that puts, among equal
+    scores, every negative before every positive (the worst tie-breaking order)."""
+    s = np.asarray(scores, dtype=np.float64)
+    n_img, n_cap = s.shape
+    i2t = np.empty(n_img, dtype=np.int64)
+    for i in range(n_img):
+        order = np.lexsort(((c2i == i).astype(int), -s[i]))  # last key sorts first
+        i2t[i] = np.flatnonzero(c2i[order] == i).min()
+    t2i = np.empty(n_cap, dtype=np.int64)
+    for c in range(n_cap):
+        order = np.lexsort(((np.arange(n_img) == c2i[c]).astype(int), -s[:, c]))
+        t2i[c] = np.flatnonzero(order == c2i[c])[0]
+    return i2t, t2i
+
+
+def _tied_scores(rng, c2i, n_img, levels):
+    """Scores on a coarse grid of ``levels`` values: many exact ties of every kind
+    (a positive tied with some negatives, with other positives, with everything)."""
+    s = rng.integers(0, levels, (n_img, len(c2i))).astype(np.float32)
+    s[c2i, np.arange(len(c2i))] += rng.integers(0, 2, len(c2i))  # some signal
+    return s
+
+
+def test_rank_metrics_ties_count_against_the_positive():
     c2i = np.array([0, 0, 1, 1, 2])
     scores = np.zeros((3, 5), dtype=np.float32)  # everything tied
     i2t, t2i = retrieval.retrieval_ranks(scores, c2i)
-    np.testing.assert_array_equal(i2t, [0, 0, 0])
-    np.testing.assert_array_equal(t2i, [0, 0, 0, 0, 0])
-    scores[1, 0] = 1.0  # one image now strictly above caption 0's image
-    scores[2, 1] = 1.0
-    scores[0, 4] = -1.0
+    # Every negative ties: image 0 has 3 negative captions, image 1 3, image 2 4;
+    # every caption has 2 other images.
+    np.testing.assert_array_equal(i2t, [3, 3, 4])
+    np.testing.assert_array_equal(t2i, [2, 2, 2, 2, 2])
+    scores[1, 0] = 1.0  # image 1 now strictly above caption 0's image
+    scores[2, 1] = -1.0  # image 2 strictly below caption 1's image
+    scores[0, 0] = 0.5  # image 0's best positive (caption 0) above its row
     i2t, t2i = retrieval.retrieval_ranks(scores, c2i)
-    # image 0: best positive 0, nothing above -> 0; image 1: positives (captions 2, 3)
-    # score 0, caption 0 scores 1 -> 1; image 2: caption 1 above its caption 4 -> 1.
-    np.testing.assert_array_equal(i2t, [0, 1, 1])
-    # caption 0: image 1 above image 0; caption 1: image 2 above; caption 4: its
-    # image 2 scores 0, image 0 scores -1 (below) -> 0.
-    np.testing.assert_array_equal(t2i, [1, 1, 0, 0, 0])
+    # image 0: best 0.5, no negative >= 0.5 -> 0; image 1: best 0, caption 0 (1.0)
+    # and captions 1, 4 (ties) -> 3; image 2: best 0, captions 0, 2, 3 tie (caption 1
+    # is below) -> 3.
+    np.testing.assert_array_equal(i2t, [0, 3, 3])
+    # caption 0: image 1 (1.0 >= 0.5) -> 1; caption 1: image 1 ties, image 2 below -> 1.
+    np.testing.assert_array_equal(t2i, [1, 1, 2, 2, 2])
+
+
+def test_constant_scores_give_no_recall():
+    # A collapsed model: 10 images x 50 captions, every score 0.
+    c2i = np.arange(50) // 5
+    got = retrieval.rank_metrics(np.zeros((10, 50), np.float32), c2i)
+    for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5"):
+        assert got[key] == 0.0, key
+    assert got["t2i_r10"] == 100.0  # only 10 images: any ranking puts it in the top 10
+    assert got["i2t_meanr"] == 46.0 and got["t2i_meanr"] == 10.0  # last place
+    assert got["rsum"] == 100.0
+    protocols = retrieval.evaluate_protocols(
+        np.zeros((10, 4), np.float32),
+        np.zeros((50, 4), np.float32),
+        c2i,
+        protocols=("full", "1k_5fold"),
+    )
+    assert protocols["full"] == got
+    folds = protocols["1k_5fold"]  # 2 images x 10 captions per fold, all tied
+    assert folds["i2t_r1"] == folds["t2i_r1"] == 0.0
+    assert folds["i2t_meanr"] == 6.0 and folds["t2i_meanr"] == 2.0
+
+
+@pytest.mark.parametrize("levels", [2, 3, 8])
+def test_rank_ties_match_brute_force(levels):
+    # Planted partial ties: a coarse grid, uneven shuffled captions per image.
+    rng = np.random.default_rng(10 + levels)
+    counts = _coco_counts(30, 6, 4, rng)  # 40 images, 5-7 captions
+    c2i = _coco_like_index(rng, counts)
+    scores = _tied_scores(rng, c2i, len(counts), levels)
+    want = _ref_pessimistic_ranks(scores, c2i)
+    worst = _ref_worst_order_ranks(scores, c2i)
+    np.testing.assert_array_equal(want[0], worst[0])
+    np.testing.assert_array_equal(want[1], worst[1])
+    for chunk_size in (7, 1024):
+        i2t, t2i = retrieval.retrieval_ranks(scores, c2i, chunk_size=chunk_size)
+        np.testing.assert_array_equal(i2t, want[0])
+        np.testing.assert_array_equal(t2i, want[1])
+    _assert_metrics_close(
+        retrieval.rank_metrics(scores, c2i, chunk_size=7), _ref_metrics(*want)
+    )
+    # Ties really were planted and really matter: the optimistic count differs.
+    optimistic = _np_count_ranks(scores, c2i, pessimistic=False)
+    assert (optimistic[0] < want[0]).any() and (optimistic[1] < want[1]).any()
+    assert (optimistic[0] == want[0]).any()  # and some queries have no tie
+
+
+def test_positive_tied_with_another_positive_is_not_counted():
+    # Two captions of image 0 tie at the top: neither counts against the other.
+    c2i = np.array([0, 0, 1, 1])
+    scores = np.array([[2.0, 2.0, 1.0, 2.0], [0.0, 0.0, 1.0, 1.0]], np.float32)
+    i2t, t2i = retrieval.retrieval_ranks(scores, c2i)
+    np.testing.assert_array_equal(i2t, [1, 0])  # image 0: caption 3 ties its best
+    np.testing.assert_array_equal(t2i, [0, 0, 1, 1])  # captions 2, 3: image 0 >=
+
+
+def test_fold_protocol_ranks_ties_pessimistically():
+    rng = np.random.default_rng(12)
+    counts = _coco_counts(40, 7, 3, rng)  # 50 images (5 folds of 10)
+    c2i = _coco_like_index(rng, counts)
+    # Embeddings on a coarse grid: exact ties inside folds.
+    img = rng.integers(-1, 2, (50, 3)).astype(np.float32)
+    cap = (img[c2i] + rng.integers(-1, 2, (len(c2i), 3))).astype(np.float32)
+    got = retrieval.evaluate_protocols(img, cap, c2i, protocols=("1k_5fold",))
+    s = img.astype(np.float64) @ cap.astype(np.float64).T
+    folds = []
+    for f in range(5):
+        caps = np.flatnonzero((c2i >= 10 * f) & (c2i < 10 * (f + 1)))
+        sub = s[10 * f : 10 * (f + 1)][:, caps]
+        folds.append(_ref_metrics(*_ref_pessimistic_ranks(sub, c2i[caps] - 10 * f)))
+    want = {k: sum(m[k] for m in folds) / 5 for k in folds[0]}
+    _assert_metrics_close(got["1k_5fold"], want)
+
+
+# ------------------------------------------------------------------ degeneracy
+
+
+def test_degeneracy_flags_constant_and_tied_matrices():
+    c2i = np.arange(50) // 5
+    const = retrieval.degeneracy(np.zeros((10, 50), np.float32), c2i, floor=1e-3)
+    assert const == {"score_std": 0.0, "tie_fraction": 1.0, "degenerate": 1.0}
+    # Spread intact, but every caption embedding equal: each row is constant.
+    rows = np.repeat(np.arange(10, dtype=np.float32)[:, None], 50, axis=1)
+    tied = retrieval.degeneracy(rows, c2i, floor=1e-3)
+    assert tied["score_std"] > 1.0 and tied["tie_fraction"] == 1.0
+    assert tied["degenerate"] == 1.0
+    # Healthy: continuous scores with signal.
+    rng = np.random.default_rng(13)
+    scores = _random_scores(rng, c2i, 10)
+    ok = retrieval.degeneracy(scores, c2i, floor=1e-3)
+    assert ok["tie_fraction"] == 0.0 and ok["degenerate"] == 0.0
+    np.testing.assert_allclose(ok["score_std"], np.std(scores.astype(np.float64)), 1e-5)
+    # Spread under the floor (but no ties) is degenerate too.
+    small = retrieval.degeneracy(scores * 1e-6, c2i, floor=1e-3)
+    assert small["tie_fraction"] == 0.0 and small["degenerate"] == 1.0
+    # rank_metrics adds the same keys in the same pass.
+    both = retrieval.rank_metrics(scores, c2i, collapse_floor=1e-3)
+    assert list(both) == [*retrieval.METRIC_KEYS, *retrieval.DEGENERACY_KEYS]
+    assert {k: both[k] for k in retrieval.DEGENERACY_KEYS} == ok
+
+
+def test_degeneracy_tie_fraction_is_the_least_tied_query():
+    # Half the rows constant, half healthy: not every query is tied -> not degenerate.
+    c2i = np.arange(40) // 4
+    rng = np.random.default_rng(14)
+    scores = _random_scores(rng, c2i, 10)
+    scores[:5] = 0.0
+    got = retrieval.degeneracy(scores, c2i, floor=1e-3)
+    assert got["tie_fraction"] < retrieval.DEGENERATE_TIE_FRACTION
+    assert got["degenerate"] == 0.0
+
+
+def test_evaluate_protocols_collapse_floor_per_protocol():
+    c2i = np.arange(50) // 5
+    img = np.zeros((10, 4), np.float32)
+    cap = np.zeros((50, 4), np.float32)
+    got = retrieval.evaluate_protocols(
+        img, cap, c2i, protocols=("full", "1k_5fold"), collapse_floor=1e-3
+    )
+    for name in ("full", "1k_5fold"):
+        assert got[name]["degenerate"] == 1.0 and got[name]["score_std"] == 0.0
+    plain = retrieval.evaluate_protocols(img, cap, c2i, protocols=("full",))
+    assert list(plain["full"]) == list(retrieval.METRIC_KEYS)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cdds_jax import scores as score_lib
 from cdds_jax import semantics as sem
 
 B, P, L, D, K, G = 4, 7, 5, 6, 4, 5
@@ -76,9 +77,10 @@ def ref_gauss_kl(v, vm, t, tm, pair_mask=None):
 
 def ref_soft_threshold(s, alpha, tau=1.0):
     s = np.asarray(s, np.float64)
+    taus = np.broadcast_to(np.asarray(tau, np.float64), (s.shape[0],))
     out = np.zeros_like(s)
     for i in range(s.shape[0]):
-        e = np.exp(-(s[i] - s[i].min()) / tau)
+        e = np.exp(-(s[i] - s[i].min()) / taus[i])
         p = e / e.sum()
         k = p.mean() + max(alpha[i], 0.0) * p.std()
         r = np.maximum(p - k, 0.0)
@@ -113,22 +115,6 @@ def ref_quantile_table(x, m, levels):
     return out
 
 
-def _cos(a, b):
-    a, b = a.ravel(), b.ravel()
-    return a @ b / (max(np.linalg.norm(a), 1e-8) * max(np.linalg.norm(b), 1e-8))
-
-
-def ref_pair_scores(qv, qt, wv, wt):
-    qv, qt, wv, wt = (np.asarray(z, np.float64) for z in (qv, qt, wv, wt))
-    out = np.zeros((qv.shape[0], qt.shape[0]))
-    for a in range(qv.shape[0]):
-        for b in range(qt.shape[0]):
-            xv = qt[b] @ wv.T  # X^v_b
-            xt = qv[a] @ wt.T  # X^t_a
-            out[a, b] = _cos(qv[a], xv) + _cos(qt[b], xt)
-    return out
-
-
 def ref_x_semantic(x, m, q_other, w):
     x, q_other, w = (np.asarray(z, np.float64) for z in (x, q_other, w))
     m = np.asarray(m, bool)
@@ -144,18 +130,6 @@ def ref_x_semantic(x, m, q_other, w):
             for r, tok in enumerate(order):
                 q = (r + 0.5) / n
                 out[s, tok, i] = _interp(table[:, i], q * levels - 0.5, levels - 1)
-    return out
-
-
-def ref_pooled(x, m):
-    x = np.asarray(x, np.float64)
-    out = np.zeros((x.shape[0], x.shape[2]))
-    for s in range(x.shape[0]):
-        vals = _valid_values(x[s], m[s])
-        if len(vals) == 0:
-            continue
-        mean = vals.mean(0)
-        out[s] = mean / max(np.linalg.norm(mean), 1e-8)
     return out
 
 
@@ -342,6 +316,78 @@ def test_soft_threshold_alpha_gradient():
     assert np.all(np.isfinite(gs))
 
 
+def test_soft_threshold_per_row_tau():
+    rng = np.random.default_rng(11)
+    s = rng.uniform(0.0, 3.0, size=(D, D)).astype(np.float32)
+    alpha = np.full((D,), 0.5, np.float32)
+    tau = np.array([0.1, 0.5, 1.0, 2.0, 4.0, 0.3], np.float32)
+    got = jax.jit(sem.soft_threshold)(s, alpha, tau=tau)
+    np.testing.assert_allclose(got, ref_soft_threshold(s, alpha, tau), atol=1e-6)
+    with pytest.raises(ValueError, match="tau"):
+        sem.soft_threshold(s, alpha, tau=tau[:3])
+
+
+def ref_row_temperature(s, mode, tau, log_tau=None):
+    s = np.asarray(s, np.float64)
+    if mode == "fixed":
+        return np.full(s.shape[0], tau)
+    if mode == "relative":
+        return np.array([tau * max(np.std(row), 1e-6) for row in s])
+    return np.full(s.shape[0], np.exp(np.clip(log_tau, -10.0, 10.0)))
+
+
+@pytest.mark.parametrize("mode", sem.TAU_MODES)
+def test_row_temperature_matches_reference(mode):
+    rng = np.random.default_rng(12)
+    s = rng.uniform(0.0, 0.5, size=(D, D)).astype(np.float32)
+    s[2] = 0.3  # a constant row: floored spread, finite temperature
+    log_tau = np.float32(-0.7)
+    fn = jax.jit(functools.partial(sem.row_temperature, mode=mode, tau=0.5))
+    got = fn(s, log_tau=log_tau if mode == "learned" else None)
+    want = ref_row_temperature(s, mode, 0.5, log_tau)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert np.all(np.asarray(got) > 0)
+    w = sem.soft_threshold(s, np.full(D, 1.0, np.float32), tau=got)
+    assert np.all(np.isfinite(w)) and np.allclose(np.sum(w, axis=1), 1.0)
+
+
+def test_relative_temperature_is_scale_free():
+    # The relative temperature sees z-scores: W of c * S does not depend on c.
+    rng = np.random.default_rng(13)
+    s = rng.uniform(0.0, 0.5, size=(D, D)).astype(np.float32)
+    alpha = np.full((D,), 0.5, np.float32)
+
+    def w(z):
+        return sem.soft_threshold(
+            z, alpha, tau=sem.row_temperature(z, mode="relative", tau=0.3)
+        )
+
+    np.testing.assert_allclose(w(s), w(8.0 * s), atol=1e-5)
+    fixed = lambda z: sem.soft_threshold(z, alpha, tau=1.0)
+    assert np.abs(np.asarray(fixed(s)) - np.asarray(fixed(8.0 * s))).max() > 0.05
+
+
+def test_learned_temperature_gradient():
+    rng = np.random.default_rng(14)
+    s = rng.uniform(0.0, 2.0, size=(D, D)).astype(np.float32)
+    c = rng.normal(size=(D, D)).astype(np.float32)
+    alpha = np.full((D,), 0.2, np.float32)
+
+    def f(lt):
+        tau = sem.row_temperature(s, mode="learned", tau=1.0, log_tau=lt)
+        return jnp.sum(sem.soft_threshold(s, alpha, tau=tau) * c)
+
+    g = jax.jit(jax.grad(f))(np.float32(0.1))
+    eps = 1e-3
+    ref = lambda lt: np.sum(ref_soft_threshold(s, alpha, np.exp(lt)) * c)
+    fd = (ref(0.1 + eps) - ref(0.1 - eps)) / (2 * eps)
+    np.testing.assert_allclose(g, fd, rtol=1e-2, atol=1e-4)
+    with pytest.raises(ValueError, match="log_tau"):
+        sem.row_temperature(s, mode="learned", tau=1.0)
+    with pytest.raises(ValueError, match="mode"):
+        sem.row_temperature(s, mode="adaptive", tau=1.0)
+
+
 # ----------------------------------------------------------------------------------------
 # quantile_table
 # ----------------------------------------------------------------------------------------
@@ -410,42 +456,7 @@ def test_quantile_table_gradient(tokens):
 
 
 # ----------------------------------------------------------------------------------------
-# Scores and embeddings
-# ----------------------------------------------------------------------------------------
-
-
-def test_embeddings_gemm_equals_pair_scores_and_reference():
-    rng = np.random.default_rng(6)
-    qv = rng.normal(size=(3, G, D)).astype(np.float32)
-    qt = rng.normal(size=(4, G, D)).astype(np.float32)
-    qt[2] = 0.0  # zero table: norms clamped, score terms 0
-    wv = ref_soft_threshold(rng.uniform(0, 2, (D, D)), np.full(D, 0.2)).astype(
-        np.float32
-    )
-    wt = ref_soft_threshold(rng.uniform(0, 2, (D, D)), np.full(D, 0.5)).astype(
-        np.float32
-    )
-    scores = jax.jit(sem.pair_scores)(qv, qt, wv, wt)
-    e_v = jax.jit(sem.image_embeddings)(qv, wv, wt)
-    e_t = jax.jit(sem.caption_embeddings)(qt, wv, wt)
-    chex.assert_shape(e_v, (3, 2 * G * D))
-    chex.assert_shape(e_t, (4, 2 * G * D))
-    want = ref_pair_scores(qv, qt, wv, wt)
-    np.testing.assert_allclose(scores, want, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(e_v) @ np.asarray(e_t).T, want, atol=1e-5)
-    np.testing.assert_allclose(scores[:, 2], 0.0, atol=1e-7)
-    # gradients (through tables and weights) are finite, also for the zero table
-    grads = jax.jit(
-        jax.grad(lambda a, b, c, d: jnp.sum(sem.pair_scores(a, b, c, d)), (0, 1, 2, 3))
-    )(qv, qt, wv, wt)
-    for gi in grads:
-        assert np.all(np.isfinite(gi))
-    with pytest.raises(ValueError, match="w_t"):
-        sem.image_embeddings(qv, wv, wt[:3])
-
-
-# ----------------------------------------------------------------------------------------
-# x_semantic_tokens and pooled_cosine_embeddings
+# x_semantic_tokens
 # ----------------------------------------------------------------------------------------
 
 
@@ -483,19 +494,6 @@ def test_x_semantic_of_own_table_reconstructs_tokens():
     np.testing.assert_array_equal(got, x)
 
 
-def test_pooled_cosine_embeddings(tokens):
-    x, mask = tokens
-    x = x.astype(jnp.bfloat16)
-    got = jax.jit(sem.pooled_cosine_embeddings)(x, mask)
-    assert got.dtype == jnp.float32
-    want = ref_pooled(np.where(mask[..., None], np.asarray(x, np.float64), 0.0), mask)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    g = jax.jit(jax.grad(lambda z: jnp.sum(sem.pooled_cosine_embeddings(z, mask))))(
-        np.where(mask[..., None], x.astype(np.float32), 0.0)
-    )
-    assert np.all(np.isfinite(g))
-
-
 # ----------------------------------------------------------------------------------------
 # End to end: gradients through the whole semantics pipeline on adversarial inputs
 # ----------------------------------------------------------------------------------------
@@ -511,7 +509,7 @@ def test_pipeline_gradients_are_finite(data):
         s_t = sem.kl_correlation(t_s, tm, v_s, vm, estimator="gaussian")
         w_v, w_t = sem.soft_threshold(s_v, a_v), sem.soft_threshold(s_t, a_t)
         q_v, q_t = sem.quantile_table(v_s, vm, G), sem.quantile_table(t_s, tm, G)
-        scores = sem.pair_scores(q_v, q_t, w_v, w_t)
+        scores = score_lib.pair_scores(q_v, q_t, w_v, w_t)
         v_x = sem.x_semantic_tokens(v_s, vm, q_t, w_v)
         t_x = sem.x_semantic_tokens(t_s, tm, q_v, w_t)
         return (

@@ -1,4 +1,5 @@
-"""CDDS driver: the sharded step on 8 devices equals 1 device; a real tiny run; resume."""
+"""CDDS driver: the sharded step on 8 devices equals 1 device; a real tiny run; resume;
+the score options in the step and the evaluation; the collapse signals."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import json
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdds_jax import train
+from cdds_jax import scores, train
 from xmodal import config as config_lib
 from xmodal import optim, sharding
 
@@ -52,12 +54,17 @@ def test_sharded_loss_and_grads_equal_single_device(tmp_path):
                 ),
                 has_aux=True,
             ),
-            in_shardings=(shardings.params, sharding.data_sharding(mesh), None),
+            in_shardings=(
+                shardings.params,
+                shardings.extra,
+                sharding.data_sharding(mesh),
+                None,
+            ),
             out_shardings=sharding.replicated(mesh),
         )
         rng = jax.device_put(jax.random.PRNGKey(3), sharding.replicated(mesh))
         with jax.transfer_guard("disallow"):
-            out = loss_and_grad(state.params, batch, rng)
+            out = loss_and_grad(state.params, state.extra, batch, rng)
         return jax.device_get(out)
 
     config.unlock()
@@ -78,6 +85,111 @@ def test_sharded_loss_and_grads_equal_single_device(tmp_path):
     assert float(norm(diff)) <= 1e-5 * float(norm(grads1))
 
 
+def _batch(config, tmp_path):
+    data = train.load_data(config, tmp_path, splits=("train", "dev"))
+    source = data.pair_source(data.train)
+    rows = [source[i] for i in range(config.train.batch_size)]
+    return data, {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+OPTIONS = [
+    {},  # today's reading: batch S, fixed tau, cosine
+    {
+        "semantics.w_source": "ema",
+        "semantics.tau_mode": "relative",
+        "semantics.table_compare": "centred",
+        "semantics.table_scale": True,
+    },
+    {
+        "semantics.w_source": "window",
+        "semantics.window_steps": 3,
+        "semantics.tau_mode": "learned",
+        "semantics.table_compare": "level_centred",
+    },
+    {"semantics.w_source": "window", "semantics.table_compare": "w2"},
+    {"ablate.sampling": False},
+]
+
+
+@pytest.mark.parametrize(
+    "options", OPTIONS, ids=lambda o: "-".join(map(str, o.values()))
+)
+def test_step_and_evaluation_share_the_score_function(tmp_path, options):
+    # Without noise the model is deterministic, so the evaluation's embeddings of the
+    # training batch, with the S statistics the step just stored, must reproduce the
+    # step's B x B score matrix (its std, positive mean and mean).
+    config = _tiny(**options, **{"ablate.noise": False})
+    _, local = _batch(config, tmp_path)
+    model = train.build_model(config)
+    mesh = sharding.make_mesh(config.mesh)
+    state, _ = train.create_train_state(
+        config, model, {k: v[:1] for k, v in local.items()}, mesh, steps_per_epoch=3
+    )
+    if options.get("semantics.w_source") == "window":
+        window = config.semantics.window_steps
+        chex.assert_shape(state.extra["S_v_window"], (window, 16, 16))
+    assert ("log_tau" in state.params) == (
+        options.get("semantics.tau_mode") == "learned"
+    )
+    batch = sharding.global_batch(local, mesh)
+    loss, aux = jax.jit(
+        functools.partial(train.compute_loss, model=model, config=config, epoch=0.5)
+    )(state.params, state.extra, batch, jax.random.PRNGKey(0))
+    assert np.isfinite(loss)
+    embed = functools.partial(train._embed_images, model=model, config=config)
+    img = embed(state.params, aux["stats"], batch)
+    embed = functools.partial(train._embed_captions, model=model, config=config)
+    cap = embed(state.params, aux["stats"], batch)
+    got = scores.score_statistics(scores.score_gemm(img, cap))
+    for key in ("score_std", "score_pos", "score_mean", "score_margin"):
+        np.testing.assert_allclose(got[key], aux[key], rtol=1e-4, atol=1e-5)
+
+
+def test_train_step_metrics_and_learned_temperature(tmp_path):
+    config = _tiny(**{"semantics.tau_mode": "learned", "semantics.tau": 0.5})
+    _, local = _batch(config, tmp_path)
+    model = train.build_model(config)
+    mesh = sharding.make_mesh(config.mesh)
+    state, shardings = train.create_train_state(
+        config, model, {k: v[:1] for k, v in local.items()}, mesh, steps_per_epoch=3
+    )
+    np.testing.assert_allclose(state.params["log_tau"], np.log(0.5), rtol=1e-6)
+    step = train.jit_train_step(config, model, shardings, mesh, steps_per_epoch=3)
+    before = float(state.params["log_tau"])
+    state, metrics = step(state, sharding.global_batch(local, mesh))
+    metrics = jax.device_get(metrics)
+    for key in ("score_std", "score_margin", "score_pos", "score_mean", "tau"):
+        assert np.isfinite(metrics[key]), key
+    assert metrics["score_std"] > 0
+    np.testing.assert_allclose(
+        metrics["score_margin"], metrics["score_pos"] - metrics["score_mean"], atol=1e-6
+    )
+    np.testing.assert_allclose(metrics["tau"], 0.5, rtol=1e-5)
+    assert float(state.params["log_tau"]) != before  # it is trained
+    assert int(state.extra["count"]) == 1
+
+
+def test_evaluator_flags_a_constant_score_model_as_degenerate(tmp_path):
+    config = _tiny()
+    data, local = _batch(config, tmp_path)
+    model = train.build_model(config)
+    mesh = sharding.make_mesh(config.mesh)
+    state, _ = train.create_train_state(
+        config, model, {k: v[:1] for k, v in local.items()}, mesh, steps_per_epoch=3
+    )
+    evaluator = train.Evaluator(config, model, mesh, data)
+    healthy = evaluator(state, data.dev, ("full",))["full"]
+    assert healthy["degenerate"] == 0.0 and healthy["score_std"] > config.collapse.floor
+    # Zero weights everywhere: every token, table and embedding is 0, so is every score.
+    zero = state.replace(params=jax.tree_util.tree_map(jnp.zeros_like, state.params))
+    dead = evaluator(zero, data.dev, ("full",))["full"]
+    assert dead["degenerate"] == 1.0
+    assert dead["score_std"] == 0.0 and dead["tie_fraction"] == 1.0
+    # Pessimistic ranks: a constant model ranks every positive last, never first.
+    assert dead["i2t_r1"] == dead["t2i_r1"] == 0.0
+    assert dead["rsum"] == 0.0  # 16 dev images: even R@10 misses
+
+
 def test_train_and_evaluate_then_resume_matches_straight_run(tmp_path):
     # One real run on a tiny config; then the same run stopped part-way and resumed.
     straight = tmp_path / "straight"
@@ -90,6 +202,7 @@ def test_train_and_evaluate_then_resume_matches_straight_run(tmp_path):
     assert saved["selected_on"] == "dev"
     metrics = saved["test"]["full"]
     assert set(metrics) >= {"i2t_r1", "t2i_r1", "rsum", "i2t_medr", "t2i_meanr"}
+    assert set(metrics) >= {"score_std", "tie_fraction", "degenerate"}
     assert 0 <= metrics["rsum"] <= 600
     assert results["steps"] == 30
     # The evaluate entry point scores the same best checkpoint to the same numbers.
