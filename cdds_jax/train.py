@@ -32,7 +32,6 @@ from xmodal.files import cache_dir
 from xmodal.inference import map_source
 from xmodal.state import TrainState, create_sharded
 from xmodal.step import apply_update
-from xmodal.workdir import open_workdir
 
 __all__ = [
     "Data",
@@ -625,17 +624,15 @@ def train_and_evaluate(
         f"CDDS | {len(jax.devices())} devices, mesh {dict(mesh.shape)} | train "
         f"{data.train.num_images} images / {data.train.num_captions} captions"
     )
-    with open_workdir(
-        workdir, config, accept_config_changes=accept_config_changes
-    ) as wd:
-        save_vocab(data, workdir)
-        return run.run_seeds(
-            config,
-            wd,
-            functools.partial(train_seed, data=data, mesh=mesh),
-            summarize_seeds,
-            always_subdirs=False,
-        )
+    return run.run_seeds(
+        config,
+        workdir,
+        functools.partial(train_seed, data=data, mesh=mesh),
+        summarize_seeds,
+        always_subdirs=False,
+        accept_config_changes=accept_config_changes,
+        on_open=lambda wd: save_vocab(data, wd.path),
+    )
 
 
 if __name__ == "__main__":

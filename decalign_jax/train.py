@@ -37,7 +37,6 @@ from xmodal.files import cache_dir
 from xmodal.inference import map_source
 from xmodal.state import TrainState, create_sharded
 from xmodal.step import apply_update
-from xmodal.workdir import open_workdir
 
 __all__ = [
     "build_model",
@@ -403,16 +402,14 @@ def train_and_evaluate(
         f"{sizes} | seq lens {splits['train'].seq_lens} dims "
         f"{splits['train'].feature_dims}"
     )
-    with open_workdir(
-        workdir, config, accept_config_changes=accept_config_changes
-    ) as wd:
-        return run.run_seeds(
-            config,
-            wd,
-            functools.partial(train_seed, splits=splits, mesh=mesh),
-            functools.partial(summarize_seeds, config=config, splits=splits),
-            always_subdirs=True,
-        )
+    return run.run_seeds(
+        config,
+        workdir,
+        functools.partial(train_seed, splits=splits, mesh=mesh),
+        functools.partial(summarize_seeds, config=config, splits=splits),
+        always_subdirs=True,
+        accept_config_changes=accept_config_changes,
+    )
 
 
 if __name__ == "__main__":

@@ -123,18 +123,9 @@ def _config_help(spec: str) -> str:
     if path.is_file():
         doc = ast.get_docstring(ast.parse(path.read_text())) or ""
     config = config_lib.load_config(spec)
-    flat = _flatten(config_lib.config_to_dict(config))
+    flat = config_lib.flatten(config_lib.config_to_dict(config))
     fields = "\n".join(f"  --config.{k}={json.dumps(v)}" for k, v in flat.items())
     return f"{path}:\n{doc}\n\nfields (current values):\n{fields}\n"
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}
 
 
 def _main(

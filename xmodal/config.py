@@ -22,6 +22,7 @@ import ml_collections
 __all__ = [
     "apply_overrides",
     "config_to_dict",
+    "flatten",
     "load_config",
     "save_config",
 ]
@@ -119,6 +120,16 @@ def config_to_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dic
         return repr(value)
 
     return convert(config)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b.c": leaf}`` for a nested mapping (a config as a dict)."""
+    if isinstance(tree, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:

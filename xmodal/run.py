@@ -44,7 +44,7 @@ from xmodal import loop as loop_lib
 from xmodal.checkpoint import Checkpointer, restore_for_eval
 from xmodal.config import config_to_dict
 from xmodal.state import TrainState
-from xmodal.workdir import Workdir
+from xmodal.workdir import Workdir, open_workdir
 from xmodal.writer import MetricWriter
 
 __all__ = [
@@ -403,19 +403,39 @@ def _flat_test(test: Mapping[str, Any]) -> dict[str, dict[str, float]]:
 
 def run_seeds(
     config: ml_collections.ConfigDict,
-    workdir: Workdir,
+    workdir: str | os.PathLike,
     train_seed: Callable[[ml_collections.ConfigDict, pathlib.Path, str], dict],
     summarize: Callable[[Sequence[dict[str, Any]], Sequence[int]], dict[str, Any]],
     *,
     always_subdirs: bool,
+    accept_config_changes: bool = False,
+    on_open: Callable[[Workdir], None] | None = None,
 ) -> dict[str, Any]:
-    """Runs ``train_seed`` for each seed of ``config.seeds`` and summarises them.
+    """Opens ``workdir`` and runs ``train_seed`` for each seed of ``config.seeds``.
 
-    With no ``config.seeds`` and ``always_subdirs`` False, one run trains directly in
-    the workdir. Otherwise each seed trains in ``workdir/seed_<s>/`` and
-    ``summarize(per_seed_results, seeds)`` gives the workdir's results (written to
-    its results file). Rerunning resumes every unfinished seed.
+    The workdir is locked and its config checked (:func:`xmodal.workdir.open_workdir`)
+    before anything is written; ``on_open(workdir)`` then writes what the method
+    keeps beside its runs (e.g. a vocabulary). With no ``config.seeds`` and
+    ``always_subdirs`` False, one run trains directly in the workdir. Otherwise each
+    seed trains in ``workdir/seed_<s>/`` and ``summarize(per_seed_results, seeds)``
+    gives the workdir's results (written to its results file). Rerunning resumes
+    every unfinished seed.
     """
+    with open_workdir(
+        workdir, config, accept_config_changes=accept_config_changes
+    ) as wd:
+        if on_open is not None:
+            on_open(wd)
+        return _run_seeds(config, wd, train_seed, summarize, always_subdirs)
+
+
+def _run_seeds(
+    config: ml_collections.ConfigDict,
+    workdir: Workdir,
+    train_seed: Callable[[ml_collections.ConfigDict, pathlib.Path, str], dict],
+    summarize: Callable[[Sequence[dict[str, Any]], Sequence[int]], dict[str, Any]],
+    always_subdirs: bool,
+) -> dict[str, Any]:
     seeds = [int(s) for s in (config.get("seeds") or ())]
     name = workdir.results_name()
     if not seeds and not always_subdirs:

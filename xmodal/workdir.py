@@ -80,15 +80,6 @@ EVAL_KEYS: tuple[str, ...] = (
 _LOCK = ".lock"
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, Mapping):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
 def _matches(key: str, names: tuple[str, ...]) -> bool:
     return any(key == n or key.startswith(n + ".") for n in names)
 
@@ -127,7 +118,7 @@ class ConfigDiff:
 
 def config_diff(stored: Mapping[str, Any], new: Mapping[str, Any]) -> ConfigDiff:
     """The keys whose JSON values differ between two config dicts."""
-    a, b = _flatten(stored), _flatten(new)
+    a, b = config_lib.flatten(stored), config_lib.flatten(new)
     absent = "<absent>"
     changed = {
         k: (a.get(k, absent), b.get(k, absent))
