@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import sys
@@ -148,6 +149,9 @@ def _main(
 
         # grain worker processes read absl flags; nothing here parses them.
         flags.FLAGS.mark_as_parsed()
+        # Library chatter (orbax's "waiting for previous save", backend probing) is
+        # not the run's output; errors still surface as exceptions.
+        logging.getLogger("absl").setLevel(logging.ERROR)
         from xmodal import config as config_lib
         from xmodal import sharding
 
