@@ -101,7 +101,12 @@ def check_folder(path: str | pathlib.Path, field: str, kind: str) -> pathlib.Pat
             if name
             else f"a Hugging Face {kind} checkpoint"
         )
-        state = "not set" if not str(path) else f"{str(folder)!r} has no config.json"
+        if not str(path):
+            state = "not set"
+        elif not folder.is_dir():
+            state = f"folder {str(folder)!r} not found"
+        else:
+            state = f"{str(folder)!r} has no config.json"
         raise FileNotFoundError(
             f"config.{field}: {state}: put {what} there (config.json + "
             f"model.safetensors{' + vocab.txt' if kind == 'bert' else ''}; nothing is "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -41,6 +41,8 @@ __all__ = [
     "create_train_state",
     "jit_train_step",
     "load_data",
+    "make_init",
+    "model_rngs",
     "save_vocab",
     "summarize_seeds",
     "train_and_evaluate",
@@ -118,20 +120,15 @@ def init_extra(dim: int) -> dict[str, jax.Array]:
     }
 
 
-def create_train_state(
+def make_init(
     config: ml_collections.ConfigDict,
     model: CDDSModel,
     example: Mapping[str, np.ndarray],
-    mesh: jax.sharding.Mesh,
     *,
     steps_per_epoch: int,
-    pretrained: Mapping[str, Any] | None = None,
-) -> tuple[TrainState, Any]:
-    """A fresh state created directly with its shardings; returns (state, shardings).
-
-    ``pretrained`` (:func:`cdds_jax.encoders.pretrained_params`) replaces the random
-    backbone parameters; it is an argument of the jitted init, not a constant.
-    """
+) -> Callable[..., TrainState]:
+    """``init(pretrained=None) -> TrainState``: a fresh state; ``pretrained``
+    (:func:`cdds_jax.encoders.pretrained_params`) replaces the random backbones."""
     images = jnp.zeros((1, *example["image"].shape[1:]), jnp.float32)
     text = text_input(example)
     text = jnp.zeros((1, *text.shape[1:]), text.dtype)
@@ -155,6 +152,23 @@ def create_train_state(
             params=params, tx=tx, rng=state_rng, extra=init_extra(config.model.dim)
         )
 
+    return init
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict,
+    model: CDDSModel,
+    example: Mapping[str, np.ndarray],
+    mesh: jax.sharding.Mesh,
+    *,
+    steps_per_epoch: int,
+    pretrained: Mapping[str, Any] | None = None,
+) -> tuple[TrainState, Any]:
+    """A fresh state created directly with its shardings; returns (state, shardings).
+
+    ``pretrained`` is an argument of the jitted init, not a constant in the program.
+    """
+    init = make_init(config, model, example, steps_per_epoch=steps_per_epoch)
     args = (dict(pretrained),) if pretrained else ()
     return create_sharded(init, mesh, config.sharding_rules, args=args)
 

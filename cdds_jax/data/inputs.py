@@ -239,6 +239,8 @@ def load_data(
     """
     from xmodal.backbones import load_tokenizer
 
+    # The checkpoint folders first: a missing one is named before any data is read.
+    found = encoders.load_backbones(config)
     opened: dict[str, Split | None] = {}
     for role in ("train", "dev", "test"):
         name = config.data[f"{role}_split"]
@@ -247,7 +249,6 @@ def load_data(
     # surface as a shape error at the first evaluation).
     check_compatible(opened)
     _, text_kind = encoders.encoder_kinds(config)
-    found = encoders.load_backbones(config)
     text_mode = {"bigru": "tokens", "bert": "ids"}.get(text_kind, "features")
     vocab = tokenizer = None
     max_words: int | None = None
