@@ -162,7 +162,12 @@ class Data:
             return None
         key = (str(split.root), split.split)
         if key not in self._tables:
-            assert self.max_words is not None and split.captions is not None
+            if split.captions is None:
+                raise ValueError(
+                    f"{split.root} [{split.split}]: model.text_encoder='bert' needs "
+                    f"caption text (captions.txt), the split has {sorted(split.files)}"
+                )
+            assert self.max_words is not None
             table = TokenTable.encode(split.captions, self.tokenizer, self.max_words)
             self._tables[key] = table
             if table.num_full and jax.process_index() == 0:
