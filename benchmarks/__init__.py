@@ -15,7 +15,9 @@ measured thing, each with its ``measure`` and ``render``:
   sizes against their GEMM floor and against argsort ranks;
 - ``decalign``: the DecAlign train step at MOSI and MOSEI shapes and the shares of EM +
   Sinkhorn and of dropout RNG;
-- ``kernels``: each library kernel against its naive form, same inputs, same run.
+- ``kernels``: each library kernel against its naive form, same inputs, same run;
+- ``cdds_backbones``: the CDDS step through ViT-B/16 + BERT-base (bf16 / remat
+  options) and the image pipeline's images/s beside it.
 
 Shared by all of them: ``settings`` (sizes per mode), ``timing`` (the one timing loop),
 ``memory`` (step memory and its growth), ``steps`` (compile + time a donated train step),
@@ -26,6 +28,7 @@ docstring says how to add a section.
 """
 
 __all__ = [
+    "cdds_backbones",
     "cdds_eval",
     "cdds_flops",
     "cdds_setup",

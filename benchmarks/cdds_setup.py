@@ -23,6 +23,7 @@ from configs import flickr
 __all__ = [
     "BUILT_BY",
     "STEPS_PER_EPOCH",
+    "backbone_config",
     "build_model",
     "config",
     "create_state",
@@ -30,6 +31,7 @@ __all__ = [
     "jit_step",
     "kl_chunk_size",
     "random_batch",
+    "random_pixels_batch",
 ]
 
 #: How the measured step is built, as BENCHMARKS.md says it (follows the calls below).
@@ -86,7 +88,7 @@ def random_batch(s: CddsSizes, batch: int, seed: int = 0) -> dict[str, np.ndarra
 
 
 def build_model(config: ml_collections.ConfigDict) -> Any:
-    """The driver's model for ``config`` (precomputed features: no vocabulary)."""
+    """The driver's model for ``config`` (no BiGRU vocabulary)."""
     return cdds_train.build_model(config)
 
 
@@ -112,3 +114,46 @@ def jit_step(
     return cdds_train.jit_train_step(
         config, model, shardings, mesh, steps_per_epoch=STEPS_PER_EPOCH
     )
+
+
+# -- With backbones (section cdds_backbones) -------------------------------------------
+
+
+def backbone_config(
+    s: CddsSizes,
+    batch: int,
+    *,
+    image_backbone: str,
+    text_backbone: str,
+    text_tokens: int,
+    model: Mapping[str, Any] | None = None,
+) -> ml_collections.ConfigDict:
+    """:func:`config` with a ViT image encoder and a BERT text encoder read from the
+    checkpoint folders given (random weights written by the benchmark)."""
+    c = config(s, batch, model)
+    c.model.image_encoder = "vit"
+    c.model.text_encoder = "bert"
+    c.model.image_backbone_path = image_backbone
+    c.model.text_backbone_path = text_backbone
+    c.model.backbone_dropout = True  # as the paper rows train (LAPS: train mode)
+    c.data.max_words = text_tokens
+    return c
+
+
+def random_pixels_batch(
+    batch: int, image_size: int, text_tokens: int, vocab: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """The driver's batch format with image backbones: uint8 pixels, BERT ids (CLS
+    first, SEP last; lengths uniform in ``[L / 2, L]``) and their mask."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(max(3, text_tokens // 2), text_tokens + 1, size=batch)
+    mask = np.arange(text_tokens)[None, :] < lengths[:, None]
+    ids = rng.integers(min(1000, vocab // 2), vocab, (batch, text_tokens), np.int32)
+    ids[:, 0] = 101
+    ids[np.arange(batch), lengths - 1] = 102
+    return {
+        "image": rng.integers(0, 256, (batch, image_size, image_size, 3), np.uint8),
+        "image_id": np.arange(batch, dtype=np.int32),
+        "tokens": np.where(mask, ids, 0).astype(np.int32),
+        "text_mask": mask,
+    }

@@ -43,6 +43,7 @@ import jax
 import numpy as np
 
 from benchmarks import (
+    cdds_backbones,
     cdds_eval,
     cdds_train,
     ceilings,
@@ -88,6 +89,7 @@ SECTION_MODULES: tuple[Section, ...] = (
     cdds_eval,
     decalign,
     kernels,
+    cdds_backbones,
 )
 #: Their names (``--sections``, keys of ``benchmarks.json``), in the same order.
 SECTIONS: tuple[str, ...] = tuple(m.NAME for m in SECTION_MODULES)

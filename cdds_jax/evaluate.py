@@ -19,10 +19,9 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
-from cdds_jax import data as data_lib
 from cdds_jax import retrieval, train
+from cdds_jax.data import inputs
 from xmodal import run, sharding
 from xmodal.checkpoint import restore_for_eval
 from xmodal.workdir import check_trained_with, evaluation_name
@@ -44,12 +43,9 @@ def evaluate(
     mesh = sharding.make_mesh(config.mesh)
     run.check_batch_sizes(config, mesh)
     data = train.load_data(config, workdir, splits=())
-    target_split = data_lib.read_split(
-        config.data.format, train.data_root(config), split_name
-    )
+    target_split = inputs.read_config_split(config, split_name)
     model = train.build_model(config, len(data.vocab) if data.vocab else 0)
-    example = data.pair_source(target_split)[0]
-    example = {k: np.asarray(v)[None] for k, v in example.items()}
+    example = data.example(target_split)
     evaluator = train.Evaluator(config, model, mesh, data)
     protocols = (
         tuple(config.data.test_protocols)

@@ -1,8 +1,12 @@
-"""CDDS model: token encoders and the dual-path UNet decoupler (spec/cdds.md 1-2).
+"""CDDS model: token encoders and the dual-path UNet decoupler (docs/cdds.md §3).
 
-Shapes: images ``[B, P, D_v]`` -> tokens ``[B, P, d]``; captions ``[B, L, D_t]``
-(stored features) or ``[B, L]`` word ids (``bigru``) -> ``[B, L, d]`` with a
-``[B, L]`` mask. Each modality has its own decoupler (separate weights):
+Shapes: images ``[B, P, D_v]`` (stored features) or ``[B, S, S, 3]`` uint8 pixels
+(``vit`` / ``swin`` / ``clip`` backbones, which give the ``[B, P, D_v]`` tokens) ->
+tokens ``[B, P, d]``; captions ``[B, L, D_t]`` (stored features), ``[B, L]`` word ids
+(``bigru``) or ``[B, L]`` WordPiece ids (``bert``) -> ``[B, L, d]`` with a ``[B, L]``
+mask. Backbone tokens go through the same projections as stored features
+(``image_proj``, ``text_proj``; docs/cdds.md §3.4). Each modality has its own decoupler
+(separate weights):
 
     h0 = x, h1 = Enc1(h0), h2 = Enc2(h1)
     h^(k) = LN(h2) + sigma * eps^(k),  k = 1..z    (training; sigma = 0, z = 1 at eval)
@@ -149,15 +153,25 @@ class TextGRU(nn.Module):
 
 
 class CDDSModel(nn.Module):
-    """Projections / text encoder, one decoupler per modality, learned CDDS scalars.
+    """Encoders and projections, one decoupler per modality, learned CDDS scalars.
 
     Parameters outside the encoders: ``alpha_v``, ``alpha_t`` ``[d]`` (soft-threshold
     rows, init ``alpha_init``), ``w_s``, ``w_m`` (reconstruction weights, init 1) and,
     with ``log_tau_init`` set (``semantics.tau_mode="learned"``), the scalar ``log_tau``.
+    Backbone parameters live under ``image_backbone/`` and ``text_backbone/`` (the
+    names the 0.1x learning-rate group matches).
 
     Attributes:
       dim: d. num_heads, mlp_ratio: decoupler blocks.
-      text_encoder: ``precomputed`` (Dense on stored features) or ``bigru``.
+      image_encoder: ``features`` (Dense on stored features) or the backbone kind
+        (``vit``, ``swin``, ``clip``) of ``image_backbone``.
+      text_encoder: ``features`` (Dense on stored features; ``precomputed`` is read as
+        ``features``), ``bigru`` or ``bert`` (``text_backbone``).
+      image_backbone, text_backbone: the backbone modules (:mod:`cdds_jax.encoders`).
+      pixel_mean, pixel_std: per-channel normalisation of [0, 1] pixels (the image
+        backbone's: ImageNet or CLIP).
+      backbone_dropout: the backbones' own dropout (their checkpoint's rates) in
+        training, as LAPS fine-tunes them in train mode (rng stream ``dropout``).
       vocab_size, word_dim: for ``bigru``.
       decouple: False = ablation "w/o Dec." (x^s = x, no UNet, no x^m).
       num_samples, sigma: decoupler noise (z, sigma).
@@ -168,7 +182,13 @@ class CDDSModel(nn.Module):
     dim: int = 512
     num_heads: int = 8
     mlp_ratio: int = 4
-    text_encoder: str = "precomputed"
+    image_encoder: str = "features"
+    text_encoder: str = "features"
+    image_backbone: nn.Module | None = None
+    text_backbone: nn.Module | None = None
+    pixel_mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    pixel_std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    backbone_dropout: bool = False
     vocab_size: int = 0
     word_dim: int = 300
     decouple: bool = True
@@ -180,8 +200,18 @@ class CDDSModel(nn.Module):
     dtype: Any = jnp.float32
 
     def setup(self) -> None:
+        if (self.image_encoder == "features") != (self.image_backbone is None):
+            raise ValueError(
+                f"model.image_encoder={self.image_encoder!r} needs "
+                f"{'no' if self.image_encoder == 'features' else 'an'} image backbone"
+            )
+        if (self.text_encoder == "bert") != (self.text_backbone is not None):
+            raise ValueError(
+                f"model.text_encoder={self.text_encoder!r}: a text backbone goes with "
+                "'bert' only"
+            )
         self.image_proj = nn.Dense(self.dim, dtype=self.dtype)
-        if self.text_encoder == "precomputed":
+        if self.text_encoder in ("features", "precomputed", "bert"):
             self.text_proj = nn.Dense(self.dim, dtype=self.dtype)
         elif self.text_encoder == "bigru":
             if self.vocab_size <= 0:
@@ -192,7 +222,7 @@ class CDDSModel(nn.Module):
         else:
             raise ValueError(
                 f"model.text_encoder: unknown {self.text_encoder!r} "
-                "(known: precomputed, bigru)"
+                "(known: features, bigru, bert)"
             )
         if self.decouple:
             kwargs = dict(
@@ -223,8 +253,20 @@ class CDDSModel(nn.Module):
         s, m = decoupler(x, mask, train=train)
         return {"x": x, "s": s, "m": m, "mask": mask}
 
+    def _dropout(self, train: bool) -> bool:
+        """``deterministic`` for the backbones."""
+        return not (train and self.backbone_dropout)
+
     def encode_image(self, images: Array, *, train: bool) -> dict[str, Array]:
-        """``images [B, P, D_v]`` -> dict of ``x``, ``s``, ``m`` ``[B, P, d]``, ``mask``."""
+        """``images [B, P, D_v]`` features or ``[B, S, S, 3]`` pixels (0-255) -> dict
+        of ``x``, ``s``, ``m`` ``[B, P, d]``, ``mask``."""
+        if self.image_backbone is not None:
+            mean = jnp.asarray(self.pixel_mean, jnp.float32) * 255.0
+            std = jnp.asarray(self.pixel_std, jnp.float32) * 255.0
+            pixels = (images.astype(jnp.float32) - mean) / std
+            images = self.image_backbone(
+                pixels.astype(self.dtype), deterministic=self._dropout(train)
+            )
         x = self.image_proj(images.astype(self.dtype))
         mask = jnp.ones(x.shape[:2], bool)
         return self._decouple(
@@ -234,10 +276,16 @@ class CDDSModel(nn.Module):
     def encode_text(self, text: Array, mask: Array, *, train: bool) -> dict[str, Array]:
         """Features ``[B, L, D_t]`` or ids ``[B, L]`` + ``mask [B, L]`` -> token dict."""
         mask = mask.astype(bool)
-        if self.text_encoder == "precomputed":
-            x = self.text_proj(text.astype(self.dtype))
-        else:
+        if self.text_encoder == "bigru":
             x = self.text_gru(text, mask)
+        else:
+            if self.text_backbone is not None:
+                text = self.text_backbone(
+                    text.astype(jnp.int32),
+                    mask.astype(jnp.int32),
+                    deterministic=self._dropout(train),
+                )
+            x = self.text_proj(text.astype(self.dtype))
         x = x * mask[..., None].astype(x.dtype)
         return self._decouple(
             self.text_decoupler if self.decouple else None, x, mask, train

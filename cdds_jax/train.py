@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -23,12 +23,12 @@ import ml_collections
 import numpy as np
 
 from cdds_jax import data as data_lib
-from cdds_jax import kl_statistics, losses, retrieval, scores, semantics
+from cdds_jax import encoders, kl_statistics, losses, retrieval, scores, semantics
+from cdds_jax.data import inputs
 from cdds_jax.model import CDDSModel
 from xmodal import layers, optim, run, sharding
 from xmodal import loop as loop_lib
 from xmodal import step as step_lib
-from xmodal.files import cache_dir
 from xmodal.inference import map_source
 from xmodal.state import TrainState, create_sharded
 from xmodal.step import apply_update
@@ -40,6 +40,8 @@ __all__ = [
     "create_train_state",
     "jit_train_step",
     "load_data",
+    "make_init",
+    "model_rngs",
     "objective_options",
     "save_vocab",
     "score_options",
@@ -55,119 +57,13 @@ __all__ = [
 # =====================================================================================
 
 
-class Data:
-    """The splits of a run, its text mode and (bigru) vocabulary."""
-
-    def __init__(
-        self,
-        train: data_lib.RetrievalSplit | None,
-        dev: data_lib.RetrievalSplit | None,
-        test: data_lib.RetrievalSplit | None,
-        text_mode: str,
-        vocab: data_lib.Vocabulary | None,
-        max_words: int | None,
-    ) -> None:
-        self.train, self.dev, self.test = train, dev, test
-        self.text_mode, self.vocab, self.max_words = text_mode, vocab, max_words
-
-    def pair_source(self, split: data_lib.RetrievalSplit) -> data_lib.PairSource:
-        return data_lib.PairSource(
-            split, text=self.text_mode, vocab=self.vocab, max_words=self.max_words
-        )
-
-    def caption_source(self, split: data_lib.RetrievalSplit) -> data_lib.CaptionSource:
-        return data_lib.CaptionSource(
-            split, text=self.text_mode, vocab=self.vocab, max_words=self.max_words
-        )
-
-
-def data_root(config: ml_collections.ConfigDict) -> pathlib.Path:
-    """``data.root``, or the synthetic store (written on first use) for demo configs."""
-    syn = config.data.synthetic
-    if syn.enabled:
-        from cdds_jax.data import synthetic
-
-        return synthetic.ensure_demo_store(
-            cache_dir() / "cdds",
-            seed=syn.seed,
-            num_images={
-                "train": syn.num_train,
-                "dev": syn.num_dev,
-                "test": syn.num_test,
-            },
-            num_tokens=syn.num_tokens,
-            image_dim=syn.image_dim,
-            text_dim=syn.text_dim,
-            max_words=syn.max_words,
-            num_concepts=syn.num_concepts,
-            concepts_per_image=syn.concepts_per_image,
-            noise=syn.noise,
-            colour_scale=syn.colour_scale,
-            syntax_scale=syn.syntax_scale,
-        )
-    root = pathlib.Path(config.data.root).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"config.data.root: data folder {str(root)!r} not found. Put the "
-            f"{config.data.format!r} files there or pass --config.data.root=... (README "
-            "'Real data'), or use a :demo config"
-        )
-    return root
-
-
-def load_data(
-    config: ml_collections.ConfigDict, workdir: pathlib.Path, *, splits: Sequence[str]
-) -> Data:
-    """Opens the requested splits (``train``/``dev``/``test``) and the vocabulary.
-
-    The bigru vocabulary is ``workdir/vocab.json`` when it exists (resume, evaluate);
-    otherwise it is built from the training captions and :func:`save_vocab` writes it.
-    """
-    root = data_root(config)
-    opened: dict[str, data_lib.RetrievalSplit | None] = {}
-    for role in ("train", "dev", "test"):
-        name = config.data[f"{role}_split"]
-        opened[role] = (
-            data_lib.read_split(config.data.format, root, name)
-            if role in splits
-            else None
-        )
-    # Dimensions across splits, before any training (a mismatch would otherwise
-    # surface as a shape error at the first evaluation).
-    data_lib.check_compatible({k: v for k, v in opened.items() if v is not None})
-    text_mode = "tokens" if config.model.text_encoder == "bigru" else "features"
-    vocab = None
-    max_words: int | None = None
-    if text_mode == "tokens":
-        max_words = int(config.data.max_words)
-        vocab_path = workdir / "vocab.json"
-        if vocab_path.exists():
-            vocab = data_lib.Vocabulary.load(vocab_path)
-        else:
-            # Built here, saved by the driver once the workdir is open (nothing is
-            # written into a workdir before its lock and config check).
-            train = opened["train"] or data_lib.read_split(
-                config.data.format, root, config.data.train_split
-            )
-            if train.captions is None:
-                raise ValueError(
-                    f"{train.root}: model.text_encoder='bigru' needs caption text "
-                    "(captions.txt / {split}_caps.txt) in the training split"
-                )
-            vocab = data_lib.Vocabulary.build(
-                train.captions, min_count=int(config.data.vocab_min_count)
-            )
-    return Data(
-        opened["train"], opened["dev"], opened["test"], text_mode, vocab, max_words
-    )
-
-
-def save_vocab(data: Data, workdir: pathlib.Path) -> None:
-    """Writes ``workdir/vocab.json`` once (process 0; atomically, so other processes
-    of a multi-host job never read it half written)."""
-    path = workdir / "vocab.json"
-    if data.vocab is not None and not path.exists() and jax.process_index() == 0:
-        data.vocab.save(path)
+# The run's splits, sources and training transform come from cdds_jax/data/inputs.py
+# (stored features, or image files decoded and augmented in the input pipeline);
+# re-exported here because the driver is what tests and scripts reach for.
+Data = inputs.Data
+data_root = inputs.data_root
+load_data = inputs.load_data
+save_vocab = inputs.save_vocab
 
 
 # =====================================================================================
@@ -176,15 +72,25 @@ def save_vocab(data: Data, workdir: pathlib.Path) -> None:
 
 
 def build_model(config: ml_collections.ConfigDict, vocab_size: int = 0) -> CDDSModel:
-    """The CDDS model of ``config`` (ablation switches applied)."""
+    """The CDDS model of ``config`` (ablation switches applied; backbones built from
+    their checkpoint folders' ``config.json``, docs/cdds.md §3.4)."""
     m = config.model
     sigma = m.sigma if config.ablate.noise else 0.0
     layers.warn_if_remat_ineffective(m.remat)
+    image_kind, text_kind = encoders.encoder_kinds(config)
+    found = encoders.load_backbones(config)
+    mean, std = found.pixel_mean_std
     return CDDSModel(
         dim=m.dim,
         num_heads=m.num_heads,
         mlp_ratio=m.mlp_ratio,
-        text_encoder=m.text_encoder,
+        image_encoder=image_kind,
+        text_encoder=text_kind,
+        image_backbone=found.image_module,
+        text_backbone=found.text_module,
+        pixel_mean=mean,
+        pixel_std=std,
+        backbone_dropout=bool(m.backbone_dropout),
         vocab_size=vocab_size,
         word_dim=m.word_dim,
         decouple=config.ablate.decouple,
@@ -201,6 +107,11 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int = 0) -> CDDSM
     )
 
 
+def model_rngs(rng: jax.Array) -> dict[str, jax.Array]:
+    """The model's PRNG streams: bottleneck ``noise``, backbone ``dropout``."""
+    return {"noise": rng, "dropout": jax.random.fold_in(rng, 1)}
+
+
 def text_input(batch: Mapping[str, jax.Array]) -> jax.Array:
     """The caption input of a batch: stored features or word ids."""
     return batch["text"] if "text" in batch else batch["tokens"]
@@ -214,6 +125,41 @@ def init_extra(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
     return kl_statistics.init_statistics(config.model.dim, window_steps=window)
 
 
+def make_init(
+    config: ml_collections.ConfigDict,
+    model: CDDSModel,
+    example: Mapping[str, np.ndarray],
+    *,
+    steps_per_epoch: int,
+) -> Callable[..., TrainState]:
+    """``init(pretrained=None) -> TrainState``: a fresh state; ``pretrained``
+    (:func:`cdds_jax.encoders.pretrained_params`) replaces the random backbones."""
+    images = jnp.zeros((1, *example["image"].shape[1:]), jnp.float32)
+    text = text_input(example)
+    text = jnp.zeros((1, *text.shape[1:]), text.dtype)
+    text_mask = jnp.ones((1, example["text_mask"].shape[1]), bool)
+
+    def init(weights: Mapping[str, Any] | None = None) -> TrainState:
+        rng = jax.random.PRNGKey(config.seed)
+        params_rng, noise_rng, state_rng = jax.random.split(rng, 3)
+        variables = model.init(
+            {"params": params_rng, **model_rngs(noise_rng)},
+            images,
+            text,
+            text_mask,
+            train=True,
+        )
+        params = variables["params"]
+        if weights:
+            params = encoders.merge_pretrained(params, dict(weights))
+        tx = optim.make_optimizer(config.optim, params, steps_per_epoch=steps_per_epoch)
+        return TrainState.create(
+            params=params, tx=tx, rng=state_rng, extra=init_extra(config)
+        )
+
+    return init
+
+
 def create_train_state(
     config: ml_collections.ConfigDict,
     model: CDDSModel,
@@ -221,30 +167,15 @@ def create_train_state(
     mesh: jax.sharding.Mesh,
     *,
     steps_per_epoch: int,
+    pretrained: Mapping[str, Any] | None = None,
 ) -> tuple[TrainState, Any]:
-    """A fresh state created directly with its shardings; returns (state, shardings)."""
-    images = jnp.zeros((1, *example["image"].shape[1:]), jnp.float32)
-    text = text_input(example)
-    text = jnp.zeros((1, *text.shape[1:]), text.dtype)
-    text_mask = jnp.ones((1, example["text_mask"].shape[1]), bool)
+    """A fresh state created directly with its shardings; returns (state, shardings).
 
-    def init() -> TrainState:
-        rng = jax.random.PRNGKey(config.seed)
-        params_rng, noise_rng, state_rng = jax.random.split(rng, 3)
-        variables = model.init(
-            {"params": params_rng, "noise": noise_rng},
-            images,
-            text,
-            text_mask,
-            train=True,
-        )
-        params = variables["params"]
-        tx = optim.make_optimizer(config.optim, params, steps_per_epoch=steps_per_epoch)
-        return TrainState.create(
-            params=params, tx=tx, rng=state_rng, extra=init_extra(config)
-        )
-
-    return create_sharded(init, mesh, config.sharding_rules)
+    ``pretrained`` is an argument of the jitted init, not a constant in the program.
+    """
+    init = make_init(config, model, example, steps_per_epoch=steps_per_epoch)
+    args = (dict(pretrained),) if pretrained else ()
+    return create_sharded(init, mesh, config.sharding_rules, args=args)
 
 
 # =====================================================================================
@@ -328,7 +259,7 @@ def compute_loss(
         text_input(batch),
         batch["text_mask"],
         train=True,
-        rngs={"noise": rng},
+        rngs=model_rngs(rng),
     )
     if options.sampling:
         kl = functools.partial(
@@ -505,7 +436,7 @@ class Evaluator:
         kw = dict(mesh=self.mesh, batch_size=ec.batch_size, num_threads=threads)
         img = map_source(
             functools.partial(self.embed_images, state.params, state.extra),
-            data_lib.ImageSource(split),
+            self.data.image_source(split),
             **kw,
         )
         cap = map_source(
@@ -562,7 +493,7 @@ def train_seed(
     assert data.train is not None and data.dev is not None and data.test is not None
     model = build_model(config, len(data.vocab) if data.vocab else 0)
     source = data.pair_source(data.train)
-    example = {k: np.asarray(v)[None] for k, v in source[0].items()}
+    example = data.example(data.train)
     evaluator = Evaluator(config, model, mesh, data)
     on_test = bool(config.eval.select_on_test)
     select_split = data.test if on_test else data.dev
@@ -578,8 +509,15 @@ def train_seed(
     method = run.Method(
         name="CDDS" if not config.get("seeds") else f"CDDS seed {config.seed}",
         train_source=source,
+        # Fresh runs start from the checkpoint weights of the backbones; a resumed run
+        # overwrites them with its own checkpoint.
         init_state=lambda spe: create_train_state(
-            config, model, example, mesh, steps_per_epoch=spe
+            config,
+            model,
+            example,
+            mesh,
+            steps_per_epoch=spe,
+            pretrained=encoders.pretrained_params(encoders.load_backbones(config)),
         ),
         make_step=lambda shardings, spe: jit_train_step(
             config, model, shardings, mesh, steps_per_epoch=spe
@@ -600,6 +538,7 @@ def train_seed(
         curve_keys=("loss", "l_s", "l_m", "l_f", "l_x"),
         collapse=collapse,
         worker_count=int(config.data.worker_count),
+        train_transform=data.train_transform(),
     )
     return run.train(config, path, method, mesh, results_name=results_name)
 

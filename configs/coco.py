@@ -11,6 +11,30 @@ caption -> image index (25,010 captions, or 25,000 in the SCAN/LAPS files); both
 
 Arguments: ``demo`` (synthetic store, minutes on a CPU), ``tiny`` (tests),
 ``scan`` (SCAN precomp layout: ``testall_ims.npy`` / ``testall_caps.txt``, BiGRU text).
+
+The paper's rows (fine-tuned image backbone + BERT-base on the LAPS files in
+``data/coco`` with the images under ``data/coco-images/{train2014,val2014}``; each
+names its checkpoint folder, docs/cdds.md §13):
+
+    python -m cdds_jax.train --config configs/coco.py:swin384 --workdir runs/coco_swin384
+
+- ``vit224``: ``checkpoints/vit-base-patch16-224-in21k`` (google/vit-base-patch16-224-in21k);
+  the paper reports rSum 437.8 on COCO 5K (LAPS 434.4).
+- ``vit384``: ``checkpoints/vit-base-patch16-384`` (google/vit-base-patch16-384); no
+  number is known for this row.
+- ``swin224``: ``checkpoints/swin-base-patch4-window7-224``
+  (microsoft/swin-base-patch4-window7-224); no number is known for this row.
+- ``swin384``: ``checkpoints/swin-base-patch4-window12-384``
+  (microsoft/swin-base-patch4-window12-384); the paper reports rSum 548.6 on COCO 1K
+  (5-fold mean) and 472.1 on COCO 5K (LAPS 544.1 / 470.1).
+- ``clip_vitl``: ``checkpoints/clip-vit-large-patch14`` (openai/clip-vit-large-patch14);
+  a leaderboard entry (backbone attribution uncertain) gives COCO 5K R@1 73.3 (i2t) /
+  57.6 (t2i).
+
+Every row also needs ``checkpoints/bert-base-uncased`` (google-bert/bert-base-uncased).
+With the Karpathy JSON instead of the LAPS files: ``--config.data.format=karpathy
+--config.data.root=data/coco/dataset_coco.json`` (``testall`` reads as ``test``; dev
+is then Karpathy's 5,000-image ``val``).
 """
 
 from __future__ import annotations
@@ -35,8 +59,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.root = "data/coco_precomp"
         c.data.test_split = "testall"
         c.model.text_encoder = "bigru"
+    elif arg in flickr.PAPER_ROWS:
+        c.data.test_split = "testall"  # COCO 5K in the LAPS files
+        flickr.paper_row_overrides(c, arg, image_root="data/coco-images")
     elif arg:
         raise ValueError(
-            f"configs/coco.py: unknown argument {arg!r} (demo, tiny, scan)"
+            f"configs/coco.py: unknown argument {arg!r} (demo, tiny, scan, "
+            f"{', '.join(flickr.PAPER_ROWS)})"
         )
     return c

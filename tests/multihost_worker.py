@@ -177,8 +177,9 @@ def check_lr_factor(state: Any) -> float:
 def check_vocab(workdir: pathlib.Path, steps: int) -> dict[str, Any]:
     """The bigru vocabulary of a multi-process run: written once, read by everyone.
 
-    Every process builds the table while ``vocab.json`` is absent (process 0 also
-    writes it); after a barrier every process reads process 0's file.
+    Every process builds the table while ``vocab.json`` is absent and process 0 saves
+    it (``train.save_vocab``, as the driver does once the workdir is open); after a
+    barrier every process reads process 0's file.
     """
     import hashlib
 
@@ -189,7 +190,10 @@ def check_vocab(workdir: pathlib.Path, steps: int) -> dict[str, Any]:
 
     config = load_config("cdds", steps)
     config_lib.apply_overrides(config, ["model.text_encoder=bigru"])
-    built = train.load_data(config, workdir, splits=("train",)).vocab
+    data = train.load_data(config, workdir, splits=("train",))
+    built = data.vocab
+    workdir.mkdir(parents=True, exist_ok=True)
+    train.save_vocab(data, workdir)
     multihost_utils.sync_global_devices("multihost_worker: vocab written")
     loaded = train.load_data(config, workdir, splits=("train",)).vocab
     assert built is not None and loaded is not None

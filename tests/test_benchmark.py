@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from benchmarks import (
+    cdds_backbones,
     cdds_eval,
     cdds_flops,
     cdds_setup,
@@ -44,6 +45,7 @@ SECTION_TITLES = (
     "## CDDS evaluation",
     "## DecAlign train step",
     "## Naive forms vs library kernels",
+    "## CDDS with backbones",
 )
 
 
@@ -167,6 +169,24 @@ def test_every_section_is_written(tmp_path, monkeypatch):
         row = kernels[key]  # real measurements: the naive forms must agree
         assert row["max_abs_diff"] < 1e-4, key
         assert row["speedup"] > 0
+
+    bb = data["cdds_backbones"]
+    assert [r["batch"] for r in bb["rows"]] == [2, 4]
+    assert [o["option"] for o in bb["options"]] == [
+        n for n, _ in cdds_backbones.OPTIONS
+    ]
+    for row in bb["rows"]:
+        assert row["model_flops"] > 0 and row["images_per_s"] > 0
+    # The per-pair count is the backbones' plus the CDDS head's.
+    b, head = cdds_backbones.sizes_for(
+        settings.mode_settings("smoke", accelerator=False), False
+    )
+    per_pair = sum(cdds_backbones.backbone_flops(b).values()) + sum(
+        c["train_per_pair"] for c in cdds_flops.cdds_flops(head, 2)
+    )
+    assert bb["rows"][0]["model_flops"] == pytest.approx(2 * per_pair)
+    (pipe,) = bb["pipeline"]  # real: decode + augment of small JPEGs in-process
+    assert pipe["workers"] == 0 and pipe["images_per_s"] > 0
 
     md = (tmp_path / "BENCHMARKS.md").read_text()
     for title in SECTION_TITLES:

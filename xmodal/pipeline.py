@@ -4,7 +4,10 @@ A *source* is any picklable object with ``__len__`` and ``__getitem__(i) -> dict
 NumPy arrays`` of identical shapes (the method packages' readers provide them).
 
 Training: ``source -> seeded shuffle (a new permutation every epoch) -> repeat ->
-this process's block of every global batch -> batch(drop_remainder)``. Every process
+[transform] -> this process's block of every global batch -> batch(drop_remainder)``.
+The optional transform (decoding and augmenting images, say) sees each item with its
+epoch, so its randomness can be a pure function of (seed, epoch, item): it runs
+before the per-process split and gives the same global batch on any process layout. Every process
 walks the same global permutation; global batch g is elements ``[gB, (g+1)B)`` of it and
 process p reads rows ``[p B/P, (p+1) B/P)`` of that batch, so the shards are disjoint,
 their union is the global batch, and the global array assembled in process order is the
@@ -30,6 +33,7 @@ import numpy as np
 
 __all__ = [
     "BlockShard",
+    "EpochTransform",
     "PaddedSource",
     "Source",
     "eval_batches",
@@ -44,6 +48,29 @@ class Source(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]: ...
+
+
+class EpochTransform(Protocol):
+    """A per-item training transform that may depend on the epoch (augmentation).
+
+    Must be picklable (it runs in grain worker processes) and deterministic given
+    ``(item, epoch)``; it changes item shapes only to fixed ones.
+    """
+
+    def __call__(
+        self, item: dict[str, np.ndarray], *, epoch: int
+    ) -> dict[str, np.ndarray]: ...
+
+
+class _WithEpoch:
+    """``map_with_index`` adapter: element ``i`` of the repeated dataset is in epoch
+    ``i // length``."""
+
+    def __init__(self, transform: EpochTransform, length: int) -> None:
+        self.transform, self.length = transform, length
+
+    def __call__(self, index: int, item: dict[str, np.ndarray]) -> dict[str, Any]:
+        return self.transform(item, epoch=int(index) // self.length)
 
 
 def local_batch_size(global_batch_size: int) -> int:
@@ -94,6 +121,7 @@ def train_iterator(
     num_threads: int = 4,
     prefetch_batches: int = 4,
     worker_count: int = 0,
+    transform: EpochTransform | None = None,
 ) -> grain.DatasetIterator:
     """An endless, checkpointable iterator of this process's training batches.
 
@@ -104,6 +132,8 @@ def train_iterator(
       num_threads: threads reading items (memory-mapped reads release the GIL).
       prefetch_batches: batches read ahead.
       worker_count: if > 0, read in that many worker processes (``mp_prefetch``).
+      transform: applied to every item with its epoch, before batching (in the
+        worker processes when ``worker_count`` > 0).
 
     Returns:
       A grain iterator over dicts of stacked arrays ``[global_batch / processes, ...]``.
@@ -115,6 +145,8 @@ def train_iterator(
         )
     local = local_batch_size(global_batch_size)
     ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+    if transform is not None:
+        ds = ds.map_with_index(_WithEpoch(transform, len(source)))
     if jax.process_count() > 1:
         ds = BlockShard(
             ds, block=local, index=jax.process_index(), count=jax.process_count()

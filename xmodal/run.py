@@ -93,6 +93,8 @@ class Method:
       progress_keys: train metrics on the progress line.
       collapse: the collapse guard, or None.
       worker_count: grain worker processes for the training input.
+      train_transform: per-item training transform with the epoch (image decoding
+        and augmentation), run by the input pipeline; None for stored features.
     """
 
     name: str
@@ -113,6 +115,7 @@ class Method:
     progress_keys: tuple[str, ...] = ("loss", "lr")
     collapse: loop_lib.CollapseGuard | None = None
     worker_count: int = 0
+    train_transform: pipeline.EpochTransform | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,6 +272,7 @@ def train(
         seed=int(config.seed),
         num_threads=int(config.data.num_threads),
         worker_count=method.worker_count,
+        transform=method.train_transform,
     )
     ckpt = Checkpointer(
         path / "checkpoints", max_to_keep=int(config.train.get("keep_checkpoints", 2))

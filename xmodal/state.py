@@ -60,18 +60,22 @@ class TrainState(struct.PyTreeNode):
 
 
 def create_sharded(
-    init: Callable[[], TrainState],
+    init: Callable[..., TrainState],
     mesh: jax.sharding.Mesh,
     rules: Sequence[tuple[str, Sequence[str | None]]] = (),
+    *,
+    args: Sequence[Any] = (),
 ) -> tuple[TrainState, Any]:
-    """Runs ``init`` once, directly into its shardings; returns ``(state, shardings)``.
+    """Runs ``init(*args)`` once, directly into its shardings; returns ``(state, shardings)``.
 
     The state is first traced abstractly (``jax.eval_shape``), the shardings come from
     the ``(regex, partition)`` rules, and ``init`` is jitted with those output
-    shardings: nothing is created on one device and moved afterwards.
+    shardings: nothing is created on one device and moved afterwards. ``args`` are
+    arrays ``init`` reads (pretrained weights), passed as arguments so that they are
+    not baked into the program as constants.
     """
     from xmodal import sharding
 
-    abstract = jax.eval_shape(init)
+    abstract = jax.eval_shape(init, *args)
     shardings = sharding.param_shardings(abstract, mesh, rules)
-    return jax.jit(init, out_shardings=shardings)(), shardings
+    return jax.jit(init, out_shardings=shardings)(*args), shardings

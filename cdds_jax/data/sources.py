@@ -15,12 +15,14 @@ from typing import Literal
 import numpy as np
 
 from cdds_jax.data.split import RetrievalSplit
-from cdds_jax.data.text import Vocabulary
+from cdds_jax.data.text import TokenTable, Vocabulary
 
 __all__ = ["CaptionSource", "ImageSource", "PairSource", "TextMode"]
 
-#: How captions reach the model: token features from the store, or token ids.
-TextMode = Literal["features", "tokens"]
+#: How captions reach the model: token features from the store, word ids of the
+#: BiGRU vocabulary (``tokens``), or ids of a backbone tokenizer (``ids``, a
+#: :class:`~cdds_jax.data.text.TokenTable` made once per split).
+TextMode = Literal["features", "tokens", "ids"]
 
 
 def _index(i: int, n: int) -> int:
@@ -41,8 +43,18 @@ class _TextFields:
         text: str,
         vocab: Vocabulary | None,
         max_words: int | None,
+        tokens: TokenTable | None = None,
     ):
-        if text == "features":
+        self.tokens = tokens
+        if text == "ids":
+            if tokens is None or len(tokens) != split.num_captions:
+                raise ValueError(
+                    f"{split.root}/{split.split} [captions]: text='ids' needs a "
+                    f"TokenTable of the split's {split.num_captions} captions, got "
+                    f"{None if tokens is None else len(tokens)}"
+                )
+            max_words = tokens.max_length
+        elif text == "features":
             if split.caption_features is None:
                 raise ValueError(
                     f"{split.root}/{split.split} [caption_features]: text='features' needs "
@@ -67,7 +79,9 @@ class _TextFields:
                     f"max_words: expected >= 2 (<start>, <end>), got {max_words}"
                 )
         else:
-            raise ValueError(f"text: expected 'features' or 'tokens', got {text!r}")
+            raise ValueError(
+                f"text: expected 'features', 'tokens' or 'ids', got {text!r}"
+            )
         if max_words < 1:
             raise ValueError(f"max_words: expected >= 1, got {max_words}")
         self.split = split
@@ -77,6 +91,10 @@ class _TextFields:
 
     def __call__(self, i: int) -> dict[str, np.ndarray]:
         length_axis = np.arange(self.max_words)
+        if self.text == "ids":
+            assert self.tokens is not None
+            n = int(self.tokens.lengths[i])
+            return {"tokens": self.tokens.ids[i], "text_mask": length_axis < n}
         if self.text == "tokens":
             ids, n = self.vocab.encode(self.split.captions[i], self.max_words)
             return {"tokens": ids, "text_mask": length_axis < n}
@@ -99,7 +117,8 @@ class PairSource:
       ``caption_to_image[i]``), ``index`` int64 [] (= i), and either ``text`` float32
       [L, D_t] + ``text_mask`` bool [L] (``text="features"``; L = ``max_words`` or the
       store's L_max; truncated / zero-padded) or ``tokens`` int32 [L] + ``text_mask``
-      bool [L] (``text="tokens"``; L = ``max_words``, required, with ``vocab``).
+      bool [L] (``text="tokens"``; L = ``max_words``, required, with ``vocab``; or
+      ``text="ids"`` with ``tokens``, a backbone tokenizer's table, L its length).
     """
 
     def __init__(
@@ -109,9 +128,10 @@ class PairSource:
         text: TextMode = "features",
         vocab: Vocabulary | None = None,
         max_words: int | None = None,
+        tokens: TokenTable | None = None,
     ):
         self.split = split
-        self._text = _TextFields(split, text, vocab, max_words)
+        self._text = _TextFields(split, text, vocab, max_words, tokens)
 
     def __len__(self) -> int:
         return self.split.num_captions
@@ -160,9 +180,10 @@ class CaptionSource:
         text: TextMode = "features",
         vocab: Vocabulary | None = None,
         max_words: int | None = None,
+        tokens: TokenTable | None = None,
     ):
         self.split = split
-        self._text = _TextFields(split, text, vocab, max_words)
+        self._text = _TextFields(split, text, vocab, max_words, tokens)
 
     def __len__(self) -> int:
         return self.split.num_captions

@@ -404,7 +404,7 @@ _SHARED_DIMS = (
 )
 
 
-def check_compatible(splits: Mapping[str, RetrievalSplit | None]) -> None:
+def check_compatible(splits: Mapping[str, Any]) -> None:
     """Refuses splits that one model cannot read, before anything is trained.
 
     The tokens per image (P), the image feature dim (D_v) and, among splits with
@@ -412,12 +412,14 @@ def check_compatible(splits: Mapping[str, RetrievalSplit | None]) -> None:
     (the model is built from the training split's shapes and evaluated on the others).
 
     Args:
-      splits: role or split name -> split (None entries are skipped).
+      splits: role or split name -> split (None entries and raw splits, whose images
+        are files, are skipped).
 
     Raises:
       ValueError: one line naming both splits, their files and shapes.
     """
-    opened = {k: s for k, s in splits.items() if s is not None}
+    # Raw splits (image files) have no stored dims: the backbone fixes them.
+    opened = {k: s for k, s in splits.items() if isinstance(s, RetrievalSplit)}
     for what, field, get in _SHARED_DIMS:
         having = {k: s for k, s in opened.items() if get(s) is not None}
         if not having:

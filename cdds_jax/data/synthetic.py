@@ -50,7 +50,7 @@ import pathlib
 import shutil
 import tempfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,7 @@ __all__ = [
     "FILLER_WORDS",
     "GENERATOR_VERSION",
     "concept_word",
+    "ensure_cached",
     "ensure_demo_store",
     "write_feature_store",
     "write_scan_precomp",
@@ -465,35 +466,29 @@ def write_scan_precomp(
     return root
 
 
-def ensure_demo_store(cache_dir: str | os.PathLike, **kwargs: Any) -> pathlib.Path:
-    """Writes :func:`write_feature_store` ``(**kwargs)`` once and returns its root.
+def ensure_cached(
+    cache_dir: str | os.PathLike,
+    name: str,
+    spec: Mapping[str, Any],
+    write: Callable[[pathlib.Path], Any],
+) -> pathlib.Path:
+    """``cache_dir/<name>-<hash of spec>``, written once by ``write(folder)``.
 
-    The store lives in ``cache_dir/synthetic-<hash>``, keyed by a hash of the arguments
-    and :data:`GENERATOR_VERSION`. It is written into a temporary folder beside it and
-    renamed into place, so a killed run never leaves a half-written store; later calls
-    (and concurrent writers, whichever renames first) reuse it.
-
-    Args:
-      cache_dir: folder for cached stores (created).
-      **kwargs: keyword arguments of :func:`write_feature_store` (``seed`` required).
+    The folder is written into a temporary folder beside it and renamed into place, so
+    a killed run never leaves a half-written one; later calls (and concurrent writers,
+    whichever renames first) reuse it. ``spec`` (JSON-able) must hold everything the
+    output depends on, its generator version included.
     """
-    if "seed" not in kwargs:
-        raise ValueError("seed: ensure_demo_store needs seed=..., got none")
     cache_dir = pathlib.Path(cache_dir)
-    spec = dict(kwargs)
-    if spec.get("num_images") is not None:
-        spec["num_images"] = {str(k): int(v) for k, v in spec["num_images"].items()}
-    key_src = json.dumps(
-        {"version": GENERATOR_VERSION, **spec}, sort_keys=True, default=str
-    )
+    key_src = json.dumps(dict(spec), sort_keys=True, default=str)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
-    final = cache_dir / f"synthetic-{key}"
+    final = cache_dir / f"{name}-{key}"
     if final.is_dir():
         return final
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-synthetic-{key}-", dir=cache_dir))
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{name}-{key}-", dir=cache_dir))
     try:
-        write_feature_store(tmp, **kwargs)
+        write(tmp)
         (tmp / "generator.json").write_text(key_src + "\n")
         try:
             os.rename(tmp, final)
@@ -504,3 +499,26 @@ def ensure_demo_store(cache_dir: str | os.PathLike, **kwargs: Any) -> pathlib.Pa
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def ensure_demo_store(cache_dir: str | os.PathLike, **kwargs: Any) -> pathlib.Path:
+    """Writes :func:`write_feature_store` ``(**kwargs)`` once and returns its root.
+
+    The store lives in ``cache_dir/synthetic-<hash>``, keyed by a hash of the arguments
+    and :data:`GENERATOR_VERSION` (:func:`ensure_cached`).
+
+    Args:
+      cache_dir: folder for cached stores (created).
+      **kwargs: keyword arguments of :func:`write_feature_store` (``seed`` required).
+    """
+    if "seed" not in kwargs:
+        raise ValueError("seed: ensure_demo_store needs seed=..., got none")
+    spec = dict(kwargs)
+    if spec.get("num_images") is not None:
+        spec["num_images"] = {str(k): int(v) for k, v in spec["num_images"].items()}
+    return ensure_cached(
+        cache_dir,
+        "synthetic",
+        {"version": GENERATOR_VERSION, **spec},
+        lambda folder: write_feature_store(folder, **kwargs),
+    )

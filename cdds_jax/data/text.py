@@ -1,22 +1,28 @@
-"""Text for the trained (BiGRU) text encoder: a tokenizer and a word vocabulary.
+"""Caption text as ids: the BiGRU's word vocabulary, or a backbone tokenizer's table.
 
 The vocabulary is built from the TRAINING captions only (docs/cdds.md, 'Data'); ids
 ``<pad>`` = 0, ``<unk>`` = 1, ``<start>`` = 2, ``<end>`` = 3, then words by count.
+
+:class:`TokenTable` holds a split's captions tokenised ONCE by a backbone tokenizer
+(BERT WordPiece, :func:`xmodal.backbones.load_tokenizer`) at a fixed length, so the
+input pipeline only indexes arrays (docs/cdds.md §12.8).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from xmodal import files
 
-__all__ = ["Vocabulary", "tokenize"]
+__all__ = ["TokenTable", "Vocabulary", "tokenize"]
 
 # Words (letters/digits/underscore, with inner apostrophes: "don't") or single
 # punctuation characters; whitespace separates.
@@ -191,3 +197,45 @@ class Vocabulary:
             return cls(payload["tokens"])
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TokenTable:
+    """Captions tokenised once by a backbone tokenizer.
+
+    Attributes:
+      ids: int32 [N_cap, L]: ``[CLS] w_1 .. w_n [SEP]`` right-padded with the pad id,
+        truncated to L (``[SEP]`` kept last).
+      lengths: int32 [N_cap]: valid ids per caption (the attention mask's sum).
+      source: the tokenizer file (for messages).
+    """
+
+    ids: np.ndarray
+    lengths: np.ndarray
+    source: str
+
+    @classmethod
+    def encode(
+        cls, captions: Sequence[str], tokenizer: Any, max_length: int
+    ) -> TokenTable:
+        """Tokenises ``captions`` with ``tokenizer`` (a
+        :class:`xmodal.backbones.TextTokenizer`) to ``max_length`` ids each."""
+        batch = tokenizer.encode(list(captions), max_length)
+        return cls(
+            ids=np.ascontiguousarray(batch.input_ids, np.int32),
+            lengths=batch.attention_mask.sum(axis=1).astype(np.int32),
+            source=str(tokenizer.source),
+        )
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def max_length(self) -> int:
+        """L, the fixed length."""
+        return int(self.ids.shape[1])
+
+    @property
+    def num_full(self) -> int:
+        """Captions that fill all L ids (truncated, or exactly L long)."""
+        return int(np.sum(self.lengths >= self.max_length))

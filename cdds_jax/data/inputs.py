@@ -1,0 +1,306 @@
+"""From a config to a run's data: splits, caption ids, sources, the training transform.
+
+The driver (``cdds_jax.train``) and the evaluation entry point read their data through
+:func:`load_data`; :class:`Data` hands out the grain sources of each split:
+
+- stored features (``features``, ``scan_precomp``, ``arrayrecord``): image features
+  from the split, captions as features, BiGRU word ids or backbone ids;
+- image files (``karpathy``, ``laps``; docs/cdds.md §12.7-12.8): JPEG bytes decoded
+  and augmented by :class:`~cdds_jax.data.images.TrainImageTransform` in the input
+  pipeline (its worker processes with ``data.worker_count`` > 0), evaluation images
+  resized once per unique image; captions tokenised ONCE per split by the BERT
+  tokenizer of ``model.text_backbone_path`` into ``data.max_words`` ids.
+
+``data.synthetic`` writes demo data on first use into the cache folder
+(:func:`xmodal.files.cache_dir`): a feature store (``kind = "features"``) or JPEG files
+with a Karpathy JSON and tiny backbones (``kind = "images"``, :func:`demo_raw`).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from cdds_jax import encoders
+from cdds_jax.data import synthetic_images
+from cdds_jax.data.images import ImageSpec, TrainImageTransform, eval_image
+from cdds_jax.data.raw import RawImageSource, RawPairSource, RawSplit
+from cdds_jax.data.sources import CaptionSource, ImageSource, PairSource
+from cdds_jax.data.split import RetrievalSplit, check_compatible
+from cdds_jax.data.text import TokenTable, Vocabulary
+from xmodal.files import cache_dir
+
+__all__ = [
+    "Data",
+    "Split",
+    "data_root",
+    "demo_raw",
+    "image_root",
+    "load_data",
+    "read_config_split",
+    "save_vocab",
+]
+
+Split = RetrievalSplit | RawSplit
+
+
+def demo_raw(
+    config: ml_collections.ConfigDict,
+) -> synthetic_images.DemoRaw | None:
+    """The synthetic JPEG set + tiny backbones of ``data.synthetic.kind = "images"``
+    (written on first use), or None."""
+    syn = config.data.synthetic
+    if not syn.enabled or syn.get("kind", "features") != "images":
+        return None
+    image_kind = encoders.encoder_kinds(config)[0]
+    return synthetic_images.ensure_demo_raw(
+        cache_dir() / "cdds",
+        seed=int(syn.seed),
+        num_images={"train": syn.num_train, "dev": syn.num_dev, "test": syn.num_test},
+        image_kind="vit" if image_kind == "features" else image_kind,
+        backbone_size=int(syn.backbone_size),
+        image_size=int(syn.image_size),
+        num_concepts=int(syn.num_concepts),
+        concepts_per_image=int(syn.concepts_per_image),
+    )
+
+
+def data_root(config: ml_collections.ConfigDict) -> pathlib.Path:
+    """``data.root``, or the synthetic data (written on first use) for demo configs."""
+    syn = config.data.synthetic
+    demo = demo_raw(config)
+    if demo is not None:
+        return demo.laps if config.data.format == "laps" else demo.annotation
+    if syn.enabled:
+        from cdds_jax.data import synthetic
+
+        return synthetic.ensure_demo_store(
+            cache_dir() / "cdds",
+            seed=syn.seed,
+            num_images={
+                "train": syn.num_train,
+                "dev": syn.num_dev,
+                "test": syn.num_test,
+            },
+            num_tokens=syn.num_tokens,
+            image_dim=syn.image_dim,
+            text_dim=syn.text_dim,
+            max_words=syn.max_words,
+            num_concepts=syn.num_concepts,
+            concepts_per_image=syn.concepts_per_image,
+            noise=syn.noise,
+            colour_scale=syn.colour_scale,
+            syntax_scale=syn.syntax_scale,
+        )
+    root = pathlib.Path(config.data.root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(
+            f"config.data.root: data folder {str(root)!r} not found. Put the "
+            f"{config.data.format!r} files there or pass --config.data.root=... (README "
+            "'Real data'), or use a :demo config"
+        )
+    return root
+
+
+def image_root(config: ml_collections.ConfigDict) -> pathlib.Path | None:
+    """The image folder of the raw formats (``data.image_root``; the demo's)."""
+    demo = demo_raw(config)
+    if demo is not None:
+        return demo.image_root
+    value = config.data.get("image_root", "")
+    return pathlib.Path(value).expanduser() if value else None
+
+
+def read_config_split(config: ml_collections.ConfigDict, name: str) -> Split:
+    """Split ``name`` in the config's format, root and image folder."""
+    from cdds_jax.data import read_split
+
+    return read_split(
+        config.data.format, data_root(config), name, image_root=image_root(config)
+    )
+
+
+class Data:
+    """The splits of a run and how each reaches the model.
+
+    Attributes:
+      train, dev, test: the opened splits (None when not asked for).
+      text_mode: ``features`` | ``tokens`` (BiGRU vocabulary) | ``ids`` (backbone
+        tokenizer).
+      vocab, max_words: the BiGRU vocabulary and the caption length L.
+      tokenizer: the backbone tokenizer (``ids``).
+      image_spec: image preparation for the image backbone (raw formats).
+      seed: of the training augmentation.
+    """
+
+    def __init__(
+        self,
+        train: Split | None,
+        dev: Split | None,
+        test: Split | None,
+        *,
+        text_mode: str,
+        vocab: Vocabulary | None = None,
+        max_words: int | None = None,
+        tokenizer: Any = None,
+        image_spec: ImageSpec | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.train, self.dev, self.test = train, dev, test
+        self.text_mode, self.vocab, self.max_words = text_mode, vocab, max_words
+        self.tokenizer, self.image_spec, self.seed = tokenizer, image_spec, seed
+        self._tables: dict[tuple[str, str], TokenTable] = {}
+
+    def tokens(self, split: Split) -> TokenTable | None:
+        """The split's captions as backbone ids (made once per split), or None."""
+        if self.text_mode != "ids":
+            return None
+        key = (str(split.root), split.split)
+        if key not in self._tables:
+            if split.captions is None:
+                raise ValueError(
+                    f"{split.root} [{split.split}]: model.text_encoder='bert' needs "
+                    f"caption text (captions.txt), the split has {sorted(split.files)}"
+                )
+            assert self.max_words is not None
+            table = TokenTable.encode(split.captions, self.tokenizer, self.max_words)
+            self._tables[key] = table
+            if table.num_full and jax.process_index() == 0:
+                print(
+                    f"{split.split}: {table.num_full} of {len(table)} captions fill all "
+                    f"{table.max_length} ids of data.max_words (truncated or exactly "
+                    "that long)",
+                    flush=True,
+                )
+        return self._tables[key]
+
+    def _text(self, split: Split) -> dict[str, Any]:
+        return dict(
+            text=self.text_mode,
+            vocab=self.vocab,
+            max_words=self.max_words,
+            tokens=self.tokens(split),
+        )
+
+    def _spec(self, split: Split) -> ImageSpec:
+        if self.image_spec is None:
+            raise ValueError(
+                f"{split.root} [{split.split}]: data.format={split.format!r} holds image "
+                "files: set model.image_encoder to an image backbone (vit, swin, clip)"
+            )
+        return self.image_spec
+
+    def pair_source(self, split: Split) -> PairSource | RawPairSource:
+        """Training items, one per caption."""
+        if isinstance(split, RawSplit):
+            self._spec(split)
+            return RawPairSource(split, **self._text(split))
+        return PairSource(split, **self._text(split))
+
+    def caption_source(self, split: Split) -> CaptionSource:
+        """Evaluation captions (raw splits have the same caption side)."""
+        return CaptionSource(split, **self._text(split))  # type: ignore[arg-type]
+
+    def image_source(self, split: Split) -> ImageSource | RawImageSource:
+        """Evaluation images, one per unique image."""
+        if isinstance(split, RawSplit):
+            return RawImageSource(split, self._spec(split))
+        if self.image_spec is not None:
+            raise ValueError(
+                f"{split.root} [{split.split}]: model.image_encoder is an image "
+                f"backbone but data.format={split.format!r} holds stored features"
+            )
+        return ImageSource(split)
+
+    def train_transform(self) -> TrainImageTransform | None:
+        """Decoding + augmentation of the training images (raw formats), or None."""
+        if not isinstance(self.train, RawSplit):
+            return None
+        return TrainImageTransform(self._spec(self.train), self.seed)
+
+    def example(self, split: Split) -> dict[str, np.ndarray]:
+        """Item 0 of the split's training source as a batch of one (model init)."""
+        item = dict(self.pair_source(split)[0])
+        if "jpeg" in item:
+            item.pop("path")
+            item["image"] = eval_image(item.pop("jpeg"), self._spec(split))
+        return {k: np.asarray(v)[None] for k, v in item.items()}
+
+
+def load_data(
+    config: ml_collections.ConfigDict, workdir: pathlib.Path, *, splits: Sequence[str]
+) -> Data:
+    """Opens the requested splits (``train``/``dev``/``test``) and the caption ids.
+
+    The bigru vocabulary is ``workdir/vocab.json`` when it exists (resume, evaluate);
+    otherwise it is built from the training captions and :func:`save_vocab` writes it.
+    With ``model.text_encoder = "bert"`` captions become ids of the text backbone's
+    tokenizer (``data.max_words`` of them, [CLS] and [SEP] included).
+    """
+    from xmodal.backbones import load_tokenizer
+
+    # The checkpoint folders first: a missing one is named before any data is read.
+    found = encoders.load_backbones(config)
+    opened: dict[str, Split | None] = {}
+    for role in ("train", "dev", "test"):
+        name = config.data[f"{role}_split"]
+        opened[role] = read_config_split(config, name) if role in splits else None
+    # Dimensions across splits, before any training (a mismatch would otherwise
+    # surface as a shape error at the first evaluation).
+    check_compatible(opened)
+    _, text_kind = encoders.encoder_kinds(config)
+    text_mode = {"bigru": "tokens", "bert": "ids"}.get(text_kind, "features")
+    vocab = tokenizer = None
+    max_words: int | None = None
+    if text_mode == "ids":
+        max_words = int(config.data.max_words)
+        limit = found.text_module.config.max_position_embeddings
+        if max_words > limit:
+            raise ValueError(
+                f"config.data.max_words = {max_words}: more than the "
+                f"{limit} positions of {found.text}"
+            )
+        tokenizer = load_tokenizer(found.text)
+    elif text_mode == "tokens":
+        max_words = int(config.data.max_words)
+        vocab_path = workdir / "vocab.json"
+        if vocab_path.exists():
+            vocab = Vocabulary.load(vocab_path)
+        else:
+            # Built here, saved by the driver once the workdir is open (nothing is
+            # written into a workdir before its lock and config check).
+            train = opened["train"] or read_config_split(
+                config, config.data.train_split
+            )
+            if train.captions is None:
+                raise ValueError(
+                    f"{train.root}: model.text_encoder='bigru' needs caption text "
+                    "(captions.txt / {split}_caps.txt) in the training split"
+                )
+            vocab = Vocabulary.build(
+                train.captions, min_count=int(config.data.vocab_min_count)
+            )
+    return Data(
+        opened["train"],
+        opened["dev"],
+        opened["test"],
+        text_mode=text_mode,
+        vocab=vocab,
+        max_words=max_words,
+        tokenizer=tokenizer,
+        image_spec=encoders.image_spec(found),
+        seed=int(config.seed),
+    )
+
+
+def save_vocab(data: Data, workdir: pathlib.Path) -> None:
+    """Writes ``workdir/vocab.json`` once (process 0; atomically, so other processes
+    of a multi-host job never read it half written)."""
+    path = workdir / "vocab.json"
+    if data.vocab is not None and not path.exists() and jax.process_index() == 0:
+        data.vocab.save(path)

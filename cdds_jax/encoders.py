@@ -1,0 +1,231 @@
+"""The CDDS encoders' backbones: checkpoint folders, modules and weights (docs/cdds.md §3.4).
+
+``model.image_encoder`` is ``features`` (stored token features) or a backbone kind,
+``vit`` | ``swin`` | ``clip``, read from the Hugging Face folder
+``model.image_backbone_path``; ``model.text_encoder`` is ``features`` | ``bigru`` |
+``bert`` (``model.text_backbone_path``). The folder decides the architecture and the
+image size; its ``model_type`` must match the kind. The modules compute in
+``model.dtype`` and rematerialise their blocks with ``model.remat``. Their pretrained
+weights enter the train state when it is created (:func:`pretrained_params`) and are
+checkpointed with it from then on.
+
+Nothing is downloaded: a config naming a folder that is not there stops with one line
+saying which checkpoint to put where (:data:`KNOWN_CHECKPOINTS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cdds_jax.data import images as images_lib
+from xmodal import backbones
+
+__all__ = [
+    "CLIP_MEAN_STD",
+    "IMAGENET_MEAN_STD",
+    "IMAGE_ENCODERS",
+    "KNOWN_CHECKPOINTS",
+    "TEXT_ENCODERS",
+    "Backbones",
+    "check_folder",
+    "encoder_kinds",
+    "image_spec",
+    "load_backbones",
+    "pretrained_params",
+]
+
+IMAGE_ENCODERS: tuple[str, ...] = ("features", "vit", "swin", "clip")
+TEXT_ENCODERS: tuple[str, ...] = ("features", "bigru", "bert")
+#: Old names still read (configs written before the backbones).
+_ALIASES = {"precomputed": "features"}
+#: Backbone kind -> the ``model_type`` values of its ``config.json``.
+_MODEL_TYPES: dict[str, tuple[str, ...]] = {
+    "vit": ("vit",),
+    "swin": ("swin",),
+    "clip": ("clip", "clip_vision_model"),
+    "bert": ("bert",),
+}
+#: Checkpoint folder name -> the Hugging Face checkpoint to put there (the paper's rows).
+KNOWN_CHECKPOINTS: dict[str, str] = {
+    "vit-base-patch16-224-in21k": "google/vit-base-patch16-224-in21k",
+    "vit-base-patch16-384": "google/vit-base-patch16-384",
+    "swin-base-patch4-window7-224": "microsoft/swin-base-patch4-window7-224",
+    "swin-base-patch4-window12-384": "microsoft/swin-base-patch4-window12-384",
+    "clip-vit-large-patch14": "openai/clip-vit-large-patch14",
+    "bert-base-uncased": "google-bert/bert-base-uncased",
+}
+#: Pixel mean / std of [0, 1] RGB: ImageNet's (ViT and Swin, as LAPS) and CLIP's.
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CLIP_MEAN_STD = (
+    (0.48145466, 0.4578275, 0.40821073),
+    (0.26862954, 0.26130258, 0.27577711),
+)
+
+
+def encoder_kinds(config: ml_collections.ConfigDict) -> tuple[str, str]:
+    """``(model.image_encoder, model.text_encoder)``, checked, old names mapped."""
+    image = _ALIASES.get(config.model.image_encoder, config.model.image_encoder)
+    text = _ALIASES.get(config.model.text_encoder, config.model.text_encoder)
+    if image not in IMAGE_ENCODERS:
+        raise ValueError(
+            f"config.model.image_encoder: expected one of {list(IMAGE_ENCODERS)}, "
+            f"got {config.model.image_encoder!r}"
+        )
+    if text not in TEXT_ENCODERS:
+        raise ValueError(
+            f"config.model.text_encoder: expected one of {list(TEXT_ENCODERS)}, "
+            f"got {config.model.text_encoder!r}"
+        )
+    return image, text
+
+
+def check_folder(path: str | pathlib.Path, field: str, kind: str) -> pathlib.Path:
+    """The checkpoint folder of a backbone, or ONE line saying what to put where.
+
+    Raises:
+      FileNotFoundError: no folder (or no ``config.json``) at ``path``.
+      ValueError: its ``model_type`` is not a ``kind`` model.
+    """
+    folder = pathlib.Path(path).expanduser()
+    if not str(path) or not (folder / "config.json").is_file():
+        name = KNOWN_CHECKPOINTS.get(folder.name)
+        what = (
+            f"the Hugging Face checkpoint {name}"
+            if name
+            else f"a Hugging Face {kind} checkpoint"
+        )
+        if not str(path):
+            state = "not set"
+        elif not folder.is_dir():
+            state = f"folder {str(folder)!r} not found"
+        else:
+            state = f"{str(folder)!r} has no config.json"
+        raise FileNotFoundError(
+            f"config.{field}: {state}: put {what} there (config.json + "
+            f"model.safetensors{' + vocab.txt' if kind == 'bert' else ''}; nothing is "
+            f"downloaded), or pass --config.{field}=FOLDER"
+        )
+    model_type = getattr(backbones.load_config(folder), "model_type", None)
+    if model_type not in _MODEL_TYPES[kind]:
+        raise ValueError(
+            f"config.{field}: {str(folder)!r} holds a {model_type!r} model, expected "
+            f"{' or '.join(_MODEL_TYPES[kind])} for the {kind} encoder"
+        )
+    return folder
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbones:
+    """The backbones of a config (None where the encoder has none).
+
+    Attributes:
+      image, text: checkpoint folders.
+      image_module, text_module: Flax modules (float32 params, ``model.dtype`` compute,
+        ``model.remat``).
+      image_kind: ``vit`` | ``swin`` | ``clip`` | ``features``.
+    """
+
+    image: pathlib.Path | None = None
+    text: pathlib.Path | None = None
+    image_module: nn.Module | None = None
+    text_module: nn.Module | None = None
+    image_kind: str = "features"
+
+    @property
+    def pixel_mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The image backbone's normalisation (CLIP's for ``clip``, else ImageNet)."""
+        return CLIP_MEAN_STD if self.image_kind == "clip" else IMAGENET_MEAN_STD
+
+
+def _folders(
+    config: ml_collections.ConfigDict,
+) -> tuple[str | pathlib.Path, str | pathlib.Path]:
+    """The configured folders, or the synthetic demo's (written on first use)."""
+    from cdds_jax.data import inputs
+
+    demo = inputs.demo_raw(config)
+    if demo is not None:
+        return demo.image_backbone, demo.text_backbone
+    return config.model.image_backbone_path, config.model.text_backbone_path
+
+
+def load_backbones(config: ml_collections.ConfigDict) -> Backbones:
+    """Checks the folders and builds the modules of ``config`` (no weights read)."""
+    image_kind, text_kind = encoder_kinds(config)
+    if image_kind == "features" and text_kind != "bert":
+        return Backbones()
+    image_path, text_path = _folders(config)
+    dtype, remat = jnp.dtype(config.model.dtype), bool(config.model.remat)
+
+    def build(folder: pathlib.Path) -> nn.Module:
+        return backbones.from_config(
+            backbones.load_config(folder), dtype=dtype, remat=remat
+        )
+
+    out: dict[str, Any] = {"image_kind": image_kind}
+    if image_kind != "features":
+        out["image"] = check_folder(image_path, "model.image_backbone_path", image_kind)
+        out["image_module"] = build(out["image"])
+    if text_kind == "bert":
+        out["text"] = check_folder(text_path, "model.text_backbone_path", "bert")
+        out["text_module"] = build(out["text"])
+    return Backbones(**out)
+
+
+def image_spec(found: Backbones) -> images_lib.ImageSpec | None:
+    """How images are prepared for the image backbone (None without one): its size,
+    and CLIP's resize + centre crop at evaluation."""
+    if found.image_module is None:
+        return None
+    height, width = found.image_module.config.image_size
+    if height != width:
+        raise ValueError(
+            f"{found.image}: image_size {(height, width)}: only square inputs are "
+            "supported"
+        )
+    return images_lib.ImageSpec(
+        size=int(height), center_crop=found.image_kind == "clip"
+    )
+
+
+def pretrained_params(found: Backbones) -> dict[str, Any]:
+    """The backbones' checkpoint weights as ``{"image_backbone": ..., "text_backbone":
+    ...}`` (host float32 NumPy trees, the model's parameter names)."""
+    out = {}
+    for name, folder in (
+        ("image_backbone", found.image),
+        ("text_backbone", found.text),
+    ):
+        if folder is not None:
+            _, variables = backbones.from_pretrained(folder)
+            out[name] = variables["params"]
+    return out
+
+
+def merge_pretrained(
+    params: dict[str, Any], pretrained: dict[str, Any]
+) -> dict[str, Any]:
+    """``params`` with the backbone subtrees replaced by ``pretrained`` (same structure
+    and shapes, checked while tracing)."""
+    out = dict(params)
+    for name, tree in pretrained.items():
+        want = jax.tree_util.tree_structure(params[name])
+        got = jax.tree_util.tree_structure(tree)
+        if want != got:
+            raise ValueError(f"{name}: checkpoint tree {got} != model tree {want}")
+        for a, b in zip(
+            jax.tree_util.tree_leaves(params[name]),
+            jax.tree_util.tree_leaves(tree),
+            strict=True,
+        ):
+            if a.shape != b.shape:
+                raise ValueError(f"{name}: checkpoint shape {b.shape} != {a.shape}")
+        out[name] = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), tree)
+    return out
