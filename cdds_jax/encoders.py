@@ -23,9 +23,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from cdds_jax.data import images as images_lib
-from xmodal import backbones
+from cdds_jax.model import CDDSModel
+from xmodal import backbones, layers
 
 __all__ = [
     "CLIP_MEAN_STD",
@@ -34,6 +36,7 @@ __all__ = [
     "KNOWN_CHECKPOINTS",
     "TEXT_ENCODERS",
     "Backbones",
+    "build_model",
     "check_folder",
     "encoder_kinds",
     "image_spec",
@@ -229,3 +232,39 @@ def merge_pretrained(
                 raise ValueError(f"{name}: checkpoint shape {b.shape} != {a.shape}")
         out[name] = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), tree)
     return out
+
+
+def build_model(config: ml_collections.ConfigDict, vocab_size: int = 0) -> CDDSModel:
+    """The CDDS model of ``config`` (ablation switches applied; backbones built from
+    their checkpoint folders' ``config.json``, docs/cdds.md §3.4)."""
+    m = config.model
+    sigma = m.sigma if config.ablate.noise else 0.0
+    layers.warn_if_remat_ineffective(m.remat)
+    image_kind, text_kind = encoder_kinds(config)
+    found = load_backbones(config)
+    mean, std = found.pixel_mean_std
+    return CDDSModel(
+        dim=m.dim,
+        num_heads=m.num_heads,
+        mlp_ratio=m.mlp_ratio,
+        image_encoder=image_kind,
+        text_encoder=text_kind,
+        image_backbone=found.image_module,
+        text_backbone=found.text_module,
+        pixel_mean=mean,
+        pixel_std=std,
+        backbone_dropout=bool(m.backbone_dropout),
+        vocab_size=vocab_size,
+        word_dim=m.word_dim,
+        decouple=config.ablate.decouple,
+        num_samples=m.num_samples if sigma > 0 else 1,
+        sigma=sigma,
+        alpha_init=config.semantics.alpha_init,
+        log_tau_init=(
+            float(np.log(config.semantics.tau))
+            if config.semantics.tau_mode == "learned"
+            else None
+        ),
+        remat=m.remat,
+        dtype=jnp.dtype(m.dtype),
+    )

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from cdds_jax import retrieval, train
+from cdds_jax import evaluation, retrieval, train
 from cdds_jax.data import inputs
 from xmodal import run, sharding
 from xmodal.checkpoint import restore_for_eval
@@ -46,7 +46,7 @@ def evaluate(
     target_split = inputs.read_config_split(config, split_name)
     model = train.build_model(config, len(data.vocab) if data.vocab else 0)
     example = data.example(target_split)
-    evaluator = train.Evaluator(config, model, mesh, data)
+    evaluator = evaluation.Evaluator(config, model, mesh, data)
     protocols = (
         tuple(config.data.test_protocols)
         if split_name == config.data.test_split

@@ -10,16 +10,23 @@ dict of statically shaped arrays stored in ``TrainState.extra``.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cdds_jax import semantics
 from cdds_jax.arrays import f32 as _f32
 
 __all__ = [
     "W_SOURCES",
     "evaluation_correlation",
+    "init_from_config",
     "init_statistics",
+    "step_correlation",
     "training_correlation",
     "update_statistics",
 ]
@@ -174,3 +181,44 @@ def evaluation_correlation(
             )
         return _window_mean(stats)
     return stats["S_v"], stats["S_t"]
+
+
+def step_correlation(
+    image: Mapping[str, jax.Array],
+    text: Mapping[str, jax.Array],
+    stats: dict[str, jax.Array],
+    cfg: Any,
+    *,
+    sampling: bool,
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    """One training step's KL matrices: ``(S^v, S^t)`` for W, and the new statistics.
+
+    ``image`` / ``text`` are the decoupler outputs (``s [B, N, d]``, ``mask [B, N]``);
+    ``cfg`` is a ``config.semantics`` block (``kl``, ``num_bins``, ``kl_chunk_size``,
+    ``ema_momentum``, ``w_source``). The batch's S (both directions, docs/cdds.md §4.1)
+    updates the EMA / window; ``w_source`` picks which S the weights use (§4.4).
+    Without sampling (``ablate.sampling=False``) S is zero and unused.
+    """
+    if sampling:
+        kl = functools.partial(
+            semantics.kl_correlation,
+            estimator=cfg.kl,
+            num_bins=cfg.num_bins,
+            chunk_size=int(cfg.kl_chunk_size) or None,
+        )
+        s_v = kl(image["s"], image["mask"], text["s"], text["mask"])
+        s_t = kl(text["s"], text["mask"], image["s"], image["mask"])
+    else:
+        d = image["s"].shape[-1]
+        s_v = s_t = jnp.zeros((d, d), jnp.float32)
+    new = update_statistics(stats, s_v, s_t, momentum=cfg.ema_momentum)
+    w_v, w_t = training_correlation(new, s_v, s_t, source=cfg.w_source)
+    return w_v, w_t, new
+
+
+def init_from_config(config: Any) -> dict[str, jax.Array]:
+    """:func:`init_statistics` for a CDDS config: EMAs of S^v and S^t, their count and
+    (``semantics.w_source="window"``) the window of the last batches' matrices."""
+    sc = config.semantics
+    window = int(sc.window_steps) if sc.w_source == "window" else 0
+    return init_statistics(config.model.dim, window_steps=window)

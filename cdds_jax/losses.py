@@ -15,7 +15,7 @@ return ``[B]`` so the caller sums (or masks) them. All arithmetic is float32.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -254,6 +254,26 @@ class ObjectiveOptions(NamedTuple):
     modality: bool = True
     integrity: bool = True
     sampling: bool = True
+
+    @classmethod
+    def from_config(cls, config: Any) -> ObjectiveOptions:
+        """The loss weights (``loss.*``) and Table 3 switches (``ablate.*``) of a CDDS
+        config."""
+        lc, ab = config.loss, config.ablate
+        return cls(
+            contrastive=str(lc.contrastive),
+            margin=float(lc.margin),
+            temperature=float(lc.temperature),
+            max_violation_after_epochs=float(lc.max_violation_after_epochs),
+            ramp_epochs=float(lc.ramp_epochs),
+            a_s=float(lc.a_s),
+            a_m=float(lc.a_m),
+            a_f=float(lc.a_f),
+            decouple=bool(ab.decouple),
+            modality=bool(ab.modality),
+            integrity=bool(ab.integrity),
+            sampling=bool(ab.sampling),
+        )
 
     def term_weights(self) -> tuple[float, float, float, float]:
         """``(a_s, a_m, a_f, a_x)`` after the switches: the weights ``objective`` uses.

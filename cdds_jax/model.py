@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Block", "CDDSModel", "Decoupler", "TextGRU"]
+__all__ = ["Block", "CDDSModel", "Decoupler", "TextGRU", "model_rngs"]
 
 Array = jax.Array
 
@@ -311,3 +311,8 @@ class CDDSModel(nn.Module):
         img = self.encode_image(images, train=train)
         txt = self.encode_text(text, text_mask, train=train)
         return img, txt, self.scalars()
+
+
+def model_rngs(rng: jax.Array) -> dict[str, jax.Array]:
+    """The model's PRNG streams: bottleneck ``noise``, backbone ``dropout``."""
+    return {"noise": rng, "dropout": jax.random.fold_in(rng, 1)}

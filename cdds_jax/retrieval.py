@@ -57,6 +57,7 @@ __all__ = [
     "rank_metrics",
     "retrieval_ranks",
     "score_matrix",
+    "summarize_runs",
 ]
 
 #: Keys of the dict returned by `rank_metrics`, in table order.
@@ -680,3 +681,28 @@ def format_table(results: Mapping[str, Mapping[str, float]]) -> str:
             )
         )
     return "\n".join(lines)
+
+
+def summarize_runs(
+    tests: Sequence[Mapping[str, Mapping[str, float]]],
+) -> tuple[dict[str, dict[str, dict[str, float]]], str]:
+    """Mean and std (population) over runs of every protocol's metrics.
+
+    Args:
+      tests: one ``{protocol: metrics}`` per run (what ``evaluate_protocols`` returns).
+
+    Returns:
+      ``({protocol: {metric: {"mean", "std"}}}, table)`` where the table has a mean
+      row and a std row per protocol (:func:`format_table`).
+    """
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    rows: dict[str, dict[str, float]] = {}
+    for protocol in tests[0]:
+        metrics = {}
+        for key in tests[0][protocol]:
+            values = np.asarray([float(t[protocol][key]) for t in tests])
+            metrics[key] = {"mean": float(values.mean()), "std": float(values.std())}
+        summary[protocol] = metrics
+        rows[f"{protocol} mean"] = {k: v["mean"] for k, v in metrics.items()}
+        rows[f"{protocol} std"] = {k: v["std"] for k, v in metrics.items()}
+    return summary, format_table(rows)

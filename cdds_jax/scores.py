@@ -41,7 +41,8 @@ paper leaves open'):
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +64,7 @@ __all__ = [
     "retrieval_embeddings",
     "score_gemm",
     "score_statistics",
+    "weights_from_scalars",
 ]
 
 #: ``semantics.table_compare`` values.
@@ -94,6 +96,20 @@ class ScoreOptions(NamedTuple):
     table_scale: bool = False
     tau_mode: str = "fixed"
     tau: float = 1.0
+
+    @classmethod
+    def from_config(cls, config: Any) -> ScoreOptions:
+        """The score function of a CDDS config (``semantics.*``, ``ablate.sampling``),
+        shared by the train step and the evaluation; validated."""
+        sc = config.semantics
+        return cls(
+            sampling=bool(config.ablate.sampling),
+            num_levels=int(sc.num_levels),
+            table_compare=str(sc.table_compare),
+            table_scale=bool(sc.table_scale),
+            tau_mode=str(sc.tau_mode),
+            tau=float(sc.tau),
+        ).validate()
 
     def validate(self) -> ScoreOptions:
         """Returns ``self``; raises ``ValueError`` naming a bad field."""
@@ -353,6 +369,26 @@ def correlation_weights(
     w_v = semantics.soft_threshold(s_v, alpha_v, tau=temp(s_v))
     w_t = semantics.soft_threshold(s_t, alpha_t, tau=temp(s_t))
     return w_v, w_t
+
+
+def weights_from_scalars(
+    scalars: Mapping[str, jax.Array],
+    s_v: jax.Array,
+    s_t: jax.Array,
+    options: ScoreOptions,
+) -> tuple[jax.Array, jax.Array] | None:
+    """``(W^v, W^t)`` from S and the model's learned scalars (``alpha_v``,
+    ``alpha_t``, optional ``log_tau``); None without sampling (no tables, no W)."""
+    if not options.sampling:
+        return None
+    return correlation_weights(
+        s_v,
+        s_t,
+        scalars["alpha_v"],
+        scalars["alpha_t"],
+        options=options,
+        log_tau=scalars.get("log_tau"),
+    )
 
 
 def retrieval_embeddings(

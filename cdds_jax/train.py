@@ -3,10 +3,9 @@ r"""CDDS training driver.
     python -m cdds_jax.train --config configs/flickr.py --workdir runs/f30k
     python -m cdds_jax.train --config configs/flickr.py:demo --workdir runs/demo
 
-Flat, in sections: data -> model & state -> loss & step -> evaluation -> the run.
-Resume order (automatic): a checkpoint in ``workdir/checkpoints`` -> scratch. The run
-writes ``config.json``, ``vocab.json`` (bigru), ``metrics.jsonl``, TensorBoard events,
-``checkpoints/``, ``best/`` and ``results.json``.
+Flat, in sections: data -> model & state -> loss & step -> the run (the harness,
+xmodal/run.py, resumes from ``workdir/checkpoints`` else starts from scratch; the
+evaluator is cdds_jax/evaluation.py).
 """
 
 from __future__ import annotations
@@ -22,14 +21,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cdds_jax import data as data_lib
 from cdds_jax import encoders, kl_statistics, losses, retrieval, scores, semantics
+from cdds_jax import model as model_lib
 from cdds_jax.data import inputs
+from cdds_jax.evaluation import Evaluator
 from cdds_jax.model import CDDSModel
-from xmodal import layers, optim, run, sharding
 from xmodal import loop as loop_lib
+from xmodal import optim, run, sharding
 from xmodal import step as step_lib
-from xmodal.inference import map_source
 from xmodal.state import TrainState, create_sharded
 from xmodal.step import apply_update
 
@@ -42,9 +41,7 @@ __all__ = [
     "load_data",
     "make_init",
     "model_rngs",
-    "objective_options",
     "save_vocab",
-    "score_options",
     "summarize_seeds",
     "train_and_evaluate",
     "train_seed",
@@ -57,13 +54,9 @@ __all__ = [
 # =====================================================================================
 
 
-# The run's splits, sources and training transform come from cdds_jax/data/inputs.py
-# (stored features, or image files decoded and augmented in the input pipeline);
-# re-exported here because the driver is what tests and scripts reach for.
-Data = inputs.Data
-data_root = inputs.data_root
-load_data = inputs.load_data
-save_vocab = inputs.save_vocab
+# The run's splits, sources and training transform: cdds_jax/data/inputs.py (stored
+# features, or image files decoded and augmented in the input pipeline).
+Data, load_data, save_vocab = inputs.Data, inputs.load_data, inputs.save_vocab
 
 
 # =====================================================================================
@@ -71,58 +64,9 @@ save_vocab = inputs.save_vocab
 # =====================================================================================
 
 
-def build_model(config: ml_collections.ConfigDict, vocab_size: int = 0) -> CDDSModel:
-    """The CDDS model of ``config`` (ablation switches applied; backbones built from
-    their checkpoint folders' ``config.json``, docs/cdds.md §3.4)."""
-    m = config.model
-    sigma = m.sigma if config.ablate.noise else 0.0
-    layers.warn_if_remat_ineffective(m.remat)
-    image_kind, text_kind = encoders.encoder_kinds(config)
-    found = encoders.load_backbones(config)
-    mean, std = found.pixel_mean_std
-    return CDDSModel(
-        dim=m.dim,
-        num_heads=m.num_heads,
-        mlp_ratio=m.mlp_ratio,
-        image_encoder=image_kind,
-        text_encoder=text_kind,
-        image_backbone=found.image_module,
-        text_backbone=found.text_module,
-        pixel_mean=mean,
-        pixel_std=std,
-        backbone_dropout=bool(m.backbone_dropout),
-        vocab_size=vocab_size,
-        word_dim=m.word_dim,
-        decouple=config.ablate.decouple,
-        num_samples=m.num_samples if sigma > 0 else 1,
-        sigma=sigma,
-        alpha_init=config.semantics.alpha_init,
-        log_tau_init=(
-            float(np.log(config.semantics.tau))
-            if config.semantics.tau_mode == "learned"
-            else None
-        ),
-        remat=m.remat,
-        dtype=jnp.dtype(m.dtype),
-    )
-
-
-def model_rngs(rng: jax.Array) -> dict[str, jax.Array]:
-    """The model's PRNG streams: bottleneck ``noise``, backbone ``dropout``."""
-    return {"noise": rng, "dropout": jax.random.fold_in(rng, 1)}
-
-
-def text_input(batch: Mapping[str, jax.Array]) -> jax.Array:
-    """The caption input of a batch: stored features or word ids."""
-    return batch["text"] if "text" in batch else batch["tokens"]
-
-
-def init_extra(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
-    """Method statistics kept in the state: EMAs of S^v and S^t, their count and (for
-    ``semantics.w_source="window"``) the window of the last batches' matrices."""
-    sc = config.semantics
-    window = int(sc.window_steps) if sc.w_source == "window" else 0
-    return kl_statistics.init_statistics(config.model.dim, window_steps=window)
+# The model of a config (ablation switches, backbones from their checkpoint folders):
+# cdds_jax/encoders.py; the PRNG streams it draws are the model's own.
+build_model, model_rngs = encoders.build_model, model_lib.model_rngs
 
 
 def make_init(
@@ -135,7 +79,7 @@ def make_init(
     """``init(pretrained=None) -> TrainState``: a fresh state; ``pretrained``
     (:func:`cdds_jax.encoders.pretrained_params`) replaces the random backbones."""
     images = jnp.zeros((1, *example["image"].shape[1:]), jnp.float32)
-    text = text_input(example)
+    text = inputs.text_input(example)
     text = jnp.zeros((1, *text.shape[1:]), text.dtype)
     text_mask = jnp.ones((1, example["text_mask"].shape[1]), bool)
 
@@ -154,7 +98,10 @@ def make_init(
             params = encoders.merge_pretrained(params, dict(weights))
         tx = optim.make_optimizer(config.optim, params, steps_per_epoch=steps_per_epoch)
         return TrainState.create(
-            params=params, tx=tx, rng=state_rng, extra=init_extra(config)
+            params=params,
+            tx=tx,
+            rng=state_rng,
+            extra=kl_statistics.init_from_config(config),
         )
 
     return init
@@ -183,57 +130,6 @@ def create_train_state(
 # =====================================================================================
 
 
-def score_options(config: ml_collections.ConfigDict) -> scores.ScoreOptions:
-    """The score function of ``config``, shared by the train step and the evaluation."""
-    sc = config.semantics
-    return scores.ScoreOptions(
-        sampling=bool(config.ablate.sampling),
-        num_levels=int(sc.num_levels),
-        table_compare=sc.table_compare,
-        table_scale=bool(sc.table_scale),
-        tau_mode=sc.tau_mode,
-        tau=float(sc.tau),
-    ).validate()
-
-
-def objective_options(config: ml_collections.ConfigDict) -> losses.ObjectiveOptions:
-    """The loss weights and Table 3 switches of ``config``."""
-    lc, ab = config.loss, config.ablate
-    return losses.ObjectiveOptions(
-        contrastive=lc.contrastive,
-        margin=float(lc.margin),
-        temperature=float(lc.temperature),
-        max_violation_after_epochs=float(lc.max_violation_after_epochs),
-        ramp_epochs=float(lc.ramp_epochs),
-        a_s=float(lc.a_s),
-        a_m=float(lc.a_m),
-        a_f=float(lc.a_f),
-        decouple=bool(ab.decouple),
-        modality=bool(ab.modality),
-        integrity=bool(ab.integrity),
-        sampling=bool(ab.sampling),
-    )
-
-
-def _weights(
-    scalars: Mapping[str, jax.Array],
-    s_v: jax.Array,
-    s_t: jax.Array,
-    options: scores.ScoreOptions,
-) -> tuple[jax.Array, jax.Array] | None:
-    """(W^v, W^t) from S and the learned scalars; None without sampling."""
-    if not options.sampling:
-        return None
-    return scores.correlation_weights(
-        s_v,
-        s_t,
-        scalars["alpha_v"],
-        scalars["alpha_t"],
-        options=options,
-        log_tau=scalars.get("log_tau"),
-    )
-
-
 def compute_loss(
     params: Any,
     extra: Mapping[str, jax.Array],
@@ -251,33 +147,19 @@ def compute_loss(
     Returns ``(loss, aux)``: aux holds the loss parts, the training score statistics
     and the updated S statistics (``"stats"``, for the state).
     """
-    sc = config.semantics
-    options = score_options(config)
+    options = scores.ScoreOptions.from_config(config)
     img, txt, scalars = model.apply(
         {"params": params},
         batch["image"],
-        text_input(batch),
+        inputs.text_input(batch),
         batch["text_mask"],
         train=True,
         rngs=model_rngs(rng),
     )
-    if options.sampling:
-        kl = functools.partial(
-            semantics.kl_correlation,
-            estimator=sc.kl,
-            num_bins=sc.num_bins,
-            chunk_size=int(sc.kl_chunk_size) or None,
-        )
-        s_v = kl(img["s"], img["mask"], txt["s"], txt["mask"])
-        s_t = kl(txt["s"], txt["mask"], img["s"], img["mask"])
-    else:
-        d = img["s"].shape[-1]
-        s_v = s_t = jnp.zeros((d, d), jnp.float32)
-    stats = kl_statistics.update_statistics(extra, s_v, s_t, momentum=sc.ema_momentum)
-    w_s_v, w_s_t = kl_statistics.training_correlation(
-        stats, s_v, s_t, source=sc.w_source
+    w_s_v, w_s_t, stats = kl_statistics.step_correlation(
+        img, txt, extra, config.semantics, sampling=options.sampling
     )
-    weights = _weights(scalars, w_s_v, w_s_t, options)
+    weights = scores.weights_from_scalars(scalars, w_s_v, w_s_t, options)
     emb = scores.retrieval_embeddings(
         img["s"], img["mask"], txt["s"], txt["mask"], weights, options=options
     )
@@ -293,18 +175,11 @@ def compute_loss(
         w_s=scalars["w_s"],
         w_m=scalars["w_m"],
         epoch=epoch,
-        options=objective_options(config),
+        options=losses.ObjectiveOptions.from_config(config),
         tables=tables,
     )
-    aux = {
-        "l_s": obj.l_s,
-        "l_m": obj.l_m,
-        "l_f": obj.l_f,
-        "l_x": obj.l_x,
-        **scores.score_statistics(score),
-        "stats": stats,
-    }
-    return obj.total, aux
+    parts = {k: v for k, v in obj._asdict().items() if k != "total"}
+    return obj.total, {**parts, **scores.score_statistics(score), "stats": stats}
 
 
 def train_step(
@@ -315,13 +190,9 @@ def train_step(
     config: ml_collections.ConfigDict,
     steps_per_epoch: int,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One AdamW update on a global batch; returns the new state and device scalars.
-
-    Metrics: the loss and its parts; ``score_std`` (std of the B x B score matrix: the
-    collapse guard compares it with ``collapse.floor``), ``score_margin`` (mean
-    positive minus mean of all scores), ``score_pos``, ``score_mean``; norms, lr and the
-    learned scalars (``tau`` when learned).
-    """
+    """One AdamW update on a global batch; returns the new state and device scalars:
+    loss parts, score statistics (``score_std``, the spread the collapse guard
+    watches; ``score_margin``, ``score_pos``, ``score_mean``), norms, lr, scalars."""
     rng = jax.random.fold_in(state.rng, state.step)
     epoch = state.step.astype(jnp.float32) / steps_per_epoch
     grad_fn = jax.value_and_grad(
@@ -367,96 +238,6 @@ def jit_train_step(
 
 
 # =====================================================================================
-# Evaluation
-# =====================================================================================
-
-
-def _eval_weights(
-    params: Any,
-    extra: Mapping[str, jax.Array],
-    model: CDDSModel,
-    config: ml_collections.ConfigDict,
-) -> tuple[jax.Array, jax.Array] | None:
-    """(W^v, W^t) at evaluation: from the stored S statistics, never from test pairs."""
-    scalars = model.apply({"params": params}, method="scalars")
-    s_v, s_t = kl_statistics.evaluation_correlation(
-        extra, source=config.semantics.w_source
-    )
-    return _weights(scalars, s_v, s_t, score_options(config))
-
-
-def _embed_images(params, extra, batch, *, model, config):
-    img = model.apply(
-        {"params": params}, batch["image"], train=False, method="encode_image"
-    )
-    weights = _eval_weights(params, extra, model, config)
-    return scores.retrieval_embeddings(
-        img["s"], img["mask"], None, None, weights, options=score_options(config)
-    ).image
-
-
-def _embed_captions(params, extra, batch, *, model, config):
-    txt = model.apply(
-        {"params": params},
-        text_input(batch),
-        batch["text_mask"],
-        train=False,
-        method="encode_text",
-    )
-    weights = _eval_weights(params, extra, model, config)
-    return scores.retrieval_embeddings(
-        None, None, txt["s"], txt["mask"], weights, options=score_options(config)
-    ).caption
-
-
-class Evaluator:
-    """Jitted embedding functions + the retrieval protocols, for one config."""
-
-    def __init__(
-        self, config: ml_collections.ConfigDict, model: CDDSModel, mesh, data: Data
-    ):
-        self.config, self.mesh, self.data = config, mesh, data
-        kw = dict(model=model, config=config)
-        out = sharding.data_sharding(mesh)
-        self.embed_images = jax.jit(
-            functools.partial(_embed_images, **kw), out_shardings=out
-        )
-        self.embed_captions = jax.jit(
-            functools.partial(_embed_captions, **kw), out_shardings=out
-        )
-
-    def __call__(
-        self,
-        state: TrainState,
-        split: data_lib.RetrievalSplit,
-        protocols: Sequence[str],
-    ) -> dict[str, dict[str, float]]:
-        ec = self.config.eval
-        threads = self.config.data.num_threads
-        kw = dict(mesh=self.mesh, batch_size=ec.batch_size, num_threads=threads)
-        img = map_source(
-            functools.partial(self.embed_images, state.params, state.extra),
-            self.data.image_source(split),
-            **kw,
-        )
-        cap = map_source(
-            functools.partial(self.embed_captions, state.params, state.extra),
-            self.data.caption_source(split),
-            **kw,
-        )
-        # Every protocol also reports score_std / tie_fraction / degenerate: the loop
-        # refuses to select a checkpoint whose dev scores are degenerate.
-        return retrieval.evaluate_protocols(
-            img,
-            cap,
-            np.asarray(split.caption_to_image),
-            protocols=tuple(protocols),
-            block_size=ec.block_size,
-            collapse_floor=float(self.config.collapse.floor),
-        )
-
-
-# =====================================================================================
 # The run
 # =====================================================================================
 
@@ -465,14 +246,8 @@ def summarize_seeds(
     per_seed: Sequence[Mapping[str, Any]], seeds: Sequence[int]
 ) -> dict[str, Any]:
     """The workdir results of several seeds: mean and std per protocol and metric."""
-    protocols = per_seed[0]["test"].keys()
-    summary = {p: run.mean_std([r["test"][p] for r in per_seed]) for p in protocols}
-    rows = {}
-    for p, metrics in summary.items():
-        rows[f"{p} mean"] = {k: v["mean"] for k, v in metrics.items()}
-        rows[f"{p} std"] = {k: v["std"] for k, v in metrics.items()}
-    run.log(f"\nCDDS test, {len(seeds)} seeds {list(seeds)}:")
-    run.log(retrieval.format_table(rows))
+    summary, table = retrieval.summarize_runs([r["test"] for r in per_seed])
+    run.log(f"\nCDDS test, {len(seeds)} seeds {list(seeds)}:\n{table}")
     return {
         "method": "CDDS",
         "seeds": list(seeds),
@@ -499,13 +274,8 @@ def train_seed(
     select_split = data.test if on_test else data.dev
     if on_test:
         run.log("WARNING: eval.select_on_test=True selects on the TEST split (LAPS)")
-    collapse = None
-    if "collapse" in config:
-        collapse = loop_lib.CollapseGuard(
-            "score_std",
-            float(config.collapse.floor),
-            int(config.collapse.patience_steps),
-        )
+    c = config.collapse  # the guard watches the training score spread
+    collapse = loop_lib.CollapseGuard("score_std", c.floor, c.patience_steps)
     method = run.Method(
         name="CDDS" if not config.get("seeds") else f"CDDS seed {config.seed}",
         train_source=source,

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cdds_jax import scores, train
+from cdds_jax import evaluation, scores, train
 from xmodal import config as config_lib
 from xmodal import optim, sharding
 
@@ -177,7 +177,7 @@ def test_evaluator_flags_a_constant_score_model_as_degenerate(tmp_path):
     state, _ = train.create_train_state(
         config, model, {k: v[:1] for k, v in local.items()}, mesh, steps_per_epoch=3
     )
-    evaluator = train.Evaluator(config, model, mesh, data)
+    evaluator = evaluation.Evaluator(config, model, mesh, data)
     healthy = evaluator(state, data.dev, ("full",))["full"]
     assert healthy["degenerate"] == 0.0 and healthy["score_std"] > config.collapse.floor
     # Zero weights everywhere: every token, table and embedding is 0, so is every score.

@@ -19,7 +19,7 @@ with a Karpathy JSON and tiny backbones (``kind = "images"``, :func:`demo_raw`).
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -44,6 +44,7 @@ __all__ = [
     "load_data",
     "read_config_split",
     "save_vocab",
+    "text_input",
 ]
 
 Split = RetrievalSplit | RawSplit
@@ -68,6 +69,11 @@ def demo_raw(
         num_concepts=int(syn.num_concepts),
         concepts_per_image=int(syn.concepts_per_image),
     )
+
+
+def text_input(batch: Mapping[str, Any]) -> Any:
+    """The caption input of a batch: stored features (``text``) or ids (``tokens``)."""
+    return batch["text"] if "text" in batch else batch["tokens"]
 
 
 def data_root(config: ml_collections.ConfigDict) -> pathlib.Path:
