@@ -24,7 +24,7 @@ from xmodal import sharding
 from xmodal.inference import map_source
 from xmodal.state import TrainState
 
-__all__ = ["Evaluator", "eval_weights"]
+__all__ = ["Evaluator", "embed_captions", "embed_images", "eval_weights"]
 
 
 def eval_weights(
@@ -44,7 +44,8 @@ def eval_weights(
     )
 
 
-def _embed_images(params, extra, batch, *, model, config):
+def embed_images(params, extra, batch, *, model, config):
+    """Retrieval embeddings ``[B, E]`` of a batch of images (``batch["image"]``)."""
     img = model.apply(
         {"params": params}, batch["image"], train=False, method="encode_image"
     )
@@ -58,7 +59,8 @@ def _embed_images(params, extra, batch, *, model, config):
     ).image
 
 
-def _embed_captions(params, extra, batch, *, model, config):
+def embed_captions(params, extra, batch, *, model, config):
+    """Retrieval embeddings ``[B, E]`` of a batch of captions (features or ids)."""
     txt = model.apply(
         {"params": params},
         inputs.text_input(batch),
@@ -95,10 +97,10 @@ class Evaluator:
         kw = dict(model=model, config=config)
         out = sharding.data_sharding(mesh)
         self.embed_images = jax.jit(
-            functools.partial(_embed_images, **kw), out_shardings=out
+            functools.partial(embed_images, **kw), out_shardings=out
         )
         self.embed_captions = jax.jit(
-            functools.partial(_embed_captions, **kw), out_shardings=out
+            functools.partial(embed_captions, **kw), out_shardings=out
         )
 
     def __call__(

@@ -136,9 +136,9 @@ def test_step_and_evaluation_share_the_score_function(tmp_path, options):
         functools.partial(train.compute_loss, model=model, config=config, epoch=0.5)
     )(state.params, state.extra, batch, jax.random.PRNGKey(0))
     assert np.isfinite(loss)
-    embed = functools.partial(train._embed_images, model=model, config=config)
+    embed = functools.partial(evaluation.embed_images, model=model, config=config)
     img = embed(state.params, aux["stats"], batch)
-    embed = functools.partial(train._embed_captions, model=model, config=config)
+    embed = functools.partial(evaluation.embed_captions, model=model, config=config)
     cap = embed(state.params, aux["stats"], batch)
     got = scores.score_statistics(scores.score_gemm(img, cap))
     for key in ("score_std", "score_pos", "score_mean", "score_margin"):
