@@ -51,6 +51,7 @@ __all__ = [
     "DEGENERATE_TIE_FRACTION",
     "METRIC_KEYS",
     "PROTOCOLS",
+    "block_scores_kernel",
     "degeneracy",
     "evaluate_protocols",
     "format_table",
@@ -196,7 +197,7 @@ def _validate_scores(scores: Any) -> jax.Array | np.ndarray:
 # ------------------------------------------------------------------ score matrix
 
 
-def _block_scores_impl(
+def block_scores_kernel(
     image_block: jax.Array,
     caption_block: jax.Array,
     *,
@@ -217,7 +218,7 @@ def _block_scores_impl(
 
 # Module-level so that it compiles once per (d, dtypes) and tests can count its traces.
 _block_scores = jax.jit(
-    _block_scores_impl, static_argnames=("compute_dtype", "precision")
+    block_scores_kernel, static_argnames=("compute_dtype", "precision")
 )
 
 

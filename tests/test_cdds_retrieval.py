@@ -442,7 +442,7 @@ def test_score_matrix_bfloat16_compute_accumulates_in_float32(tmp_path):
 def test_score_matrix_one_compile_for_different_sizes(monkeypatch):
     chex.clear_trace_counter()
     counted = jax.jit(
-        chex.assert_max_traces(retrieval._block_scores_impl, n=1),
+        chex.assert_max_traces(retrieval.block_scores_kernel, n=1),
         static_argnames=("compute_dtype", "precision"),
     )
     monkeypatch.setattr(retrieval, "_block_scores", counted)

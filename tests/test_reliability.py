@@ -171,7 +171,7 @@ def test_second_run_on_live_workdir_exits_with_one_line(tmp_path, capsys):
     config = _config(CDDS[1])
     with workdir_lib.open_workdir(workdir, config):
         before = _snapshot(workdir)
-        code = cli._main(
+        code = cli.main(
             cdds_train.train_and_evaluate,
             ["--config", CDDS[1], "--workdir", str(workdir)],
             prog="cdds_jax.train",
@@ -202,7 +202,7 @@ def test_changed_config_on_finished_workdir(straight_runs, tmp_path, capsys):
     subprocess.run(["cp", "-a", str(src), str(workdir)], check=True)
     before = _snapshot(workdir)
     argv = ["--config", CDDS[1], "--workdir", str(workdir), "--config.optim.lr=0.1"]
-    code = cli._main(cdds_train.train_and_evaluate, argv, prog="x", evaluate=False)
+    code = cli.main(cdds_train.train_and_evaluate, argv, prog="x", evaluate=False)
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: the config differs")
     assert "optim.lr: 0.0005 -> 0.1" in err and "--accept_config_changes" in err
@@ -223,7 +223,7 @@ def test_changed_config_on_finished_workdir(straight_runs, tmp_path, capsys):
 def test_wrong_config_path_creates_nothing(tmp_path, capsys):
     workdir = tmp_path / "run"
     argv = ["--config", "configs/nope.py", "--workdir", str(workdir)]
-    code = cli._main(cdds_train.train_and_evaluate, argv, prog="x", evaluate=False)
+    code = cli.main(cdds_train.train_and_evaluate, argv, prog="x", evaluate=False)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "configs/nope.py" in err[0]
     assert not workdir.exists()
@@ -231,7 +231,7 @@ def test_wrong_config_path_creates_nothing(tmp_path, capsys):
 
 def test_help_exits_zero_and_lists_flags_and_config(capsys):
     argv = ["--help", "--config", CDDS[1]]
-    assert cli._main(cdds_train.train_and_evaluate, argv, prog="x", evaluate=False) == 0
+    assert cli.main(cdds_train.train_and_evaluate, argv, prog="x", evaluate=False) == 0
     out = capsys.readouterr().out
     for flag in ("--config", "--workdir", "--config.train.batch_size=16", "tiny"):
         assert flag in out, flag
@@ -358,7 +358,7 @@ def test_cdds_bad_input_is_one_line_before_training(
             mutate(root)
         argv += ["--config.data.synthetic.enabled=False", f"--config.data.root={root}"]
     argv += [f"--config.{k}={v}" for k, v in overrides.items()]
-    code = cli._main(cdds_train.train_and_evaluate, argv, prog="x", evaluate=False)
+    code = cli.main(cdds_train.train_and_evaluate, argv, prog="x", evaluate=False)
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
     assert code == 2, captured.err
@@ -439,7 +439,7 @@ def test_decalign_bad_input_is_one_line_before_training(
             _mmsa(path, mutate)
         argv += ["--config.data.synthetic.enabled=False", f"--config.data.path={path}"]
     argv += [f"--config.{k}={v}" for k, v in overrides.items()]
-    code = cli._main(decalign_train.train_and_evaluate, argv, prog="x", evaluate=False)
+    code = cli.main(decalign_train.train_and_evaluate, argv, prog="x", evaluate=False)
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
     assert code == 2, captured.err

@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["Args", "parse_args", "run_evaluate", "run_train"]
+__all__ = ["Args", "main", "parse_args", "run_evaluate", "run_train"]
 
 
 @dataclasses.dataclass
@@ -129,7 +129,7 @@ def _config_help(spec: str) -> str:
     return f"{path}:\n{doc}\n\nfields (current values):\n{fields}\n"
 
 
-def _main(
+def main(
     fn: Callable[..., Any], argv: Sequence[str], *, prog: str, evaluate: bool
 ) -> int:
     debug = os.environ.get("XMODAL_DEBUG", "") not in ("", "0") or "--debug" in argv
@@ -195,10 +195,10 @@ def _exit(code: int) -> None:
 def run_train(train_and_evaluate: Callable[..., Any], prog: str = "") -> None:
     """``python -m <method>.train``: parses flags, starts JAX, calls the driver."""
     prog = prog or pathlib.Path(sys.argv[0]).stem
-    _exit(_main(train_and_evaluate, sys.argv[1:], prog=prog, evaluate=False))
+    _exit(main(train_and_evaluate, sys.argv[1:], prog=prog, evaluate=False))
 
 
 def run_evaluate(evaluate: Callable[..., Any], prog: str = "") -> None:
     """``python -m <method>.evaluate``: also ``--checkpoint`` and ``--split``."""
     prog = prog or pathlib.Path(sys.argv[0]).stem
-    _exit(_main(evaluate, sys.argv[1:], prog=prog, evaluate=True))
+    _exit(main(evaluate, sys.argv[1:], prog=prog, evaluate=True))

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from cdds_jax.data import images as images_lib
-from cdds_jax.data.sources import TextMode, _index, _TextFields
+from cdds_jax.data.sources import TextFields, TextMode, checked_index
 from cdds_jax.data.split import check_caption_to_image
 from cdds_jax.data.text import TokenTable, Vocabulary
 from xmodal import files
@@ -244,13 +244,13 @@ class RawPairSource:
         tokens: TokenTable | None = None,
     ):
         self.split = split
-        self._text = _TextFields(split, text, vocab, max_words, tokens)
+        self._text = TextFields(split, text, vocab, max_words, tokens)
 
     def __len__(self) -> int:
         return self.split.num_captions
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        i = _index(i, len(self))
+        i = checked_index(i, len(self))
         image_id = int(self.split.caption_to_image[i])
         return {
             "jpeg": np.frombuffer(self.split.read_image(image_id), np.uint8),
@@ -275,7 +275,7 @@ class RawImageSource:
         return self.split.num_images
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        i = _index(i, len(self))
+        i = checked_index(i, len(self))
         data = self.split.read_image(i)
         image = images_lib.eval_image(data, self.spec, self.split.image_paths[i])
         return {"image": image, "index": np.int64(i)}

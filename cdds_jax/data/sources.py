@@ -17,7 +17,14 @@ import numpy as np
 from cdds_jax.data.split import RetrievalSplit
 from cdds_jax.data.text import TokenTable, Vocabulary
 
-__all__ = ["CaptionSource", "ImageSource", "PairSource", "TextMode"]
+__all__ = [
+    "CaptionSource",
+    "ImageSource",
+    "PairSource",
+    "TextFields",
+    "TextMode",
+    "checked_index",
+]
 
 #: How captions reach the model: token features from the store, word ids of the
 #: BiGRU vocabulary (``tokens``), or ids of a backbone tokenizer (``ids``, a
@@ -25,7 +32,7 @@ __all__ = ["CaptionSource", "ImageSource", "PairSource", "TextMode"]
 TextMode = Literal["features", "tokens", "ids"]
 
 
-def _index(i: int, n: int) -> int:
+def checked_index(i: int, n: int) -> int:
     i = operator.index(i)
     if i < 0:
         i += n
@@ -34,7 +41,7 @@ def _index(i: int, n: int) -> int:
     return i
 
 
-class _TextFields:
+class TextFields:
     """Builds the text fields of caption i (shared by Pair- and CaptionSource)."""
 
     def __init__(
@@ -131,13 +138,13 @@ class PairSource:
         tokens: TokenTable | None = None,
     ):
         self.split = split
-        self._text = _TextFields(split, text, vocab, max_words, tokens)
+        self._text = TextFields(split, text, vocab, max_words, tokens)
 
     def __len__(self) -> int:
         return self.split.num_captions
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        i = _index(i, len(self))
+        i = checked_index(i, len(self))
         image_id = int(self.split.caption_to_image[i])
         return {
             "image": self.split.image(image_id),
@@ -162,7 +169,7 @@ class ImageSource:
         return self.split.num_images
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        i = _index(i, len(self))
+        i = checked_index(i, len(self))
         return {"image": self.split.image(i), "index": np.int64(i)}
 
     def __repr__(self) -> str:
@@ -183,13 +190,13 @@ class CaptionSource:
         tokens: TokenTable | None = None,
     ):
         self.split = split
-        self._text = _TextFields(split, text, vocab, max_words, tokens)
+        self._text = TextFields(split, text, vocab, max_words, tokens)
 
     def __len__(self) -> int:
         return self.split.num_captions
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        i = _index(i, len(self))
+        i = checked_index(i, len(self))
         return {
             **self._text(i),
             "image_id": np.int64(self.split.caption_to_image[i]),
