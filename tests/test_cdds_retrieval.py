@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cdds_jax import retrieval
+from cdds_jax import score_matrix as score_matrix_module
 
 # ------------------------------------------------------------------ references
 
@@ -445,7 +446,7 @@ def test_score_matrix_one_compile_for_different_sizes(monkeypatch):
         chex.assert_max_traces(retrieval.block_scores_kernel, n=1),
         static_argnames=("compute_dtype", "precision"),
     )
-    monkeypatch.setattr(retrieval, "_block_scores", counted)
+    monkeypatch.setattr(score_matrix_module, "_block_scores", counted)
     rng = np.random.default_rng(7)
     # Two sizes, each smaller side cached on a different side; same width and block.
     for n_img, n_cap in [(5, 40), (70, 23)]:
