@@ -32,9 +32,8 @@ from typing import Any
 import numpy as np
 
 from cdds_jax.data import images as images_lib
-from cdds_jax.data.sources import TextFields, TextMode, checked_index
+from cdds_jax.data.sources import CaptionItems, checked_index
 from cdds_jax.data.split import check_caption_to_image
-from cdds_jax.data.text import TokenTable, Vocabulary
 from xmodal import files
 
 __all__ = [
@@ -220,7 +219,7 @@ def make_split(
 # ---------------------------------------------------------------------------------------
 
 
-class RawPairSource:
+class RawPairSource(CaptionItems):
     """Training source: one item per CAPTION (one epoch = one pass over captions).
 
     Item i: ``jpeg`` uint8 [n_bytes] (the encoded file of caption i's image) and its
@@ -233,21 +232,6 @@ class RawPairSource:
       text: ``"ids"`` (``tokens``: a :class:`TokenTable`, the backbone tokenizer's) or
         ``"tokens"`` (the BiGRU ``vocab`` with ``max_words``).
     """
-
-    def __init__(
-        self,
-        split: RawSplit,
-        *,
-        text: TextMode,
-        vocab: Vocabulary | None = None,
-        max_words: int | None = None,
-        tokens: TokenTable | None = None,
-    ):
-        self.split = split
-        self._text = TextFields(split, text, vocab, max_words, tokens)
-
-    def __len__(self) -> int:
-        return self.split.num_captions
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         i = checked_index(i, len(self))

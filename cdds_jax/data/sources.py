@@ -10,7 +10,7 @@ contents: spawned grain workers reopen the memory maps (or the ArrayRecord files
 from __future__ import annotations
 
 import operator
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from cdds_jax.data.split import RetrievalSplit
 from cdds_jax.data.text import TokenTable, Vocabulary
 
 __all__ = [
+    "CaptionItems",
     "CaptionSource",
     "ImageSource",
     "PairSource",
@@ -116,21 +117,16 @@ class TextFields:
         return {"text": np.ascontiguousarray(feats), "text_mask": length_axis < n}
 
 
-class PairSource:
-    """Training source: one item per CAPTION (one epoch = one pass over captions).
+class CaptionItems:
+    """Base of the sources with one item per caption: the split and its text fields.
 
-    Item i:
-      ``image`` float32 [P, D_v] (the image of caption i), ``image_id`` int64 [] (=
-      ``caption_to_image[i]``), ``index`` int64 [] (= i), and either ``text`` float32
-      [L, D_t] + ``text_mask`` bool [L] (``text="features"``; L = ``max_words`` or the
-      store's L_max; truncated / zero-padded) or ``tokens`` int32 [L] + ``text_mask``
-      bool [L] (``text="tokens"``; L = ``max_words``, required, with ``vocab``; or
-      ``text="ids"`` with ``tokens``, a backbone tokenizer's table, L its length).
+    `split` is any split with ``num_captions`` and the caption fields `TextFields`
+    reads (a feature store split, or a raw image + caption split).
     """
 
     def __init__(
         self,
-        split: RetrievalSplit,
+        split: Any,
         *,
         text: TextMode = "features",
         vocab: Vocabulary | None = None,
@@ -142,6 +138,19 @@ class PairSource:
 
     def __len__(self) -> int:
         return self.split.num_captions
+
+
+class PairSource(CaptionItems):
+    """Training source: one item per CAPTION (one epoch = one pass over captions).
+
+    Item i:
+      ``image`` float32 [P, D_v] (the image of caption i), ``image_id`` int64 [] (=
+      ``caption_to_image[i]``), ``index`` int64 [] (= i), and either ``text`` float32
+      [L, D_t] + ``text_mask`` bool [L] (``text="features"``; L = ``max_words`` or the
+      store's L_max; truncated / zero-padded) or ``tokens`` int32 [L] + ``text_mask``
+      bool [L] (``text="tokens"``; L = ``max_words``, required, with ``vocab``; or
+      ``text="ids"`` with ``tokens``, a backbone tokenizer's table, L its length).
+    """
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         i = checked_index(i, len(self))
@@ -176,24 +185,9 @@ class ImageSource:
         return f"ImageSource({self.split.split}, n={len(self)})"
 
 
-class CaptionSource:
+class CaptionSource(CaptionItems):
     """Evaluation source: one item per caption: text fields (as :class:`PairSource`),
     ``image_id`` int64 [] and ``index`` int64 []."""
-
-    def __init__(
-        self,
-        split: RetrievalSplit,
-        *,
-        text: TextMode = "features",
-        vocab: Vocabulary | None = None,
-        max_words: int | None = None,
-        tokens: TokenTable | None = None,
-    ):
-        self.split = split
-        self._text = TextFields(split, text, vocab, max_words, tokens)
-
-    def __len__(self) -> int:
-        return self.split.num_captions
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         i = checked_index(i, len(self))
