@@ -16,7 +16,8 @@ from benchmarks.settings import CddsSizes, paper_cdds
 
 __all__ = ["ISSUE_GFLOP_PER_PAIR", "blocks_dense_only", "cdds_flops", "render"]
 
-#: The 80 GFLOP-per-pair estimate (forward + backward, paper sizes) the count is checked
+#: A hand estimate of the dense layers, 80 GFLOP per pair (forward + backward, paper
+#: sizes), that the count is checked
 #: against; written to ``benchmarks.json`` as ``issue_gflop_per_pair``.
 ISSUE_GFLOP_PER_PAIR = 80.0
 
@@ -171,13 +172,13 @@ def _check_against_estimate(train: Mapping[str, Any], total: float) -> str:
     paper_total = sum(c["train_per_pair"] for c in cdds_flops(paper, 64))
     paper_dense = blocks_dense_only(paper)
     return (
-        f"Check against the issue's estimate (about "
+        f"Check against a hand estimate of the dense layers (about "
         f"{train['issue_gflop_per_pair']:.0f} GFLOP per pair at paper sizes: d 512, "
         "P 197, L 32, z 4, G 32, K 16): the same formulas give "
         f"{paper_total / 1e9:.1f} GFLOP per pair at B = 64 "
         f"({64 * paper_total / 1e12:.2f} TFLOP per step). The dense layers of the "
         "18 transformer blocks alone (3 x (2 + 4z) x 24 (P + L) d^2) are "
-        f"{paper_dense / 1e9:.1f} GFLOP, which matches the issue's figure; the "
+        f"{paper_dense / 1e9:.1f} GFLOP, which matches that estimate; the "
         "difference is the attention scores and values (4 (P^2 + L^2) d per block, "
         "x 18 x 3), the UNet skip denses and the small terms "
         f"({paper_total / paper_dense - 1:+.0%}). At the sizes of this run: "

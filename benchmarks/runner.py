@@ -150,7 +150,7 @@ def _targets(results: Mapping[str, Any]) -> list[str]:
         "",
         "## Targets",
         "",
-        "The issue's targets for a CPU, from this run's numbers (the GEMM rate is the "
+        "The project's targets for a CPU, from this run's numbers (the GEMM rate is the "
         "one measured at the start; the end-of-run rate shows the drift):",
         "",
     ]
