@@ -17,8 +17,8 @@ from benchmarks.settings import CddsSizes, paper_cdds
 __all__ = ["ISSUE_GFLOP_PER_PAIR", "blocks_dense_only", "cdds_flops", "render"]
 
 #: A hand estimate of the dense layers, 80 GFLOP per pair (forward + backward, paper
-#: sizes), that the count is checked
-#: against; written to ``benchmarks.json`` as ``issue_gflop_per_pair``.
+#: sizes), that the count is checked against; written to ``benchmarks.json`` as
+#: ``issue_gflop_per_pair``.
 ISSUE_GFLOP_PER_PAIR = 80.0
 
 
