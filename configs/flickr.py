@@ -57,15 +57,28 @@ def base_config() -> ml_collections.ConfigDict:
     # empty = the single run of c.seed.
     c.seeds = ()
 
+    _data(c)
+    _model(c)
+    _semantics(c)
+    _objective(c)
+    _schedule(c)
+
+    # Data-parallel mesh; param sharding rules (regex, partition) - replicated here.
+    c.mesh = (("data", -1),)
+    c.sharding_rules = ()
+    return c
+
+
+def _data(c: ml_collections.ConfigDict) -> None:
+    """Where the data is and how it is read (``c.data``)."""
     # ------------------------------------------------------------------ data
     c.data = ml_collections.ConfigDict()
     # "features" (our store) | "scan_precomp" | "arrayrecord" | "karpathy" (split
     # JSON + images) | "laps" ({split}_caps/ids.txt + images)
     c.data.format = "features"
     c.data.root = "data/f30k"  # folder holding the splits (unused by data.synthetic)
-    c.data.image_root = (
-        ""  # image folder of "karpathy" / "laps" ("" = beside data.root)
-    )
+    # image folder of "karpathy" / "laps" ("" = beside data.root)
+    c.data.image_root = ""
     c.data.train_split = "train"
     c.data.dev_split = "dev"  # model selection (rSum on the "full" protocol)
     c.data.test_split = "test"  # reported at the end with the best-on-dev state
@@ -95,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.synthetic.image_size = 32  # kind "images": JPEG side (px)
     c.data.synthetic.backbone_size = 64  # kind "images": width of the tiny backbones
 
+
+def _model(c: ml_collections.ConfigDict) -> None:
+    """The encoders and the decoupler (``c.model``)."""
     # ----------------------------------------------------------------- model
     c.model = ml_collections.ConfigDict()
     # "features" (stored token features -> Dense(d)) | "vit" | "swin" | "clip"
@@ -111,10 +127,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.num_samples = 4  # z noisy bottleneck copies
     c.model.sigma = 0.1  # bottleneck noise scale
     c.model.dtype = "float32"  # compute dtype of the encoders ("bfloat16"); params f32
-    c.model.remat = (
-        False  # recompute block activations in backward (memory), backbones too
-    )
+    # recompute block activations in backward (memory), backbones too
+    c.model.remat = False
 
+
+def _semantics(c: ml_collections.ConfigDict) -> None:
+    """The distribution sampling score (``c.semantics``)."""
     # ------------------------------------------------------------- semantics
     c.semantics = ml_collections.ConfigDict()
     c.semantics.kl = "histogram"  # "histogram" | "gaussian" column KL estimator
@@ -138,6 +156,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.semantics.table_compare = "cosine"
     c.semantics.table_scale = False  # centred comparisons: also divide by the spread
 
+
+def _objective(c: ml_collections.ConfigDict) -> None:
+    """The loss terms, the collapse guard and the Table 3 switches."""
     # ------------------------------------------------------------------ loss
     c.loss = ml_collections.ConfigDict()
     c.loss.contrastive = "hinge"  # "hinge" (VSE++, LAPS) | "infonce"
@@ -168,6 +189,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.ablate.noise = True  # False: sigma = 0 in training too
     c.ablate.sampling = True  # False: mean-pooled cosine of V^s, T^s, same hinge
 
+
+def _schedule(c: ml_collections.ConfigDict) -> None:
+    """Optimiser, training length and evaluation (``c.optim``, ``c.train``, ``c.eval``)."""
     # ----------------------------------------------------------------- optim
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 2e-4
@@ -200,11 +224,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.batch_size = 128  # items per encoding batch (global)
     c.eval.block_size = 1024  # score matrix block (images and captions)
     c.eval.select_on_test = False  # True = LAPS protocol (selects on TEST; flagged)
-
-    # Data-parallel mesh; param sharding rules (regex, partition) - replicated here.
-    c.mesh = (("data", -1),)
-    c.sharding_rules = ()
-    return c
 
 
 def demo_overrides(c: ml_collections.ConfigDict, *, tiny: bool = False) -> None:
