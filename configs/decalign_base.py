@@ -4,6 +4,9 @@ The defaults are the official repository's HEAD per-dataset settings
 (spec/decalign.md sections 3, 4 and 6.2); ``:paper`` sets alpha = beta = 0.05 (the
 paper's sensitivity study); ``:demo`` trains on a synthetic pickle in the real MMSA
 layout (written on first use into ``$XMODAL_CACHE`` or ``~/.cache/xmodal``).
+``model.text_encoder="bert"`` fine-tunes BERT on the token ids (docs/decalign.md §3.8):
+from ``model.bert_path``, or, in ``:demo`` / ``:tiny`` with an empty path, a tiny random
+BERT written into the same cache.
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ import json
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -159,9 +158,10 @@ def pretrained_params(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def check_token_ids(
-    config: ml_collections.ConfigDict, splits: Mapping[str, data_lib.MMSASplit]
-) -> None:
-    """With ``bert``: every split has ``text_bert`` ids the checkpoint can embed.
+    config: ml_collections.ConfigDict, splits: dict[str, data_lib.MMSASplit]
+) -> dict[str, data_lib.MMSASplit]:
+    """``splits``, checked with ``bert``: every split has ``text_bert`` ids the
+    checkpoint can embed.
 
     Raises:
       ValueError: one line naming the split and what is wrong (no ``text_bert``, an id
@@ -170,7 +170,7 @@ def check_token_ids(
     """
     folder = bert_folder(config)
     if folder is None:
-        return
+        return splits
     cfg = backbones.load_config(folder)
     for name, split in splits.items():
         where = f"{name} split text_bert"
@@ -201,6 +201,7 @@ def check_token_ids(
                 f"{where}: segment ids in [{types.min()}, {types.max()}], outside "
                 f"[0, {cfg.type_vocab_size})"
             )
+    return splits
 
 
 def make_source(

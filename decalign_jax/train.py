@@ -93,8 +93,7 @@ def load_data(config: ml_collections.ConfigDict) -> dict[str, data_lib.MMSASplit
         standardize=standardize,
         num_classes=config.data.num_classes if config.loss.task == "ce" else None,
     )
-    text.check_token_ids(config, splits)  # model.text_encoder=bert only
-    return splits
+    return text.check_token_ids(config, splits)  # ids BERT can embed (bert only)
 
 
 # =====================================================================================
@@ -136,28 +135,23 @@ def create_train_state(
     seed: int,
     steps_per_epoch: int,
 ) -> tuple[TrainState, Any]:
-    """A fresh state created directly with its shardings; returns (state, shardings).
-
-    A fine-tuned BERT starts from its checkpoint (an argument of the jitted init)."""
+    """A fresh sharded state (BERT from its checkpoint); returns (state, shardings)."""
     dummy = {
         k: np.zeros((1, *np.shape(v)[1:]), np.asarray(v).dtype)
         for k, v in example.items()
     }
 
-    def init(*pretrained: Mapping[str, Any]) -> TrainState:
+    def init(pretrained: Mapping[str, Any]) -> TrainState:
         rng = jax.random.PRNGKey(seed)
         params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
         params = model.init(
             {"params": params_rng, "dropout": dropout_rng}, dummy, train=False
         )["params"]
-        params = (
-            backbones.merge_pretrained(params, *pretrained) if pretrained else params
-        )
+        params = backbones.merge_pretrained(params, pretrained)
         tx = text.make_optimizer(config, params, steps_per_epoch=steps_per_epoch)
         return TrainState.create(params=params, tx=tx, rng=state_rng)
 
-    weights = text.pretrained_params(config)
-    args = (weights,) if weights else ()
+    args = (text.pretrained_params(config),)  # an argument, not a constant
     return create_sharded(init, mesh, config.sharding_rules, args=args)
 
 
