@@ -3,16 +3,16 @@
 References: ``transformers``' ``BertModel`` (built tiny and random, saved with
 ``save_pretrained``) run through a torch mirror of the official text encoder, and
 ``torch.optim.Adam`` with parameter groups after ``clip_grad_norm_`` (the official
-trainer's update). The sharded step runs on 8 simulated devices against 1.
+trainer's update). The driver's step trains BERT on 8 simulated devices.
 """
 
 from __future__ import annotations
 
+import functools
 import pickle
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -102,10 +102,9 @@ def _model_batch(text_bert: np.ndarray, seed: int = 1) -> dict[str, np.ndarray]:
 
 
 def _init_params(config, model, batch):
-    params = model.init(
-        {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
-        batch,
-        train=False,
+    init = jax.jit(functools.partial(model.init, train=False))
+    params = init(
+        {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, batch
     )["params"]
     return backbones.merge_pretrained(params, text.pretrained_params(config))
 
@@ -127,11 +126,15 @@ def test_bert_text_feature_matches_the_official_encoder(hf_bert):
     assert np.abs(ref).max() > 0.5  # not a trivial output
     # What the rest of the model receives: the same outputs as the frozen-feature
     # model fed the official encoder's output as ``text``.
-    out = model.apply({"params": params}, batch, train=False)
+    out = jax.jit(functools.partial(model.apply, train=False))(
+        {"params": params}, batch
+    )
     features = model.clone(bert=None)
     fed = {**{k: v for k, v in batch.items() if k != "text_bert"}, "text": ref}
     rest = {k: v for k, v in params.items() if k != "bert"}
-    want = features.apply({"params": rest}, fed, train=False)
+    want = jax.jit(functools.partial(features.apply, train=False))(
+        {"params": rest}, fed
+    )
     for key in ("output", "final_rep", "pooled_unique", "z"):
         chex.assert_trees_all_close(out[key], want[key], rtol=1e-5, atol=1e-5)
 
@@ -149,13 +152,15 @@ def test_bert_dropout_is_on_in_training(hf_bert):
     batch = _model_batch(_text_bert(4, 12))
     params = _init_params(config, model, batch)
 
+    @functools.partial(jax.jit, static_argnums=0)
+    def apply(train_mode, key):
+        out = model.apply(
+            {"params": params}, batch, train=train_mode, rngs={"dropout": key}
+        )
+        return out["final_rep"]
+
     def rep(train_mode, seed=0):
-        return model.apply(
-            {"params": params},
-            batch,
-            train=train_mode,
-            rngs={"dropout": jax.random.PRNGKey(seed)},
-        )["final_rep"]
+        return apply(train_mode, jax.random.PRNGKey(seed))
 
     # Every DecAlign dropout is 0 here: only BERT's own (0.1) can change the output.
     assert not np.allclose(rep(True), rep(False), atol=1e-4)
@@ -231,9 +236,8 @@ def test_missing_or_wrong_checkpoint_is_one_line(tmp_path, hf_bert):
 
 
 def test_synthetic_ids_carry_the_text_sentiment(tmp_path):
-    path = write_mmsa_pickle(
-        tmp_path / "m.pkl", seed=0, sizes={"train": 600, "valid": 8, "test": 8}
-    )
+    sizes = {"train": 500, "valid": 8, "test": 8}
+    path = write_mmsa_pickle(tmp_path / "m.pkl", seed=0, sizes=sizes, dims=(8, 5, 20))
     raw = pickle.loads(path.read_bytes())["train"]
     tb = np.asarray(raw["text_bert"]).astype(np.int64)
     ids, mask = tb[:, 0], tb[:, 1]
@@ -247,66 +251,58 @@ def test_synthetic_ids_carry_the_text_sentiment(tmp_path):
     assert np.corrcoef(polarity, raw["regression_labels"])[0, 1] > 0.5
 
 
-def test_sharded_bert_step_equals_single_device_and_trains():
-    # The demo's tiny random BERT (written into the cache) on the synthetic ids.
-    config = _config(**{"loss.beta": 0.05})
+def test_bert_trains_in_the_sharded_step():
+    # The demo's tiny random BERT (written into the cache) on the synthetic ids, two
+    # driver steps on 8 devices (the 1-vs-8 equality of the step is tested on the
+    # features path; BERT adds replicated parameters only).
+    # The prototype / OT terms are off (their compile dominates, BERT does not
+    # touch them; they are tested with BERT's features in the driver tests).
+    config = _config(**{"loss.alpha": 0.0})
     splits = train.load_data(config)
     source = text.make_source(splits["train"], config)
     rows = [source[i] for i in range(16)]
     local = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
     assert "text" not in local and local["text_bert"].dtype == np.int32
     model = train.build_model(config)
-    example = {k: v[:1] for k, v in local.items()}
-    pretrained = text.pretrained_params(config)["bert"]
-
-    def run(devices):
-        mesh = sharding.make_mesh((("data", -1),), devices=devices)
-        state, shardings = train.create_train_state(
-            config, model, example, mesh, seed=0, steps_per_epoch=4
-        )
-        chex.assert_trees_all_close(jax.device_get(state.params["bert"]), pretrained)
-        batch = sharding.global_batch(local, mesh)
-        step = train.jit_train_step(config, model, shardings, mesh)
-        bert0 = jax.device_get(state.params["bert"])
-        out = []
-        for _ in range(2):
-            state, metrics = step(state, batch)
-            out.append(jax.device_get(metrics))
-        return out, bert0, jax.device_get(state.params["bert"])
-
-    m1, before, after1 = run(jax.devices()[:1])
-    m8, _, after8 = run(jax.devices())
-    for a, b in zip(m1, m8, strict=True):
-        assert np.isfinite(a["loss"])
-        chex.assert_trees_all_close(a, b, rtol=1e-4, atol=1e-5)
-    chex.assert_trees_all_close(after1, after8, rtol=1e-4, atol=1e-6)
+    mesh = sharding.make_mesh((("data", -1),))
+    assert mesh.size == 8
+    state, shardings = train.create_train_state(
+        config,
+        model,
+        {k: v[:1] for k, v in local.items()},
+        mesh,
+        seed=0,
+        steps_per_epoch=4,
+    )
+    before = jax.device_get(state.params["bert"])
+    chex.assert_trees_all_close(before, text.pretrained_params(config)["bert"])
+    step = train.jit_train_step(config, model, shardings, mesh)
+    batch = sharding.global_batch(local, mesh)
+    losses = []
+    for _ in range(2):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    assert np.isfinite(losses).all() and losses[0] != losses[1]
+    after = jax.device_get(state.params["bert"])
     moved = jax.tree_util.tree_map(
-        lambda x, y: float(jnp.abs(x - y).max()), before, after1
+        lambda x, y: float(np.abs(x - y).max()), before, after
     )
     assert min(jax.tree_util.tree_leaves(moved)) > 0  # every BERT tensor learns
 
 
-def test_cli_tiny_run_with_bert(tmp_path, capsys):
+def test_cli_without_checkpoint_is_one_line(tmp_path, capsys):
     from xmodal import cli
 
-    argv = [
-        "--config=configs/mosi.py:tiny",
-        f"--workdir={tmp_path / 'run'}",
-        "--config.model.text_encoder=bert",
-        "--config.train.num_epochs=1",
-    ]
-    assert cli.main(train.train_and_evaluate, argv, prog="x", evaluate=False) == 0
-    assert '"MAE"' in (tmp_path / "run" / "results.json").read_text()
-    # A real config without the checkpoint: one line, exit status 2.
     sizes = {"train": 8, "valid": 8, "test": 8}
-    data = write_mmsa_pickle(tmp_path / "aligned_50.pkl", seed=0, sizes=sizes)
+    data = write_mmsa_pickle(
+        tmp_path / "aligned_50.pkl", seed=0, sizes=sizes, dims=(8, 5, 20)
+    )
     argv = [
         "--config=configs/mosi.py",
         f"--workdir={tmp_path / 'real'}",
         "--config.model.text_encoder=bert",
         f"--config.data.path={data}",
     ]
-    capsys.readouterr()
     assert cli.main(train.train_and_evaluate, argv, prog="x", evaluate=False) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: config.model.bert_path")
