@@ -137,6 +137,17 @@ def test_bert_text_feature_matches_the_official_encoder(hf_bert):
     )
     for key in ("output", "final_rep", "pooled_unique", "z"):
         chex.assert_trees_all_close(out[key], want[key], rtol=1e-5, atol=1e-5)
+    # Padded ids (mask 0) change BERT's outputs at the padded positions only: the
+    # official model sees them (no mask); with model.padding_mask the text lengths
+    # come from the BERT mask and nothing sees them.
+    changed = text_bert.copy()
+    changed[:, 0] = np.where(text_bert[:, 1] == 0, 7, text_bert[:, 0])
+    for padding_mask, same in ((True, True), (False, False)):
+        masked = model.clone(padding_mask=padding_mask)
+        apply = jax.jit(functools.partial(masked.apply, train=False))
+        a = apply({"params": params}, batch)["output"]
+        b = apply({"params": params}, {**batch, "text_bert": changed})["output"]
+        assert np.allclose(a, b, atol=1e-6) == same
 
 
 def test_bert_dropout_is_on_in_training(hf_bert):
