@@ -10,7 +10,7 @@ weights enter the train state when it is created (:func:`pretrained_params`) and
 checkpointed with it from then on.
 
 Nothing is downloaded: a config naming a folder that is not there stops with one line
-saying which checkpoint to put where (:data:`KNOWN_CHECKPOINTS`).
+saying which checkpoint to put where (:func:`xmodal.backbones.folders.check_folder`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import pathlib
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -28,6 +27,7 @@ import numpy as np
 from cdds_jax.data import images as images_lib
 from cdds_jax.model import CDDSModel
 from xmodal import backbones, layers
+from xmodal.backbones.folders import KNOWN_CHECKPOINTS, check_folder, merge_pretrained
 
 __all__ = [
     "CLIP_MEAN_STD",
@@ -41,6 +41,7 @@ __all__ = [
     "encoder_kinds",
     "image_spec",
     "load_backbones",
+    "merge_pretrained",
     "pretrained_params",
 ]
 
@@ -48,22 +49,6 @@ IMAGE_ENCODERS: tuple[str, ...] = ("features", "vit", "swin", "clip")
 TEXT_ENCODERS: tuple[str, ...] = ("features", "bigru", "bert")
 #: Old names still read (configs written before the backbones).
 _ALIASES = {"precomputed": "features"}
-#: Backbone kind -> the ``model_type`` values of its ``config.json``.
-_MODEL_TYPES: dict[str, tuple[str, ...]] = {
-    "vit": ("vit",),
-    "swin": ("swin",),
-    "clip": ("clip", "clip_vision_model"),
-    "bert": ("bert",),
-}
-#: Checkpoint folder name -> the Hugging Face checkpoint to put there (the paper's rows).
-KNOWN_CHECKPOINTS: dict[str, str] = {
-    "vit-base-patch16-224-in21k": "google/vit-base-patch16-224-in21k",
-    "vit-base-patch16-384": "google/vit-base-patch16-384",
-    "swin-base-patch4-window7-224": "microsoft/swin-base-patch4-window7-224",
-    "swin-base-patch4-window12-384": "microsoft/swin-base-patch4-window12-384",
-    "clip-vit-large-patch14": "openai/clip-vit-large-patch14",
-    "bert-base-uncased": "google-bert/bert-base-uncased",
-}
 #: Pixel mean / std of [0, 1] RGB: ImageNet's (ViT and Swin, as LAPS) and CLIP's.
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CLIP_MEAN_STD = (
@@ -87,41 +72,6 @@ def encoder_kinds(config: ml_collections.ConfigDict) -> tuple[str, str]:
             f"got {config.model.text_encoder!r}"
         )
     return image, text
-
-
-def check_folder(path: str | pathlib.Path, field: str, kind: str) -> pathlib.Path:
-    """The checkpoint folder of a backbone, or ONE line saying what to put where.
-
-    Raises:
-      FileNotFoundError: no folder (or no ``config.json``) at ``path``.
-      ValueError: its ``model_type`` is not a ``kind`` model.
-    """
-    folder = pathlib.Path(path).expanduser()
-    if not str(path) or not (folder / "config.json").is_file():
-        name = KNOWN_CHECKPOINTS.get(folder.name)
-        what = (
-            f"the Hugging Face checkpoint {name}"
-            if name
-            else f"a Hugging Face {kind} checkpoint"
-        )
-        if not str(path):
-            state = "not set"
-        elif not folder.is_dir():
-            state = f"folder {str(folder)!r} not found"
-        else:
-            state = f"{str(folder)!r} has no config.json"
-        raise FileNotFoundError(
-            f"config.{field}: {state}: put {what} there (config.json + "
-            f"model.safetensors{' + vocab.txt' if kind == 'bert' else ''}; nothing is "
-            f"downloaded), or pass --config.{field}=FOLDER"
-        )
-    model_type = getattr(backbones.load_config(folder), "model_type", None)
-    if model_type not in _MODEL_TYPES[kind]:
-        raise ValueError(
-            f"config.{field}: {str(folder)!r} holds a {model_type!r} model, expected "
-            f"{' or '.join(_MODEL_TYPES[kind])} for the {kind} encoder"
-        )
-    return folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,28 +159,6 @@ def pretrained_params(found: Backbones) -> dict[str, Any]:
         if folder is not None:
             _, variables = backbones.from_pretrained(folder)
             out[name] = variables["params"]
-    return out
-
-
-def merge_pretrained(
-    params: dict[str, Any], pretrained: dict[str, Any]
-) -> dict[str, Any]:
-    """``params`` with the backbone subtrees replaced by ``pretrained`` (same structure
-    and shapes, checked while tracing)."""
-    out = dict(params)
-    for name, tree in pretrained.items():
-        want = jax.tree_util.tree_structure(params[name])
-        got = jax.tree_util.tree_structure(tree)
-        if want != got:
-            raise ValueError(f"{name}: checkpoint tree {got} != model tree {want}")
-        for a, b in zip(
-            jax.tree_util.tree_leaves(params[name]),
-            jax.tree_util.tree_leaves(tree),
-            strict=True,
-        ):
-            if a.shape != b.shape:
-                raise ValueError(f"{name}: checkpoint shape {b.shape} != {a.shape}")
-        out[name] = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), tree)
     return out
 
 

@@ -4,6 +4,9 @@ The defaults are the official repository's HEAD per-dataset settings
 (spec/decalign.md sections 3, 4 and 6.2); ``:paper`` sets alpha = beta = 0.05 (the
 paper's sensitivity study); ``:demo`` trains on a synthetic pickle in the real MMSA
 layout (written on first use into ``$XMODAL_CACHE`` or ``~/.cache/xmodal``).
+``model.text_encoder="bert"`` fine-tunes BERT on the token ids (docs/decalign.md §3.8):
+from ``model.bert_path``, or, in ``:demo`` / ``:tiny`` with an empty path, a tiny random
+BERT written into the same cache.
 """
 
 from __future__ import annotations
@@ -19,28 +22,31 @@ HEAD = {
         attn=(0.1, 0.0, 0.0), relu=0.1, embed=0.1, res=0.05, output=0.0, text=0.0,
         alpha=0.05, beta=0.07, ct_weight=0.003, ct_temperature=0.1, binary_weight=0.0,
         task="mse", num_prototypes=7, batch=32, lr=6e-5, clip=0.6, epochs=18,
-        early_stop=6, file="MOSI/aligned_50.pkl",
+        early_stop=6, file="MOSI/aligned_50.pkl", bert="bert-base-uncased",
+        bert_lr=0.0,
     ),
     "mosei": dict(
         dim=64, heads=8, layers=4, kernels=(5, 5, 5), pde_dim=64,
         attn=(0.125, 0.125, 0.125), relu=0.125, embed=0.125, res=0.125, output=0.125,
         text=0.125, alpha=0.005, beta=0.0, ct_weight=0.001, ct_temperature=0.1,
         binary_weight=0.0, task="mse", num_prototypes=7, batch=128, lr=5e-5, clip=0.6,
-        epochs=16, early_stop=5, file="MOSEI/aligned_50.pkl",
+        epochs=16, early_stop=5, file="MOSEI/aligned_50.pkl", bert="bert-base-uncased",
+        bert_lr=1e-5,
     ),
     "sims": dict(
         dim=32, heads=8, layers=4, kernels=(5, 5, 5), pde_dim=32,
         attn=(0.4, 0.3, 0.1), relu=0.1, embed=0.3, res=0.1, output=0.35, text=0.25,
         alpha=0.0175, beta=0.0525, ct_weight=0.01, ct_temperature=0.07,
         binary_weight=0.01, task="mse", num_prototypes=7, batch=24, lr=3.5e-5, clip=0.5,
-        epochs=55, early_stop=11, file="SIMS/unaligned_39.pkl",
+        epochs=55, early_stop=11, file="SIMS/unaligned_39.pkl", bert="bert-base-chinese",
+        bert_lr=7.5e-6,
     ),
     "iemocap": dict(
         dim=48, heads=4, layers=4, kernels=(1, 1, 1), pde_dim=48,
         attn=(0.2, 0.2, 0.2), relu=0.2, embed=0.2, res=0.2, output=0.2, text=0.2,
         alpha=0.05, beta=0.05, ct_weight=0.0, ct_temperature=0.1, binary_weight=0.0,
         task="ce", num_prototypes=6, batch=32, lr=1e-4, clip=0.6, epochs=50,
-        early_stop=5, file="IEMOCAP/iemocap_data.pkl",
+        early_stop=5, file="IEMOCAP/iemocap_data.pkl", bert="", bert_lr=0.0,
     ),
 }  # fmt: skip
 
@@ -86,6 +92,11 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     c.model.dropout_impl = "hash"  # "hash" (fast counter-based masks) | "threefry"
     c.model.remat = False  # recompute transformer activations in backward (memory)
     c.model.dtype = "float32"  # transformer compute dtype ("bfloat16"); params float32
+    # Text input: "features" (the pickle's stored BERT features) | "bert" (BERT
+    # fine-tuned on the text_bert ids, as the official MOSI / MOSEI / SIMS configs).
+    c.model.text_encoder = "features"
+    # The local Hugging Face folder of that BERT (read only, never downloaded).
+    c.model.bert_path = f"checkpoints/{h['bert']}" if h["bert"] else ""
 
     # ------------------------------------------------------------------ loss
     c.loss = ml_collections.ConfigDict()
@@ -117,7 +128,8 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     c.optim.clip_norm = h["clip"]
     c.optim.schedule = "constant"  # ReduceLROnPlateau acts through the host factor
     c.optim.warmup_steps = 0
-    c.optim.lr_groups = ()  # (regex, multiplier); BERT gets its own lr once it exists
+    c.optim.lr_groups = ()  # (regex on parameter path, lr multiplier)
+    c.optim.bert_lr = h["bert_lr"]  # BERT's lr (text_encoder=bert); 0 = optim.lr
 
     # ----------------------------------------------------------------- train
     c.train = ml_collections.ConfigDict()
@@ -145,7 +157,9 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
         c.loss.beta = 0.05
     elif arg in ("demo", "tiny"):
         c.data.synthetic.enabled = True
+        c.model.bert_path = ""  # "" = a tiny random BERT written into the cache
         c.optim.lr = 1e-3
+        c.optim.bert_lr = 0.0  # the random tiny BERT learns at the main lr
         c.train.num_epochs = 8
         c.train.early_stop_patience = 8
         if arg == "tiny":

@@ -19,8 +19,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from decalign_jax import data as data_lib
-from decalign_jax import metrics, train
+from decalign_jax import metrics, text, train
 from xmodal import run, sharding
 from xmodal.checkpoint import restore_for_eval
 from xmodal.workdir import check_trained_with, evaluation_name
@@ -44,7 +43,7 @@ def evaluate(
     if split not in splits:
         raise ValueError(f"--split: expected one of {sorted(splits)}, got {split!r}")
     model = train.build_model(config)
-    example = data_lib.MMSASource(splits[split])[0]
+    example = text.make_source(splits[split], config)[0]
     example = {k: np.asarray(v)[None] for k, v in example.items()}
     evaluator = train.Evaluator(config, model, mesh)
     seeds = [int(s) for s in (config.seeds or (config.seed,))]

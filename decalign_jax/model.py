@@ -1,6 +1,7 @@
 """DecAlign model (spec/decalign.md sections 2.2-2.8, the official HEAD model).
 
-Inputs are batch-first: text ``[B, T_l, D_l]`` (stored BERT features), audio
+Inputs are batch-first: text ``[B, T_l, D_l]`` (stored BERT features, or the last
+hidden state of a BERT fine-tuned on the ``text_bert`` ids ``[B, 3, T_l]``), audio
 ``[B, T_a, D_a]``, vision ``[B, T_v, D_v]``. Per modality m:
 
     proj_m  = Conv1d_m(D_m -> d, kernel k_m, VALID, no bias)       [B, T'_m, d]
@@ -178,6 +179,9 @@ class DecAlignModel(nn.Module):
       remat: rematerialise the transformer layers in the backward pass.
       dtype: compute dtype of the transformers (parameters stay float32); the
         convolutions, pooled features and losses stay float32.
+      bert: a BERT module (:mod:`xmodal.backbones`) fine-tuned on ``text_bert``
+        ``[B, 3, T_l]``; its last hidden state replaces the stored ``text`` features
+        (None: ``text`` is read). Parameters under ``bert/``.
     """
 
     dim: int = 64
@@ -197,6 +201,7 @@ class DecAlignModel(nn.Module):
     dropout_impl: str = "hash"
     remat: bool = False
     dtype: Any = jnp.float32
+    bert: nn.Module | None = None
 
     def _frame_masks(self, batch: dict[str, Array], lengths_in: list[int]) -> list[Any]:
         if not self.padding_mask:
@@ -204,8 +209,10 @@ class DecAlignModel(nn.Module):
         masks = []
         for m, k, t_in in zip(MODALITIES, self.kernel_sizes, lengths_in, strict=True):
             length = batch.get(f"{m}_lengths")
+            if m == "text" and length is None and self.bert is not None:
+                length = jnp.sum(batch["text_bert"][:, 1] != 0, axis=1)  # BERT mask
             if length is None:
-                length = jnp.full((batch[m].shape[0],), t_in)
+                length = jnp.full((batch["audio"].shape[0],), t_in)
             # A VALID conv of kernel k turns n valid frames into n - k + 1 outputs.
             valid = jnp.maximum(length - k + 1, 1)
             masks.append(jnp.arange(t_in - k + 1)[None, :] < valid[:, None])
@@ -213,7 +220,16 @@ class DecAlignModel(nn.Module):
 
     @nn.compact
     def __call__(self, batch: dict[str, Array], *, train: bool) -> dict[str, Any]:
-        inputs = [batch[m].astype(jnp.float32) for m in MODALITIES]
+        inputs = [batch[m].astype(jnp.float32) for m in MODALITIES[1:]]
+        if self.bert is None:
+            inputs.insert(0, batch["text"].astype(jnp.float32))
+        else:
+            # MMSA's text_bert rows: input ids, attention mask, segment ids. The text
+            # sequence is BERT's last hidden state at every position, padding included
+            # (docs/decalign.md §3.8); BERT's own dropout is on in training.
+            ids = batch["text_bert"].astype(jnp.int32)
+            hidden = self.bert(ids[:, 0], ids[:, 1], ids[:, 2], deterministic=not train)
+            inputs.insert(0, hidden.astype(jnp.float32))
         for m, k, x in zip(MODALITIES, self.kernel_sizes, inputs, strict=True):
             if x.shape[1] < k:
                 raise ValueError(

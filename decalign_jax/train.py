@@ -29,9 +29,9 @@ import ml_collections
 import numpy as np
 
 from decalign_jax import data as data_lib
-from decalign_jax import losses, metrics
+from decalign_jax import losses, metrics, text
 from decalign_jax.model import DecAlignModel
-from xmodal import layers, optim, run, sharding
+from xmodal import backbones, layers, optim, run, sharding
 from xmodal import step as step_lib
 from xmodal.files import cache_dir
 from xmodal.inference import map_source
@@ -86,13 +86,14 @@ def data_path(config: ml_collections.ConfigDict) -> pathlib.Path:
 def load_data(config: ml_collections.ConfigDict) -> dict[str, data_lib.MMSASplit]:
     """Reads, validates and sanitises the pickle; ``{train, valid, test}`` splits."""
     standardize = {"auto": None, "on": True, "off": False}[config.data.standardize]
-    return data_lib.read_dataset(
+    splits = data_lib.read_dataset(
         data_path(config),
         format=config.data.format,
         dataset=config.data.dataset,
         standardize=standardize,
         num_classes=config.data.num_classes if config.loss.task == "ce" else None,
     )
+    return text.check_token_ids(config, splits)  # ids BERT can embed (bert only)
 
 
 # =====================================================================================
@@ -121,6 +122,7 @@ def build_model(config: ml_collections.ConfigDict) -> DecAlignModel:
         dropout_impl=m.dropout_impl,
         remat=m.remat,
         dtype=jnp.dtype(m.dtype),
+        bert=text.build_bert(config),  # None: the stored text features
     )
 
 
@@ -133,22 +135,24 @@ def create_train_state(
     seed: int,
     steps_per_epoch: int,
 ) -> tuple[TrainState, Any]:
-    """A fresh state created directly with its shardings; returns (state, shardings)."""
+    """A fresh sharded state (BERT from its checkpoint); returns (state, shardings)."""
     dummy = {
         k: np.zeros((1, *np.shape(v)[1:]), np.asarray(v).dtype)
         for k, v in example.items()
     }
 
-    def init() -> TrainState:
+    def init(pretrained: Mapping[str, Any]) -> TrainState:
         rng = jax.random.PRNGKey(seed)
         params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
         params = model.init(
             {"params": params_rng, "dropout": dropout_rng}, dummy, train=False
         )["params"]
-        tx = optim.make_optimizer(config.optim, params, steps_per_epoch=steps_per_epoch)
+        params = backbones.merge_pretrained(params, pretrained)
+        tx = text.make_optimizer(config, params, steps_per_epoch=steps_per_epoch)
         return TrainState.create(params=params, tx=tx, rng=state_rng)
 
-    return create_sharded(init, mesh, config.sharding_rules)
+    args = (text.pretrained_params(config),)  # an argument, not a constant
+    return create_sharded(init, mesh, config.sharding_rules, args=args)
 
 
 # =====================================================================================
@@ -286,7 +290,7 @@ class Evaluator:
     ) -> dict[str, float]:
         out = map_source(
             functools.partial(self.predict, state.params),
-            data_lib.MMSASource(split),
+            text.make_source(split, self.config),
             mesh=self.mesh,
             batch_size=self.config.eval.batch_size,
             num_threads=self.config.data.num_threads,
@@ -337,7 +341,7 @@ def train_seed(
     """One DecAlign seed in ``path``: the method's pieces for the harness."""
     seed = int(config.seed)
     model = build_model(config)
-    source = data_lib.MMSASource(splits["train"])
+    source = text.make_source(splits["train"], config)
     example = {k: np.asarray(v)[None] for k, v in source[0].items()}
     evaluator = Evaluator(config, model, mesh)
     select, mode = config.eval.select_metric, config.eval.select_mode

@@ -19,13 +19,20 @@ class MMSASource:
       ``[T_v, D_v]`` float32, ``audio_lengths`` / ``vision_lengths`` int32 scalars (the
       full padded length when the file has none), ``label`` float32 scalar (regression)
       or int32 scalar (classification), ``index`` int64 scalar (row in the split); with
-      ``with_text_bert=True`` also ``text_bert`` ``[3, T_l]`` int32.
+      ``with_text_bert=True`` also ``text_bert`` ``[3, T_l]`` int32; with
+      ``with_text=False`` no ``text`` (a model that reads BERT ids instead).
 
     The source holds the split's arrays; it is picklable (grain workers receive a
     copy of the arrays, so large splits cost memory per worker process).
     """
 
-    def __init__(self, split: MMSASplit, *, with_text_bert: bool = False) -> None:
+    def __init__(
+        self,
+        split: MMSASplit,
+        *,
+        with_text_bert: bool = False,
+        with_text: bool = True,
+    ) -> None:
         if not isinstance(split, MMSASplit):
             raise TypeError(f"split: expected an MMSASplit, got {type(split).__name__}")
         if with_text_bert and split.text_bert is None:
@@ -35,7 +42,7 @@ class MMSASource:
         n = split.num_samples
         _, t_a, t_v = split.seq_lens
         self._n = n
-        self._text = split.text
+        self._text = split.text if with_text else None
         self._audio = split.audio
         self._vision = split.vision
         self._label = split.label
@@ -61,8 +68,8 @@ class MMSASource:
             i += self._n
         if not 0 <= i < self._n:
             raise IndexError(f"index {index} out of range for {self._n} samples")
-        item = {
-            "text": self._text[i],
+        item = {} if self._text is None else {"text": self._text[i]}
+        item |= {
             "audio": self._audio[i],
             "vision": self._vision[i],
             "audio_lengths": self._audio_lengths[i],
@@ -76,6 +83,7 @@ class MMSASource:
 
     def __repr__(self) -> str:
         return (
-            f"MMSASource(split={self._name!r}, n={self._n}, text={self._text.shape[1:]}, "
+            f"MMSASource(split={self._name!r}, n={self._n}, "
+            f"text={None if self._text is None else self._text.shape[1:]}, "
             f"audio={self._audio.shape[1:]}, vision={self._vision.shape[1:]})"
         )

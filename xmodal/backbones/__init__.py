@@ -10,11 +10,19 @@ Face folders, with outputs equal to ``transformers``' models (tested).
 
 Modules take ``dtype`` (compute; parameters stay float32), ``remat`` (per block) and
 ``add_pooling_layer``; ``deterministic=False`` at call time turns dropout on.
-``write_random_checkpoint`` makes tiny random folders in the same layout.
+``write_random_checkpoint`` makes tiny random folders in the same layout;
+``check_folder`` / ``merge_pretrained`` check a configured folder and put its weights
+into a model's parameters.
 """
 
 from xmodal.backbones.bert import Bert, BertConfig
 from xmodal.backbones.clip import CLIPVision, CLIPVisionConfig
+from xmodal.backbones.folders import (
+    KNOWN_CHECKPOINTS,
+    MissingCheckpointError,
+    check_folder,
+    merge_pretrained,
+)
 from xmodal.backbones.hf_checkpoint import CheckpointError
 from xmodal.backbones.pretrained import (
     BackboneConfig,
@@ -30,23 +38,27 @@ from xmodal.backbones.tokenizer import TextTokenizer, TokenizedText, load_tokeni
 from xmodal.backbones.vit import ViT, ViTConfig
 
 __all__ = [
+    "KNOWN_CHECKPOINTS",
     "BackboneConfig",
     "Bert",
     "BertConfig",
     "CLIPVision",
     "CLIPVisionConfig",
     "CheckpointError",
+    "MissingCheckpointError",
     "Swin",
     "SwinConfig",
     "TextTokenizer",
     "TokenizedText",
     "ViT",
     "ViTConfig",
+    "check_folder",
     "default_vocab",
     "from_config",
     "from_pretrained",
     "load_config",
     "load_tokenizer",
+    "merge_pretrained",
     "param_shapes",
     "write_random_checkpoint",
 ]

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["GENERATOR_VERSION", "LATENT_DIM", "apply_mlp", "random_mlp"]
+__all__ = ["GENERATOR_VERSION", "LATENT_DIM", "RNG_STREAM", "apply_mlp", "random_mlp"]
 
 #: Bumped whenever the generators' output changes (part of the demo cache key).
-GENERATOR_VERSION = 1
+#: Version 2: the MMSA ``text_bert`` ids carry the text's sentiment (sentiment words);
+#: every other array is drawn exactly as in version 1.
+GENERATOR_VERSION = 2
+
+#: Seeds the generators' main random streams; it stays at 1 so that a version change
+#: confined to one array leaves the others (and the frozen-feature demo) unchanged.
+RNG_STREAM = 1
 
 #: Latent dims per modality before the random MLP.
 LATENT_DIM = 8

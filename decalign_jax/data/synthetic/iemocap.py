@@ -18,8 +18,8 @@ import numpy as np
 
 from decalign_jax.data.iemocap import GCNET_FEATURE_NAMES
 from decalign_jax.data.synthetic.common import (
-    GENERATOR_VERSION,
     LATENT_DIM,
+    RNG_STREAM,
     apply_mlp,
     random_mlp,
 )
@@ -191,7 +191,7 @@ def write_iemocap_raw(
         raise ValueError(
             f"utterances_per_dialogue: expected 2 <= lo <= hi, got {(lo, hi)}"
         )
-    rng = np.random.default_rng(np.random.SeedSequence([seed, GENERATOR_VERSION, 7]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, RNG_STREAM, 7]))
     path = Path(path)
     dialogues = [
         f"Ses0{s}{'FM'[j % 2]}_{'script' if j % 3 == 2 else 'impro'}{j + 1:02d}"

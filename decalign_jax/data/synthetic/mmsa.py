@@ -13,6 +13,10 @@ shared by all splits):
   vision: a slow oscillation), adds a speaker-style vector shared across modalities, a
   modality-private nuisance and frame noise, then passes the latent frames through its
   own random tanh MLP into ``D_m`` dims plus observation noise.
+* ``text_bert`` token ids (BERT layout, synthetic ids) carry the text's visible
+  sentiment too: some word positions hold positive or negative "sentiment words"
+  (:data:`POSITIVE_IDS`, :data:`NEGATIVE_IDS`) whose balance follows it, so a BERT
+  fine-tuned on the ids can learn what the frozen ``text`` features show.
 * MOSEI / SIMS audio and vision get wild per-column scales, offsets and rare spikes
   (what the reader's percentile clip + z-score is for); ``corrupt_audio=True`` adds
   MOSEI's ``-inf`` and float32-overflowing values (audio then stored as float64).
@@ -36,14 +40,24 @@ import numpy as np
 
 from decalign_jax.data.split import SPLITS, canonical_dataset
 from decalign_jax.data.synthetic.common import (
-    GENERATOR_VERSION,
     LATENT_DIM,
+    RNG_STREAM,
     apply_mlp,
     random_mlp,
 )
 from xmodal import files
 
-__all__ = ["DATASET_DEFAULTS", "DEFAULT_SIZES", "mmsa_file_name", "write_mmsa_pickle"]
+__all__ = [
+    "CLS_ID",
+    "DATASET_DEFAULTS",
+    "DEFAULT_SIZES",
+    "FILLER_IDS",
+    "NEGATIVE_IDS",
+    "POSITIVE_IDS",
+    "SEP_ID",
+    "mmsa_file_name",
+    "write_mmsa_pickle",
+]
 
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "mosi": {
@@ -246,14 +260,48 @@ def _corrupt(rng: np.random.Generator, audio: np.ndarray, lengths: np.ndarray) -
     audio[big] = 3e39 * np.where(rng.random(int(big.sum())) < 0.5, -1.0, 1.0)
 
 
+#: ``text_bert`` id layout (BERT's): [PAD] 0, [CLS] 101, [SEP] 102. Filler words are
+#: ids in [1996, 21128), valid in both bert-base-uncased (30522) and bert-base-chinese
+#: (21128); the sentiment words are two small sets below that range. The ids are
+#: synthetic: they are not the real vocabularies' words.
+CLS_ID, SEP_ID = 101, 102
+FILLER_IDS = (1996, 21128)
+POSITIVE_IDS = tuple(range(1100, 1108))
+NEGATIVE_IDS = tuple(range(1200, 1208))
+_SENTIMENT_WORD_RATE = 0.3  # share of word positions holding a sentiment word
+_POLARITY_GAIN = 2.0  # P(positive word) = sigmoid(gain * text score)
+
+
 def _bert_inputs(
-    rng: np.random.Generator, text_len: np.ndarray, t_l: int, dtype: str
+    rng: np.random.Generator,
+    word_rng: np.random.Generator,
+    text_len: np.ndarray,
+    t_l: int,
+    score: np.ndarray,
+    dtype: str,
 ) -> tuple[np.ndarray, list[str]]:
-    """``text_bert`` [n, 3, T_l] (``[CLS] w ... w [SEP] [PAD]...``) and its words."""
+    """``text_bert`` [n, 3, T_l] (``[CLS] w ... w [SEP] [PAD]...``) and its words.
+
+    Each word position holds, with probability ``_SENTIMENT_WORD_RATE``, a sentiment
+    word: positive with probability ``sigmoid(_POLARITY_GAIN * score)`` (``score [n]``,
+    the text modality's visible sentiment), else a filler word. ``rng`` draws the
+    filler ids exactly as generator version 1 did; the sentiment words come from
+    ``word_rng`` so that no other array of the file changes.
+    """
+    n = text_len.shape[0]
     t = np.arange(t_l)[None, :]
-    ids = rng.integers(1996, 29612, size=(text_len.shape[0], t_l))
-    ids = np.where(t == 0, 101, ids)
-    ids = np.where(t == text_len[:, None] - 1, 102, ids)
+    raw = rng.integers(1996, 29612, size=(n, t_l))  # version 1's draw
+    lo, hi = FILLER_IDS
+    ids = lo + (raw - lo) % (hi - lo)
+    word = (t >= 1) & (t <= text_len[:, None] - 2)
+    sentiment = word & (word_rng.random((n, t_l)) < _SENTIMENT_WORD_RATE)
+    p_positive = 1.0 / (1.0 + np.exp(-_POLARITY_GAIN * score))
+    positive = word_rng.random((n, t_l)) < p_positive[:, None]
+    pos = np.asarray(POSITIVE_IDS)[word_rng.integers(len(POSITIVE_IDS), size=(n, t_l))]
+    neg = np.asarray(NEGATIVE_IDS)[word_rng.integers(len(NEGATIVE_IDS), size=(n, t_l))]
+    ids = np.where(sentiment, np.where(positive, pos, neg), ids)
+    ids = np.where(t == 0, CLS_ID, ids)
+    ids = np.where(t == text_len[:, None] - 1, SEP_ID, ids)
     mask = (t < text_len[:, None]).astype(np.int64)
     ids = ids * mask
     text_bert = np.stack([ids, mask, np.zeros_like(ids)], axis=1).astype(dtype)
@@ -326,7 +374,15 @@ def _draw_split(
     else:
         ann = DATASET_DEFAULTS[name]["annotators"]
         label = _ratings(rng, z, annotators=ann, scale=1.6, noise=0.6, limit=3)
-    text_bert, raw_text = _bert_inputs(rng, text_len, t_l, opts["text_bert_dtype"])
+    # The text's visible sentiment (what its frozen features carry), unit variance.
+    w_l = (1 - rho) * weights[0]
+    text_score = (np.sqrt(rho) * c + np.sqrt(w_l) * p[:, 0]) / np.sqrt(rho + w_l)
+    word_rng = np.random.default_rng(
+        np.random.SeedSequence([opts["seed"], RNG_STREAM, 11, SPLITS.index(split)])
+    )
+    text_bert, raw_text = _bert_inputs(
+        rng, word_rng, text_len, t_l, text_score, opts["text_bert_dtype"]
+    )
     sample_ids = _sample_ids(rng, n, name, split)
     sign = np.sign(label).astype(np.int64)
     part: dict[str, Any] = {
@@ -414,9 +470,10 @@ def write_mmsa_pickle(
             f"text_bert_dtype: expected 'float64' or 'int64', got {text_bert_dtype!r}"
         )
 
-    rng = np.random.default_rng(np.random.SeedSequence([seed, GENERATOR_VERSION]))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, RNG_STREAM]))
     world = [_modality_world(rng, m, d) for m, d in enumerate(dims)]
     opts = {
+        "seed": seed,
         "shared_fraction": shared_fraction,
         "weights": weights,
         "noise_scale": noise_scale,
