@@ -241,7 +241,7 @@ def demo_overrides(c: ml_collections.ConfigDict, *, tiny: bool = False) -> None:
     c.semantics.num_levels = 8
     c.semantics.num_bins = 8
     c.semantics.kl_chunk_size = 0
-    c.optim.lr = 5e-4  # 1e-3 drifts into collapse after ~5 epochs with L_m + L_f + L_x
+    c.optim.lr = 5e-4  # a choice, not a stability limit (docs/cdds.md §10.12)
     # From-scratch features: the hardest-negative hinge collapses every score to one
     # value unless R@1 is already high (VSE++'s known failure; LAPS switches after one
     # epoch because its backbones are pretrained), so the demo keeps all violations.
