@@ -5,6 +5,13 @@
 are rewritten, so an interrupted run keeps what it measured. ``--render JSON`` only
 rebuilds BENCHMARKS.md from a saved ``benchmarks.json``.
 
+A partial run (``--sections`` a subset) into a folder that already has a
+``benchmarks.json`` of the same mode keeps that file's other sections (and its
+``meta`` / ``machine`` / ``settings``) and replaces only the sections it measured; the
+run itself is recorded under ``runs`` and named in BENCHMARKS.md's header. Its
+sections take their ratios from numbers of this run only (``results`` passed to
+``measure`` holds this run's sections, never the kept ones).
+
 Adding a section
 ----------------
 A section is a module of this package that defines:
@@ -43,6 +50,7 @@ import jax
 import numpy as np
 
 from benchmarks import (
+    backbones,
     cdds_backbones,
     cdds_eval,
     cdds_train,
@@ -62,8 +70,10 @@ __all__ = [
     "SECTION_MODULES",
     "USAGE",
     "Section",
+    "kept_results",
     "main",
     "make_settings",
+    "merged",
     "parse_args",
     "render_markdown",
     "write",
@@ -89,6 +99,7 @@ SECTION_MODULES: tuple[Section, ...] = (
     cdds_eval,
     decalign,
     kernels,
+    backbones,
     cdds_backbones,
 )
 #: Their names (``--sections``, keys of ``benchmarks.json``), in the same order.
@@ -181,6 +192,22 @@ def _method(settings: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _later_runs(results: Mapping[str, Any]) -> list[str]:
+    """One paragraph per partial run whose sections replaced the first run's."""
+    lines = []
+    for run in results.get("runs") or []:
+        names = ", ".join(f"`{x}`" for x in run["sections"])
+        cores = (run.get("machine") or {}).get("cpu_cores_usable", "?")
+        lines += [
+            f"Sections {names} were measured later, in their own run: {run['date']} "
+            f"by `{run['command']}` (commit `{run.get('git_commit') or '?'}`, "
+            f"{run.get('wall_s', 0):.0f} s, {cores} usable cores); their ratios use "
+            "numbers of that run only.",
+            "",
+        ]
+    return lines
+
+
 def render_markdown(results: Mapping[str, Any]) -> str:
     """BENCHMARKS.md from the results dict (sections that did not run are skipped)."""
     meta = results["meta"]
@@ -189,10 +216,12 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "",
         f"Measured {meta['date']} by `{meta['command']}` (mode `{meta['mode']}`, "
         f"commit `{meta.get('git_commit') or '?'}`, {meta.get('wall_s', 0):.0f} s). "
-        "All numbers come from this one run; every number is also in "
-        "`benchmarks.json`.",
+        "All numbers come from this one run"
+        + (" unless named below" if results.get("runs") else "")
+        + "; every number is also in `benchmarks.json`.",
         "",
     ]
+    lines += _later_runs(results)
     lines += machine.render(results)
     lines += _targets(results)
     for module in SECTION_MODULES:
@@ -208,6 +237,48 @@ def _json_default(x: Any) -> Any:
     if isinstance(x, np.ndarray):
         return x.tolist()
     return repr(x)
+
+
+def kept_results(
+    out: pathlib.Path, mode: str, sections: Sequence[str]
+) -> dict[str, Any] | None:
+    """The ``benchmarks.json`` in ``out`` whose other sections a partial run keeps:
+    None for a run of every section, no file, or a file of another mode."""
+    path = out / "benchmarks.json"
+    if set(sections) >= set(SECTIONS) or not path.is_file():
+        return None
+    previous = json.loads(path.read_text())
+    if previous.get("meta", {}).get("mode") != mode:
+        log(f"{path}: mode {previous.get('meta', {}).get('mode')!r}, not {mode!r}: "
+            "replaced, not merged")  # fmt: skip
+        return None
+    return previous
+
+
+def merged(
+    previous: Mapping[str, Any] | None, results: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``results`` of a partial run laid over the ``previous`` file (see the module
+    docstring); ``results`` itself when there is nothing to keep."""
+    if previous is None:
+        return dict(results)
+    out = dict(previous)
+    measured = [name for name in SECTIONS if name in results]
+    for name in measured:
+        out[name] = results[name]
+    run = {
+        **results["meta"],
+        "sections": measured,
+        "machine": results["machine"],
+        "settings": results["settings"],
+    }
+    # An earlier partial run keeps the sections nobody measured since.
+    earlier = [
+        {**r, "sections": [x for x in r["sections"] if x not in measured]}
+        for r in previous.get("runs", [])
+    ]
+    out["runs"] = [r for r in earlier if r["sections"]] + [run]
+    return out
 
 
 def write(results: Mapping[str, Any], out: pathlib.Path) -> None:
@@ -316,6 +387,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "machine": machine.machine_info(),
         "settings": dataclasses.asdict(settings),
     }
+    previous = kept_results(out, mode, settings.sections)
+    if previous is not None:
+        kept = [x for x in SECTIONS if x in previous and x not in settings.sections]
+        log(f"partial run: keeping {kept} of {out / 'benchmarks.json'}")
     m = results["machine"]
     log(
         f"{mode} run on {m['cpu_model']} ({m['cpu_cores_usable']} cores), backend "
@@ -327,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         log(f"--- {module.NAME}")
         results[module.NAME] = module.measure(settings, results)
         results["meta"]["wall_s"] = time.perf_counter() - start
-        write(results, out)
+        write(merged(previous, results), out)
     if ceilings.NAME in results:
         results[ceilings.NAME]["f32_end"] = ceilings.measure_end(settings)
         log(
@@ -335,6 +410,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"{results[ceilings.NAME]['f32_end']['gflops']:.1f} GFLOP/s"
         )
     results["meta"]["wall_s"] = time.perf_counter() - start
-    write(results, out)
+    write(merged(previous, results), out)
     log(f"done in {results['meta']['wall_s']:.0f} s: {out / 'BENCHMARKS.md'}")
     return results
