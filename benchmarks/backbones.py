@@ -19,6 +19,7 @@ here first (``ceilings.measure_end``): every ratio comes from one run.
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -32,7 +33,7 @@ from benchmarks.markdown import Target, Targets
 from benchmarks.settings import Settings
 from benchmarks.timing import log, time_calls, timed
 
-__all__ = ["NAME", "OPTIONS", "measure", "render", "targets"]
+__all__ = ["KINDS", "NAME", "OPTIONS", "measure", "merge", "render", "targets"]
 
 NAME = "backbones"
 #: The JAX options measured beside the default: (label, ``from_config`` keywords).
@@ -40,6 +41,8 @@ OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("dtype=bfloat16", {"dtype": jnp.bfloat16}),
     ("remat=True", {"remat": True}),
 )
+#: The backbone kinds (``--backbones`` selects some).
+KINDS: tuple[str, ...] = tuple(backbone_cases.CONFIG_CLASSES)
 #: ViT-B's target: at B >= 32, at least this fraction of the f32 GEMM rate.
 GEMM_TARGET = 0.5
 
@@ -170,6 +173,8 @@ def measure(settings: Settings, results: Mapping[str, Any]) -> dict[str, Any]:
 
     accelerator = jax.default_backend() != "cpu"
     cases = backbone_cases.cases_for(settings, accelerator)
+    if settings.backbone_kinds:
+        cases = tuple(c for c in cases if c.kind in settings.backbone_kinds)
     cores = _usable_cores()
     torch.set_num_threads(cores)
     ceil = results.get(ceilings.NAME)
@@ -179,6 +184,8 @@ def measure(settings: Settings, results: Mapping[str, Any]) -> dict[str, Any]:
         gemm = {**ceilings.measure_end(settings), "source": "measured by this section"}
         log(f"{NAME}: f32 GEMM {gemm['gflops']:.1f} GFLOP/s")
     rate = gemm["gflops"] * 1e9
+    gemm["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    gemm["kinds"] = [c.kind for c in cases]
     rows, options = [], []
     for case in cases:
         for batch in case.batches:
@@ -202,6 +209,7 @@ def measure(settings: Settings, results: Mapping[str, Any]) -> dict[str, Any]:
 
     return {
         "gemm": gemm,
+        "gemm_runs": [gemm],
         "torch": {
             "version": torch.__version__,
             "threads": torch.get_num_threads(),
@@ -215,6 +223,26 @@ def measure(settings: Settings, results: Mapping[str, Any]) -> dict[str, Any]:
         "rows": rows,
         "options": options,
     }
+
+
+def _kind_order(row: Mapping[str, Any]) -> int:
+    return KINDS.index(row["kind"]) if row["kind"] in KINDS else len(KINDS)
+
+
+def merge(kept: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A run of some backbones (``--backbones``) joined with the kept rows of the
+    others; each row keeps the GEMM rate of its own run (``gemm_runs``)."""
+    redone = {c["kind"] for c in new["cases"]}
+    out = dict(new)
+    for part in ("cases", "rows", "options"):
+        rows = [r for r in kept.get(part, []) if r["kind"] not in redone]
+        out[part] = sorted((*rows, *new[part]), key=_kind_order)  # stable sort
+    earlier = [
+        {**g, "kinds": [k for k in g.get("kinds", KINDS) if k not in redone]}
+        for g in kept.get("gemm_runs", [kept["gemm"]])
+    ]
+    out["gemm_runs"] = [g for g in earlier if g["kinds"]] + list(new["gemm_runs"])
+    return out
 
 
 # -- Report ---------------------------------------------------------------------------
@@ -244,6 +272,17 @@ def _row(r: Mapping[str, Any]) -> list[Any]:
     ]
 
 
+def _gemm_text(res: Mapping[str, Any]) -> str:
+    runs = res.get("gemm_runs") or [res["gemm"]]
+    if len(runs) == 1:
+        return f"{runs[0]['gflops']:.1f} GFLOP/s, {runs[0]['source']}"
+    return "; ".join(
+        f"{g['gflops']:.1f} GFLOP/s for the {', '.join(g['kinds'])} rows "
+        f"({g['source']}, {g.get('date', '?')})"
+        for g in runs
+    )
+
+
 def render(results: Mapping[str, Any]) -> list[str]:
     """The ``## Backbones: JAX beside PyTorch`` section."""
     res = results[NAME]
@@ -261,9 +300,13 @@ def render(results: Mapping[str, Any]) -> list[str]:
         "the absolute times drift with the machine's load. fwd + bwd = gradients of "
         "`mean(h^2)` w.r.t. every parameter. GEMM fraction = analytical model FLOPs "
         "(dense layers, attention products, patch embedding / merging) / time / "
-        f"the f32 GEMM rate ({res['gemm']['gflops']:.1f} GFLOP/s, "
-        f"{res['gemm']['source']}). Memory: the JAX step's compiled "
-        "`memory_analysis()` (temp + arguments + outputs).",
+        f"the f32 GEMM rate of the same run ({_gemm_text(res)}); that rate is taken "
+        "once, at the start, so on a machine whose load changes during the run a "
+        "fraction can exceed 100% (the load dropped after it was taken): compare "
+        "fractions within one run, and read JAX / PyTorch as the robust number. "
+        "Memory: the JAX step's compiled `memory_analysis()` (temp + arguments + "
+        "outputs); a step needing more than 90% of the memory then available is "
+        "compiled and reported, not run (the machine's memory is shared too).",
         "",
     ]
     header = [

@@ -27,7 +27,9 @@ A section is a module of this package that defines:
 - ``render(results) -> list[str]``: its markdown lines, starting with a blank line and
   its ``## title``, built with ``benchmarks.markdown``; called only when
   ``results[NAME]`` is non-empty, so ``--render`` works on any saved JSON;
-- optionally ``targets(results) -> markdown.Targets``: its rows of the Targets table.
+- optionally ``targets(results) -> markdown.Targets``: its rows of the Targets table;
+- optionally ``merge(kept, new) -> dict``: how a partial run's ``new`` numbers join
+  the ``kept`` ones of the same section (default: they replace them).
 
 Then add the module to ``SECTION_MODULES`` below: one line. A backbone section
 (forward + backward of ViT / Swin / CLIP / BERT beside PyTorch) and a "CDDS with
@@ -119,6 +121,7 @@ def make_settings(
     budget_s: float | None = None,
     max_reps: int | None = None,
     sections: Sequence[str] = SECTIONS,
+    backbone_kinds: Sequence[str] = (),
 ) -> Settings:
     """The sizes of ``mode`` on this backend with the command line's overrides."""
     s = mode_settings(mode, accelerator=accelerator)
@@ -126,6 +129,10 @@ def make_settings(
     if unknown:
         raise ValueError(f"sections: unknown {unknown}; known {SECTIONS}")
     changes: dict[str, Any] = {"sections": tuple(x for x in SECTIONS if x in sections)}
+    bad = [k for k in backbone_kinds if k not in backbones.KINDS]
+    if bad:
+        raise ValueError(f"backbones: unknown {bad}; known {backbones.KINDS}")
+    changes["backbone_kinds"] = tuple(backbone_kinds)
     if cdds_batches:
         if any(b < 1 for b in cdds_batches):
             raise ValueError(f"cdds_batches must be positive; got {list(cdds_batches)}")
@@ -264,8 +271,13 @@ def merged(
         return dict(results)
     out = dict(previous)
     measured = [name for name in SECTIONS if name in results]
-    for name in measured:
-        out[name] = results[name]
+    for module in SECTION_MODULES:
+        if module.NAME not in measured:
+            continue
+        hook = getattr(module, "merge", None)
+        new = results[module.NAME]
+        old = previous.get(module.NAME)
+        out[module.NAME] = hook(old, new) if hook is not None and old else new
     run = {
         **results["meta"],
         "sections": measured,
@@ -319,6 +331,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(SECTIONS)}",
     )
     parser.add_argument(
+        "--backbones",
+        default="",
+        help="section backbones: only these kinds (comma-separated vit,swin,clip,bert); "
+        "their rows replace those of a kept benchmarks.json, the others stay",
+    )
+    parser.add_argument(
         "--budget-s", type=float, default=None, help="time budget per measurement"
     )
     parser.add_argument(
@@ -357,6 +375,7 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
         budget_s=args.budget_s,
         max_reps=args.max_reps,
         sections=[x.strip() for x in args.sections.split(",") if x.strip()],
+        backbone_kinds=[x.strip() for x in args.backbones.split(",") if x.strip()],
     )
 
 

@@ -24,6 +24,7 @@ import pytest
 from benchmarks import (
     backbone_cases,
     backbone_parts,
+    backbones,
     cdds_backbones,
     cdds_eval,
     cdds_flops,
@@ -288,6 +289,34 @@ def test_partial_run_keeps_the_other_sections(tmp_path, monkeypatch):
     assert "## Machine ceilings" in md and "## Backbones: JAX beside PyTorch" in md
     assert "Sections `backbones` were measured later" in md
     assert md == runner.render_markdown(data)
+
+
+def test_backbone_rows_of_a_later_run_replace_only_their_kinds():
+    def row(kind, batch, tag):
+        return {"kind": kind, "batch": batch, "tag": tag}
+
+    kept = {
+        "gemm": {"gflops": 50.0, "source": "s"},
+        "cases": [{"kind": k} for k in ("vit", "swin", "bert")],
+        "rows": [row("vit", 8, "old"), row("swin", 8, "old"), row("bert", 8, "old")],
+        "options": [row("vit", 8, "old")],
+    }
+    new = {
+        "gemm": {"gflops": 70.0, "kinds": ["swin"]},
+        "gemm_runs": [{"gflops": 70.0, "kinds": ["swin"]}],
+        "cases": [{"kind": "swin"}],
+        "rows": [row("swin", 8, "new"), row("swin", 32, "new")],
+        "options": [],
+    }
+    out = backbones.merge(kept, new)
+    assert [(r["kind"], r["batch"], r["tag"]) for r in out["rows"]] == [
+        ("vit", 8, "old"), ("swin", 8, "new"), ("swin", 32, "new"), ("bert", 8, "old"),
+    ]  # fmt: skip
+    assert out["options"] == kept["options"]
+    assert [g["gflops"] for g in out["gemm_runs"]] == [50.0, 70.0]
+    assert out["gemm_runs"][0]["kinds"] == ["vit", "clip", "bert"]
+    with pytest.raises(ValueError, match="backbones"):
+        runner.make_settings("smoke", accelerator=False, backbone_kinds=("resnet",))
 
 
 def test_backbone_flops_match_a_count_by_matmul_shapes():
