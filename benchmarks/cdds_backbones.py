@@ -276,6 +276,9 @@ def measure(settings: Settings, results: Mapping[str, Any]) -> dict[str, Any]:
     """The backbone CDDS step at each batch size, the options, the pipeline rate."""
     accelerator = jax.default_backend() != "cpu"
     b, head = sizes_for(settings, accelerator)
+    if settings.backbone_batches:  # --cdds-backbone-batches
+        b = dataclasses.replace(b, batches=settings.backbone_batches)
+        head = dataclasses.replace(head, batches=settings.backbone_batches)
     ceil = results.get(ceilings.NAME)
     if ceil:
         gemm = {"gflops": ceil["f32"]["gflops"], "source": "ceilings section"}
@@ -302,10 +305,13 @@ def measure(settings: Settings, results: Mapping[str, Any]) -> dict[str, Any]:
             }
             for name, fields in OPTIONS
         ]
-        pipe = [
-            pipeline_rate(b, folder, workers, b.option_batch, threads=4)
-            for workers in b.workers
-        ]
+        pipe = []
+        for workers in b.workers:
+            try:
+                pipe.append(pipeline_rate(b, folder, workers, b.option_batch, 4))
+            except Exception as err:  # the step rows above are kept either way
+                log(f"{NAME} pipeline, {workers} worker(s): FAILED {err!r}")
+                pipe.append({"workers": workers, "error": repr(err)})
     return {
         "gemm": gemm,
         "cores": len(os.sched_getaffinity(0))
@@ -411,6 +417,7 @@ def render(results: Mapping[str, Any]) -> list[str]:
                 f"x{p['images_per_s'] / need:.1f}" if need else "-",
             ]
             for p in res["pipeline"]
+            if "images_per_s" in p
         ]
         lines += markdown.table(
             ["workers", "images/s", "first batch", "vs the step's need"], prow
@@ -424,6 +431,9 @@ def targets(results: Mapping[str, Any]) -> Targets:
     rows, pipe = res.get("rows") or [], res.get("pipeline") or []
     need = max((r.get("images_per_s", 0.0) for r in rows), default=0.0)
     if not pipe or not need:
+        return Targets()
+    pipe = [p for p in pipe if "images_per_s" in p]
+    if not pipe:
         return Targets()
     best = max(pipe, key=lambda p: p["images_per_s"])
     return Targets(

@@ -122,6 +122,7 @@ def make_settings(
     max_reps: int | None = None,
     sections: Sequence[str] = SECTIONS,
     backbone_kinds: Sequence[str] = (),
+    backbone_batches: Sequence[int] = (),
 ) -> Settings:
     """The sizes of ``mode`` on this backend with the command line's overrides."""
     s = mode_settings(mode, accelerator=accelerator)
@@ -133,6 +134,9 @@ def make_settings(
     if bad:
         raise ValueError(f"backbones: unknown {bad}; known {backbones.KINDS}")
     changes["backbone_kinds"] = tuple(backbone_kinds)
+    if any(b < 1 for b in backbone_batches):
+        raise ValueError(f"backbone_batches must be positive; got {backbone_batches}")
+    changes["backbone_batches"] = tuple(sorted(set(backbone_batches)))
     if cdds_batches:
         if any(b < 1 for b in cdds_batches):
             raise ValueError(f"cdds_batches must be positive; got {list(cdds_batches)}")
@@ -337,6 +341,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "their rows replace those of a kept benchmarks.json, the others stay",
     )
     parser.add_argument(
+        "--cdds-backbone-batches",
+        default="",
+        help="section cdds_backbones: these batch sizes (default by mode), e.g. 8",
+    )
+    parser.add_argument(
         "--budget-s", type=float, default=None, help="time budget per measurement"
     )
     parser.add_argument(
@@ -376,6 +385,9 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
         max_reps=args.max_reps,
         sections=[x.strip() for x in args.sections.split(",") if x.strip()],
         backbone_kinds=[x.strip() for x in args.backbones.split(",") if x.strip()],
+        backbone_batches=[
+            int(x) for x in args.cdds_backbone_batches.split(",") if x.strip()
+        ],
     )
 
 
@@ -385,6 +397,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.render:
         return _render_only(pathlib.Path(args.render), args.out)
     process.use_cpu_memory_scheduler()
+    # grain's worker processes read absl flags (the pipeline rows of cdds_backbones).
+    from absl import flags
+
+    flags.FLAGS.mark_as_parsed()
     settings = _settings_from_args(args)
     mode = settings.mode
     out = pathlib.Path(
