@@ -210,7 +210,9 @@ def _later_runs(results: Mapping[str, Any]) -> list[str]:
         names = ", ".join(f"`{x}`" for x in run["sections"])
         cores = (run.get("machine") or {}).get("cpu_cores_usable", "?")
         lines += [
-            f"Sections {names} were measured later, in their own run: {run['date']} "
+            f"Section{'s' if len(run['sections']) > 1 else ''} {names} "
+            f"{'were' if len(run['sections']) > 1 else 'was'} measured later, in "
+            f"{'their' if len(run['sections']) > 1 else 'its'} own run: {run['date']} "
             f"by `{run['command']}` (commit `{run.get('git_commit') or '?'}`, "
             f"{run.get('wall_s', 0):.0f} s, {cores} usable cores); their ratios use "
             "numbers of that run only.",

@@ -287,7 +287,7 @@ def test_partial_run_keeps_the_other_sections(tmp_path, monkeypatch):
     assert data["backbones"]["gemm"]["source"] == "measured by this section"
     md = (tmp_path / "BENCHMARKS.md").read_text()
     assert "## Machine ceilings" in md and "## Backbones: JAX beside PyTorch" in md
-    assert "Sections `backbones` were measured later" in md
+    assert "Section `backbones` was measured later" in md
     assert md == runner.render_markdown(data)
 
 
