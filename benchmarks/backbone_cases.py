@@ -351,9 +351,10 @@ def torch_step(case: BackboneCase, batch: int) -> tuple[Callable[[], Any], Any]:
         return call, model
 
     def call() -> Any:
-        out = model(**kw).last_hidden_state
-        loss = out.float().pow(2).mean()
-        loss.backward()
+        with torch.enable_grad():  # whatever the caller's global grad mode
+            out = model(**kw).last_hidden_state
+            loss = out.float().pow(2).mean()
+            loss.backward()
         for p in params:
             p.grad = None
         return loss.detach()

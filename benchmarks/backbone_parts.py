@@ -163,9 +163,10 @@ def _torch_parts(
             if forward_only:
                 with torch.inference_mode():
                     return f()
-            outs = f()
-            outs = outs if isinstance(outs, tuple) else (outs,)
-            sum(o.pow(2).mean() for o in outs).backward()
+            with torch.enable_grad():  # whatever the caller's global grad mode
+                outs = f()
+                outs = outs if isinstance(outs, tuple) else (outs,)
+                sum(o.pow(2).mean() for o in outs).backward()
             for leaf in leaves:
                 leaf.grad = None
             return None
