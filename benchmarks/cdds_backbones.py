@@ -360,9 +360,11 @@ def _gemm_note(res: Mapping[str, Any]) -> str:
     if not gemm:
         return ""
     return (
-        f" GEMM fraction against {gemm['gflops']:.1f} GFLOP/s ({gemm['source']}, the "
+        f" GEMM fraction against {gemm['gflops']:.1f} GFLOP/s ({gemm['source']}, "
         f"the same run); measured on a {res.get('cores', '?')}-core machine shared "
-        "with other jobs, so the absolute times drift with its load."
+        "with other jobs, so the absolute times drift with its load; the GEMM rate is "
+        "taken once, at the start, under the load of that moment, so a fraction "
+        "above 100% means the load dropped after it (compare within the table)."
     )
 
 

@@ -214,7 +214,7 @@ def _later_runs(results: Mapping[str, Any]) -> list[str]:
             f"{'were' if len(run['sections']) > 1 else 'was'} measured later, in "
             f"{'their' if len(run['sections']) > 1 else 'its'} own run: {run['date']} "
             f"by `{run['command']}` (commit `{run.get('git_commit') or '?'}`, "
-            f"{run.get('wall_s', 0):.0f} s, {cores} usable cores); their ratios use "
+            f"{run.get('wall_s', 0):.0f} s, {cores} usable cores); its ratios use "
             "numbers of that run only.",
             "",
         ]
