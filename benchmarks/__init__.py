@@ -16,6 +16,9 @@ measured thing, each with its ``measure`` and ``render``:
 - ``decalign``: the DecAlign train step at MOSI and MOSEI shapes and the shares of EM +
   Sinkhorn and of dropout RNG;
 - ``kernels``: each library kernel against its naive form, same inputs, same run;
+- ``backbones``: each backbone's (ViT, Swin, CLIP vision, BERT) step in JAX beside
+  ``transformers``' PyTorch model at the same shapes, with an op breakdown where JAX
+  is behind (``backbone_cases``: what is built; ``backbone_parts``: the breakdown);
 - ``cdds_backbones``: the CDDS step through ViT-B/16 + BERT-base (bf16 / remat
   options) and the image pipeline's images/s beside it.
 
@@ -28,6 +31,9 @@ docstring says how to add a section.
 """
 
 __all__ = [
+    "backbone_cases",
+    "backbone_parts",
+    "backbones",
     "cdds_backbones",
     "cdds_eval",
     "cdds_flops",

@@ -20,6 +20,7 @@ second, beside the images per second each measured step consumes.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import tempfile
 import time
@@ -29,7 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from benchmarks import cdds_flops, cdds_setup, markdown, memory, steps
+from benchmarks import cdds_flops, cdds_setup, ceilings, markdown, memory, steps
 from benchmarks.markdown import Target, Targets
 from benchmarks.settings import CddsSizes, Settings
 from benchmarks.timing import log
@@ -275,8 +276,16 @@ def measure(settings: Settings, results: Mapping[str, Any]) -> dict[str, Any]:
     """The backbone CDDS step at each batch size, the options, the pipeline rate."""
     accelerator = jax.default_backend() != "cpu"
     b, head = sizes_for(settings, accelerator)
-    ceilings = results.get("ceilings")
-    rate = ceilings["f32"]["gflops"] * 1e9 if ceilings else None
+    if settings.backbone_batches:  # --cdds-backbone-batches
+        b = dataclasses.replace(b, batches=settings.backbone_batches)
+        head = dataclasses.replace(head, batches=settings.backbone_batches)
+    ceil = results.get(ceilings.NAME)
+    if ceil:
+        gemm = {"gflops": ceil["f32"]["gflops"], "source": "ceilings section"}
+    else:  # a partial run: a GEMM rate of this run, never a kept section's
+        gemm = {**ceilings.measure_end(settings), "source": "measured by this section"}
+        log(f"{NAME}: f32 GEMM {gemm['gflops']:.1f} GFLOP/s")
+    rate = gemm["gflops"] * 1e9
     log(
         f"{NAME}: {b.name}, CDDS d {head.dim} on P {head.image_tokens}, L {head.text_tokens}"
     )
@@ -296,11 +305,18 @@ def measure(settings: Settings, results: Mapping[str, Any]) -> dict[str, Any]:
             }
             for name, fields in OPTIONS
         ]
-        pipe = [
-            pipeline_rate(b, folder, workers, b.option_batch, threads=4)
-            for workers in b.workers
-        ]
+        pipe = []
+        for workers in b.workers:
+            try:
+                pipe.append(pipeline_rate(b, folder, workers, b.option_batch, 4))
+            except Exception as err:  # the step rows above are kept either way
+                log(f"{NAME} pipeline, {workers} worker(s): FAILED {err!r}")
+                pipe.append({"workers": workers, "error": repr(err)})
     return {
+        "gemm": gemm,
+        "cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
         "sizes": dataclasses.asdict(b),
         "head_sizes": dataclasses.asdict(head),
         "backbone_flops_per_pair": backbone_flops(b),
@@ -339,6 +355,19 @@ def _row(r: Mapping[str, Any], label: str, base: Mapping[str, Any] | None) -> li
     ]
 
 
+def _gemm_note(res: Mapping[str, Any]) -> str:
+    gemm = res.get("gemm")
+    if not gemm:
+        return ""
+    return (
+        f" GEMM fraction against {gemm['gflops']:.1f} GFLOP/s ({gemm['source']}, "
+        f"the same run); measured on a {res.get('cores', '?')}-core machine shared "
+        "with other jobs, so the absolute times drift with its load; the GEMM rate is "
+        "taken once, at the start, under the load of that moment, so a fraction "
+        "above 100% means the load dropped after it (compare within the table)."
+    )
+
+
 def render(results: Mapping[str, Any]) -> list[str]:
     """The ``## CDDS with backbones`` section: steps, options, input pipeline."""
     res = results[NAME]
@@ -356,7 +385,7 @@ def render(results: Mapping[str, Any]) -> list[str]:
         f"FLOPs per pair = ViT {flops['vit'] / 1e9:.3g} + BERT "
         f"{flops['bert'] / 1e9:.3g} GFLOP (forward + backward) + the CDDS count of "
         "the section above at these sizes. Step built by "
-        f"{cdds_setup.BUILT_BY}.",
+        f"{cdds_setup.BUILT_BY}.{_gemm_note(res)}",
         "",
     ]
     header = [
@@ -390,6 +419,7 @@ def render(results: Mapping[str, Any]) -> list[str]:
                 f"x{p['images_per_s'] / need:.1f}" if need else "-",
             ]
             for p in res["pipeline"]
+            if "images_per_s" in p
         ]
         lines += markdown.table(
             ["workers", "images/s", "first batch", "vs the step's need"], prow
@@ -403,6 +433,9 @@ def targets(results: Mapping[str, Any]) -> Targets:
     rows, pipe = res.get("rows") or [], res.get("pipeline") or []
     need = max((r.get("images_per_s", 0.0) for r in rows), default=0.0)
     if not pipe or not need:
+        return Targets()
+    pipe = [p for p in pipe if "images_per_s" in p]
+    if not pipe:
         return Targets()
     best = max(pipe, key=lambda p: p["images_per_s"])
     return Targets(

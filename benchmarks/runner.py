@@ -5,6 +5,13 @@
 are rewritten, so an interrupted run keeps what it measured. ``--render JSON`` only
 rebuilds BENCHMARKS.md from a saved ``benchmarks.json``.
 
+A partial run (``--sections`` a subset) into a folder that already has a
+``benchmarks.json`` of the same mode keeps that file's other sections (and its
+``meta`` / ``machine`` / ``settings``) and replaces only the sections it measured; the
+run itself is recorded under ``runs`` and named in BENCHMARKS.md's header. Its
+sections take their ratios from numbers of this run only (``results`` passed to
+``measure`` holds this run's sections, never the kept ones).
+
 Adding a section
 ----------------
 A section is a module of this package that defines:
@@ -20,7 +27,9 @@ A section is a module of this package that defines:
 - ``render(results) -> list[str]``: its markdown lines, starting with a blank line and
   its ``## title``, built with ``benchmarks.markdown``; called only when
   ``results[NAME]`` is non-empty, so ``--render`` works on any saved JSON;
-- optionally ``targets(results) -> markdown.Targets``: its rows of the Targets table.
+- optionally ``targets(results) -> markdown.Targets``: its rows of the Targets table;
+- optionally ``merge(kept, new) -> dict``: how a partial run's ``new`` numbers join
+  the ``kept`` ones of the same section (default: they replace them).
 
 Then add the module to ``SECTION_MODULES`` below: one line. A backbone section
 (forward + backward of ViT / Swin / CLIP / BERT beside PyTorch) and a "CDDS with
@@ -43,6 +52,7 @@ import jax
 import numpy as np
 
 from benchmarks import (
+    backbones,
     cdds_backbones,
     cdds_eval,
     cdds_train,
@@ -62,8 +72,10 @@ __all__ = [
     "SECTION_MODULES",
     "USAGE",
     "Section",
+    "kept_results",
     "main",
     "make_settings",
+    "merged",
     "parse_args",
     "render_markdown",
     "write",
@@ -89,6 +101,7 @@ SECTION_MODULES: tuple[Section, ...] = (
     cdds_eval,
     decalign,
     kernels,
+    backbones,
     cdds_backbones,
 )
 #: Their names (``--sections``, keys of ``benchmarks.json``), in the same order.
@@ -108,6 +121,8 @@ def make_settings(
     budget_s: float | None = None,
     max_reps: int | None = None,
     sections: Sequence[str] = SECTIONS,
+    backbone_kinds: Sequence[str] = (),
+    backbone_batches: Sequence[int] = (),
 ) -> Settings:
     """The sizes of ``mode`` on this backend with the command line's overrides."""
     s = mode_settings(mode, accelerator=accelerator)
@@ -115,6 +130,13 @@ def make_settings(
     if unknown:
         raise ValueError(f"sections: unknown {unknown}; known {SECTIONS}")
     changes: dict[str, Any] = {"sections": tuple(x for x in SECTIONS if x in sections)}
+    bad = [k for k in backbone_kinds if k not in backbones.KINDS]
+    if bad:
+        raise ValueError(f"backbones: unknown {bad}; known {backbones.KINDS}")
+    changes["backbone_kinds"] = tuple(backbone_kinds)
+    if any(b < 1 for b in backbone_batches):
+        raise ValueError(f"backbone_batches must be positive; got {backbone_batches}")
+    changes["backbone_batches"] = tuple(sorted(set(backbone_batches)))
     if cdds_batches:
         if any(b < 1 for b in cdds_batches):
             raise ValueError(f"cdds_batches must be positive; got {list(cdds_batches)}")
@@ -181,6 +203,24 @@ def _method(settings: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _later_runs(results: Mapping[str, Any]) -> list[str]:
+    """One paragraph per partial run whose sections replaced the first run's."""
+    lines = []
+    for run in results.get("runs") or []:
+        names = ", ".join(f"`{x}`" for x in run["sections"])
+        cores = (run.get("machine") or {}).get("cpu_cores_usable", "?")
+        lines += [
+            f"Section{'s' if len(run['sections']) > 1 else ''} {names} "
+            f"{'were' if len(run['sections']) > 1 else 'was'} measured later, in "
+            f"{'their' if len(run['sections']) > 1 else 'its'} own run: {run['date']} "
+            f"by `{run['command']}` (commit `{run.get('git_commit') or '?'}`, "
+            f"{run.get('wall_s', 0):.0f} s, {cores} usable cores); its ratios use "
+            "numbers of that run only.",
+            "",
+        ]
+    return lines
+
+
 def render_markdown(results: Mapping[str, Any]) -> str:
     """BENCHMARKS.md from the results dict (sections that did not run are skipped)."""
     meta = results["meta"]
@@ -189,10 +229,12 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "",
         f"Measured {meta['date']} by `{meta['command']}` (mode `{meta['mode']}`, "
         f"commit `{meta.get('git_commit') or '?'}`, {meta.get('wall_s', 0):.0f} s). "
-        "All numbers come from this one run; every number is also in "
-        "`benchmarks.json`.",
+        "All numbers come from this one run"
+        + (" unless named below" if results.get("runs") else "")
+        + "; every number is also in `benchmarks.json`.",
         "",
     ]
+    lines += _later_runs(results)
     lines += machine.render(results)
     lines += _targets(results)
     for module in SECTION_MODULES:
@@ -208,6 +250,53 @@ def _json_default(x: Any) -> Any:
     if isinstance(x, np.ndarray):
         return x.tolist()
     return repr(x)
+
+
+def kept_results(
+    out: pathlib.Path, mode: str, sections: Sequence[str]
+) -> dict[str, Any] | None:
+    """The ``benchmarks.json`` in ``out`` whose other sections a partial run keeps:
+    None for a run of every section, no file, or a file of another mode."""
+    path = out / "benchmarks.json"
+    if set(sections) >= set(SECTIONS) or not path.is_file():
+        return None
+    previous = json.loads(path.read_text())
+    if previous.get("meta", {}).get("mode") != mode:
+        log(f"{path}: mode {previous.get('meta', {}).get('mode')!r}, not {mode!r}: "
+            "replaced, not merged")  # fmt: skip
+        return None
+    return previous
+
+
+def merged(
+    previous: Mapping[str, Any] | None, results: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``results`` of a partial run laid over the ``previous`` file (see the module
+    docstring); ``results`` itself when there is nothing to keep."""
+    if previous is None:
+        return dict(results)
+    out = dict(previous)
+    measured = [name for name in SECTIONS if name in results]
+    for module in SECTION_MODULES:
+        if module.NAME not in measured:
+            continue
+        hook = getattr(module, "merge", None)
+        new = results[module.NAME]
+        old = previous.get(module.NAME)
+        out[module.NAME] = hook(old, new) if hook is not None and old else new
+    run = {
+        **results["meta"],
+        "sections": measured,
+        "machine": results["machine"],
+        "settings": results["settings"],
+    }
+    # An earlier partial run keeps the sections nobody measured since.
+    earlier = [
+        {**r, "sections": [x for x in r["sections"] if x not in measured]}
+        for r in previous.get("runs", [])
+    ]
+    out["runs"] = [r for r in earlier if r["sections"]] + [run]
+    return out
 
 
 def write(results: Mapping[str, Any], out: pathlib.Path) -> None:
@@ -248,6 +337,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(SECTIONS)}",
     )
     parser.add_argument(
+        "--backbones",
+        default="",
+        help="section backbones: only these kinds (comma-separated vit,swin,clip,bert); "
+        "their rows replace those of a kept benchmarks.json, the others stay",
+    )
+    parser.add_argument(
+        "--cdds-backbone-batches",
+        default="",
+        help="section cdds_backbones: these batch sizes (default by mode), e.g. 8",
+    )
+    parser.add_argument(
         "--budget-s", type=float, default=None, help="time budget per measurement"
     )
     parser.add_argument(
@@ -286,6 +386,10 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
         budget_s=args.budget_s,
         max_reps=args.max_reps,
         sections=[x.strip() for x in args.sections.split(",") if x.strip()],
+        backbone_kinds=[x.strip() for x in args.backbones.split(",") if x.strip()],
+        backbone_batches=[
+            int(x) for x in args.cdds_backbone_batches.split(",") if x.strip()
+        ],
     )
 
 
@@ -295,6 +399,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.render:
         return _render_only(pathlib.Path(args.render), args.out)
     process.use_cpu_memory_scheduler()
+    # grain's worker processes read absl flags (the pipeline rows of cdds_backbones).
+    from absl import flags
+
+    flags.FLAGS.mark_as_parsed()
     settings = _settings_from_args(args)
     mode = settings.mode
     out = pathlib.Path(
@@ -316,6 +424,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "machine": machine.machine_info(),
         "settings": dataclasses.asdict(settings),
     }
+    previous = kept_results(out, mode, settings.sections)
+    if previous is not None:
+        kept = [x for x in SECTIONS if x in previous and x not in settings.sections]
+        log(f"partial run: keeping {kept} of {out / 'benchmarks.json'}")
     m = results["machine"]
     log(
         f"{mode} run on {m['cpu_model']} ({m['cpu_cores_usable']} cores), backend "
@@ -327,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         log(f"--- {module.NAME}")
         results[module.NAME] = module.measure(settings, results)
         results["meta"]["wall_s"] = time.perf_counter() - start
-        write(results, out)
+        write(merged(previous, results), out)
     if ceilings.NAME in results:
         results[ceilings.NAME]["f32_end"] = ceilings.measure_end(settings)
         log(
@@ -335,6 +447,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"{results[ceilings.NAME]['f32_end']['gflops']:.1f} GFLOP/s"
         )
     results["meta"]["wall_s"] = time.perf_counter() - start
-    write(results, out)
+    write(merged(previous, results), out)
     log(f"done in {results['meta']['wall_s']:.0f} s: {out / 'BENCHMARKS.md'}")
     return results

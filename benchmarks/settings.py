@@ -93,6 +93,8 @@ class Settings:
     em_iters: int | None = None  # None: the config's value
     ot_iters: int | None = None
     sections: tuple[str, ...] = ()  # filled by benchmarks.runner.make_settings
+    backbone_kinds: tuple[str, ...] = ()  # section backbones: only these; () = all
+    backbone_batches: tuple[int, ...] = ()  # section cdds_backbones: () = by mode
 
 
 def paper_cdds(batches: tuple[int, ...]) -> CddsSizes:

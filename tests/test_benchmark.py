@@ -22,6 +22,9 @@ import numpy as np
 import pytest
 
 from benchmarks import (
+    backbone_cases,
+    backbone_parts,
+    backbones,
     cdds_backbones,
     cdds_eval,
     cdds_flops,
@@ -45,6 +48,7 @@ SECTION_TITLES = (
     "## CDDS evaluation",
     "## DecAlign train step",
     "## Naive forms vs library kernels",
+    "## Backbones: JAX beside PyTorch",
     "## CDDS with backbones",
 )
 
@@ -58,6 +62,48 @@ def _fake_timing(median: float) -> dict:
         "warmup_s": [median],
         "compile_s": 0.5,
     }
+
+
+#: The one backbone row the stubs make JAX slower than PyTorch (its op breakdown then
+#: runs for real, on the smoke mode's tiny BERT layer).
+BEHIND = ("bert", 4)
+
+
+def _stub_backbone_steps(monkeypatch) -> None:
+    """Backbone steps as trivial calls: the section's compile / memory / interleaved
+    timing / report code runs, no backbone is compiled or built in PyTorch."""
+    import time
+
+    def fake_jax_step(case, batch, **options):
+        slow = (case.kind, batch) == BEHIND
+
+        def fn(x):
+            return x * 2.0
+
+        jitted = jax.jit(fn)
+
+        class Slow:  # a compiled call that takes 20 ms
+            def lower(self, *args):
+                compiled = jitted.lower(*args).compile()
+                return types.SimpleNamespace(
+                    compile=lambda: (
+                        lambda *a: (
+                            (time.sleep(0.02), compiled(*a))[1]
+                            if slow
+                            else compiled(*a)
+                        )
+                    )
+                )
+
+        return Slow(), (jnp.ones((batch, 3)),)
+
+    monkeypatch.setattr(backbone_cases, "jax_step", fake_jax_step)
+    # PyTorch: 5 ms per call, slower than every JAX stub except the one BEHIND.
+    monkeypatch.setattr(
+        backbone_cases,
+        "torch_step",
+        lambda case, batch: (lambda: time.sleep(5e-3), None),
+    )
 
 
 def _stub_heavy_parts(monkeypatch) -> None:
@@ -88,6 +134,7 @@ def _stub_heavy_parts(monkeypatch) -> None:
             for name in ("EM (fwd+bwd)", "Sinkhorn 3-marginal (fwd+bwd)")
         ]
 
+    _stub_backbone_steps(monkeypatch)
     monkeypatch.setattr(steps, "run_step", fake_run_step)
     monkeypatch.setattr(cdds_setup, "create_state", fake_state)
     monkeypatch.setattr(decalign_setup, "create_state", fake_state)
@@ -188,7 +235,28 @@ def test_every_section_is_written(tmp_path, monkeypatch):
     (pipe,) = bb["pipeline"]  # real: decode + augment of small JPEGs in-process
     assert pipe["workers"] == 0 and pipe["images_per_s"] > 0
 
+    bbs = data["backbones"]
+    cases = backbone_cases.cases_for(
+        settings.mode_settings("smoke", accelerator=False), False
+    )
+    assert [(r["kind"], r["batch"]) for r in bbs["rows"]] == [
+        (c.kind, b) for c in cases for b in c.batches
+    ]
+    for row in bbs["rows"]:
+        assert row["jax"]["items_per_s"] > 0 and row["torch"]["items_per_s"] > 0
+        assert row["model_flops"] == row["batch"] * backbone_cases.model_flops(
+            next(c for c in cases if c.kind == row["kind"])
+        )
+        assert ("breakdown" in row) == ((row["kind"], row["batch"]) == BEHIND)
+    (behind,) = [r for r in bbs["rows"] if "breakdown" in r]
+    assert behind["jax_over_torch"] < 1
+    assert set(behind["breakdown"]["parts"]) == set(backbone_parts.PARTS)
+    assert behind["breakdown"]["dominant"]
+    # bfloat16 and remat per case (no remat for the forward-only CLIP tower).
+    assert len(bbs["options"]) == 2 * len(cases) - 1
+
     md = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "dominant op" in md and "Op breakdown" in md
     for title in SECTION_TITLES:
         assert title in md, title
     assert machine["cpu_model"] in md
@@ -203,6 +271,66 @@ def test_partial_run_writes_only_its_sections(tmp_path):
     assert set(data) == {"meta", "machine", "settings", "ceilings"}
     md = (tmp_path / "BENCHMARKS.md").read_text()
     assert "## Machine ceilings" in md and "## CDDS train step" not in md
+
+
+def test_partial_run_keeps_the_other_sections(tmp_path, monkeypatch):
+    runner.main(["--smoke", "--sections", "ceilings", "--out", str(tmp_path)])
+    first = json.loads((tmp_path / "benchmarks.json").read_text())
+    _stub_backbone_steps(monkeypatch)
+    runner.main(["--smoke", "--sections", "backbones", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert set(data) == {"meta", "machine", "settings", "ceilings", "backbones", "runs"}
+    assert data["ceilings"] == first["ceilings"] and data["meta"] == first["meta"]
+    (run,) = data["runs"]
+    assert run["sections"] == ["backbones"]
+    # Not the kept ceilings: a GEMM rate measured in the backbones run itself.
+    assert data["backbones"]["gemm"]["source"] == "measured by this section"
+    md = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "## Machine ceilings" in md and "## Backbones: JAX beside PyTorch" in md
+    assert "Section `backbones` was measured later" in md
+    assert md == runner.render_markdown(data)
+
+
+def test_backbone_rows_of_a_later_run_replace_only_their_kinds():
+    def row(kind, batch, tag):
+        return {"kind": kind, "batch": batch, "tag": tag}
+
+    kept = {
+        "gemm": {"gflops": 50.0, "source": "s"},
+        "cases": [{"kind": k} for k in ("vit", "swin", "bert")],
+        "rows": [row("vit", 8, "old"), row("swin", 8, "old"), row("bert", 8, "old")],
+        "options": [row("vit", 8, "old")],
+    }
+    new = {
+        "gemm": {"gflops": 70.0, "kinds": ["swin"]},
+        "gemm_runs": [{"gflops": 70.0, "kinds": ["swin"]}],
+        "cases": [{"kind": "swin"}],
+        "rows": [row("swin", 8, "new"), row("swin", 32, "new")],
+        "options": [],
+    }
+    out = backbones.merge(kept, new)
+    assert [(r["kind"], r["batch"], r["tag"]) for r in out["rows"]] == [
+        ("vit", 8, "old"), ("swin", 8, "new"), ("swin", 32, "new"), ("bert", 8, "old"),
+    ]  # fmt: skip
+    assert out["options"] == kept["options"]
+    assert [g["gflops"] for g in out["gemm_runs"]] == [50.0, 70.0]
+    assert out["gemm_runs"][0]["kinds"] == ["vit", "clip", "bert"]
+    with pytest.raises(ValueError, match="backbones"):
+        runner.make_settings("smoke", accelerator=False, backbone_kinds=("resnet",))
+
+
+def test_backbone_flops_match_a_count_by_matmul_shapes():
+    # ViT-B/16 224 by hand: 197 tokens, 12 layers of QKV + out + MLP and the two
+    # attention products; the patch embedding once per 16 x 16 x 3 patch.
+    vit = backbone_cases.cases_for(settings.mode_settings("full", accelerator=False),
+                                   False)[0]  # fmt: skip
+    t, d, f = 197, 768, 3072
+    layer = 2 * t * d * 3 * d + 2 * t * d * d + 2 * 2 * t * d * f + 2 * 2 * t * t * d
+    embed = 2 * 196 * 768 * 768
+    assert backbone_cases.model_flops(vit) == 3 * 12 * layer + 2 * embed
+    # The often-quoted 17.6 G multiply-adds of ViT-B/16's forward ("GFLOPs" in
+    # fvcore / timm tables): 2 FLOPs each.
+    np.testing.assert_allclose((12 * layer + embed) / 2 / 1e9, 17.6, rtol=0.01)
 
 
 def test_cdds_flops_match_a_count_by_matmul_shapes():
