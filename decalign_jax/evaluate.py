@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from decalign_jax import data as data_lib
-from decalign_jax import metrics, train
+from decalign_jax import evaluation, metrics, train
 from xmodal import run, sharding
 from xmodal.checkpoint import restore_for_eval
 from xmodal.workdir import check_trained_with, evaluation_name
@@ -46,7 +46,7 @@ def evaluate(
     model = train.build_model(config)
     example = data_lib.MMSASource(splits[split])[0]
     example = {k: np.asarray(v)[None] for k, v in example.items()}
-    evaluator = train.Evaluator(config, model, mesh)
+    evaluator = evaluation.Evaluator(config, model, mesh)
     seeds = [int(s) for s in (config.seeds or (config.seed,))]
     per_seed = []
     for seed in seeds:
