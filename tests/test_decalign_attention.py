@@ -60,9 +60,9 @@ def test_dropout_keeps_expectation_and_is_train_only():
     det = attn.apply(params, x, x, x, deterministic=True)
     outs = jax.vmap(
         lambda r: attn.apply(params, x, x, x, deterministic=False, rngs={"dropout": r})
-    )(jax.random.split(jax.random.PRNGKey(2), 2000))
+    )(jax.random.split(jax.random.PRNGKey(2), 500))
     assert not np.allclose(outs[0], det)
-    np.testing.assert_allclose(jnp.mean(outs, axis=0), det, atol=0.03)
+    np.testing.assert_allclose(jnp.mean(outs, axis=0), det, atol=0.06)
 
 
 @pytest.mark.parametrize("dim", [64, 32])

@@ -39,10 +39,9 @@ def _batch(b, rng):
     return batch
 
 
-@pytest.mark.parametrize("solver", ["ott", "official"])
-def test_mosi_short_last_batch_padded_equals_unpadded(solver):
+def test_mosi_short_last_batch_padded_equals_unpadded():
     """MOSI's last batch: 4 valid samples (< K = 7 prototypes) padded to B = 32."""
-    config = _no_dropout_mosi(**{"loss.ot_solver": solver})
+    config = _no_dropout_mosi()
     assert config.loss.num_prototypes == 7 and config.train.batch_size == 32
     rng = np.random.default_rng(0)
     short = _batch(4, rng)
@@ -72,15 +71,17 @@ def test_masked_gmm_and_hetero_equal_the_valid_rows_alone():
     xs = [rng.normal(size=(12, 5)).astype(np.float32) for _ in range(3)]
     valid = np.zeros(12, bool)
     valid[[0, 3, 4, 7, 8, 11]] = True  # not a prefix: any valid pattern works
-    fit_all = prototypes.fit_diag_gmm(xs[0][valid], 4)
-    fit_mask = prototypes.fit_diag_gmm(xs[0], 4, valid=jnp.asarray(valid))
+    fit = jax.jit(prototypes.fit_diag_gmm, static_argnums=1)
+    fit_all = fit(xs[0][valid], 4)
+    fit_mask = fit(xs[0], 4, valid=jnp.asarray(valid))
     np.testing.assert_allclose(fit_mask.means, fit_all.means, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(fit_mask.variances, fit_all.variances, rtol=1e-5)
     np.testing.assert_allclose(
         fit_mask.responsibilities[valid], fit_all.responsibilities, atol=1e-6
     )
-    want, aux_w = losses.hetero_loss(tuple(x[valid] for x in xs), num_prototypes=4)
-    got, aux_g = losses.hetero_loss(tuple(xs), num_prototypes=4, valid=valid)
+    hetero = jax.jit(functools.partial(losses.hetero_loss, num_prototypes=4))
+    want, aux_w = hetero(tuple(x[valid] for x in xs))
+    got, aux_g = hetero(tuple(xs), valid=valid)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     np.testing.assert_allclose(aux_g["plan"], aux_w["plan"], atol=1e-6)
 
@@ -97,15 +98,13 @@ def test_homo_and_decoupling_masks_equal_the_valid_rows_alone():
     rng = np.random.default_rng(2)
     z = [rng.normal(size=(9, 6)).astype(np.float32) for _ in range(3)]
     valid = np.arange(9) < 5
+    homo = jax.jit(losses.homo_loss)
     np.testing.assert_allclose(
-        losses.homo_loss(z, valid=valid),
-        losses.homo_loss([a[:5] for a in z]),
-        rtol=1e-5,
+        homo(z, valid=valid), homo([a[:5] for a in z]), rtol=1e-5
     )
     s = [rng.normal(size=(9, 4, 3)).astype(np.float32) for _ in range(3)]
     c = [rng.normal(size=(9, 4, 3)).astype(np.float32) for _ in range(3)]
+    dec = jax.jit(losses.decoupling_loss)
     np.testing.assert_allclose(
-        losses.decoupling_loss(s, c, valid),
-        losses.decoupling_loss([a[:5] for a in s], [a[:5] for a in c]),
-        rtol=1e-6,
+        dec(s, c, valid), dec([a[:5] for a in s], [a[:5] for a in c]), rtol=1e-6
     )
