@@ -360,8 +360,7 @@ def kernels_decalign(settings: Settings) -> list[dict[str, Any]]:
     rows += _loop_rows(
         "Sinkhorn 3-marginal (fwd+bwd)",
         f"K {kp}^3, {sweeps} sweeps, eps {eps}",
-        "prototypes.multi_marginal_sinkhorn "
-        f"(solver {solver!r})",
+        f"prototypes.multi_marginal_sinkhorn (solver {solver!r})",
         lib_ot,
         lambda cost: naive_sinkhorn_value(cost, marg, eps, sweeps),
         cost,
