@@ -131,7 +131,7 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     c.train.log_every_steps = 20
     c.train.eval_every_steps = 0  # 0 = every epoch
     # "official": every epoch is one pass with its short last batch (padded + masked;
-    # docs/decalign.md "Epochs and the short last batch"); "continuous": full batches
+    # docs/decalign.md section 9.4); "continuous": full batches
     # running across epoch boundaries.
     c.train.epoch_mode = "official"
 

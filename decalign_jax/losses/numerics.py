@@ -2,7 +2,7 @@
 
 Masking convention (every loss of :mod:`decalign_jax.losses`): an optional ``valid``
 ``[B]`` bool marks real samples (False for the padding of a short last batch, see
-``docs/decalign.md`` "Epochs and the short last batch"). Masked means are
+``docs/decalign.md`` section 9.4). Masked means are
 ``sum(valid * l) / max(#valid, 1)``, i.e. 0 when nothing is valid. Padded rows must
 hold finite values (zeros or copies of a real row): they are excluded from values
 with ``where`` / zero weights, but a NaN there would still reach the gradient.
