@@ -338,7 +338,7 @@ def kernels_decalign(settings: Settings) -> list[dict[str, Any]]:
     rows = _loop_rows(
         "EM (fwd+bwd)",
         f"B {case.batch}, d {config.model.dim}, K {kp}, {iters} iterations",
-        "prototypes.fit_diag_gmm (lax.fori_loop)",
+        "prototypes.fit_diag_gmm",
         lib_gmm,
         lambda x: _gmm_objective(*naive_gmm(x, kp, iters, floor)),
         x,
@@ -350,18 +350,17 @@ def kernels_decalign(settings: Settings) -> list[dict[str, Any]]:
     pair = jnp.abs(jax.random.normal(k1, (3, kp, kp)))
     cost = prototypes.joint_cost(pair[0], pair[1], pair[2])
     marg = tuple(jax.nn.softmax(jax.random.normal(kk, (kp,))) for kk in (k2, k3, k4))
-    eps, sweeps, log_domain = lc.ot_epsilon, lc.ot_iters, lc.ot_log_domain
+    eps, sweeps, solver = lc.ot_epsilon, lc.ot_iters, lc.ot_solver
 
     def lib_ot(cost):
         return prototypes.multi_marginal_sinkhorn(
-            cost, marg, epsilon=eps, num_iters=sweeps, log_domain=log_domain
+            cost, marg, epsilon=eps, num_iters=sweeps, solver=solver
         )[1]
 
     rows += _loop_rows(
         "Sinkhorn 3-marginal (fwd+bwd)",
         f"K {kp}^3, {sweeps} sweeps, eps {eps}",
-        "prototypes.multi_marginal_sinkhorn "
-        f"({'log' if log_domain else 'plain'} domain, lax.fori_loop)",
+        f"prototypes.multi_marginal_sinkhorn (solver {solver!r})",
         lib_ot,
         lambda cost: naive_sinkhorn_value(cost, marg, eps, sweeps),
         cost,

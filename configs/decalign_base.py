@@ -112,7 +112,7 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     c.loss.var_floor = 1e-4
     c.loss.ot_epsilon = 0.1  # entropic OT epsilon (lambda_ot)
     c.loss.ot_iters = 50
-    c.loss.ot_log_domain = True  # False = the official plain-domain sweep
+    c.loss.ot_solver = "ott"  # "ott" (ott-jax Sinkhorn) | "official" (plain domain)
     c.loss.cost_reduction = "mean"  # Bures cost over dims: "mean" (official) | "sum"
     c.loss.local_mahalanobis = False
     c.loss.mmd_bandwidth = 1.0
@@ -142,10 +142,17 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     c.train.plateau_factor = 0.1
     c.train.log_every_steps = 20
     c.train.eval_every_steps = 0  # 0 = every epoch
+    # "official": every epoch is one pass with its short last batch (padded + masked;
+    # docs/decalign.md section 9.4); "continuous": full batches
+    # running across epoch boundaries.
+    c.train.epoch_mode = "official"
 
     # ------------------------------------------------------------------ eval
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 256
+    # The selection "loss" is the mean of per-batch mean task losses at this batch
+    # size, as the official evaluation loop (its eval batch is the train batch).
+    c.eval.loss_batch_size = h["batch"]
     # Selection on the valid split: decalign_jax.metrics.SELECTION per dataset.
     c.eval.select_metric, c.eval.select_mode = SELECTION[dataset]
 
@@ -174,6 +181,7 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
             c.train.num_epochs = 2
             c.train.log_every_steps = 2
             c.eval.batch_size = 16
+            c.eval.loss_batch_size = 16
     elif arg:
         raise ValueError(f"unknown config argument {arg!r} (paper, demo, tiny)")
     return c

@@ -19,7 +19,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from decalign_jax import metrics, text, train
+from decalign_jax import evaluation, metrics, text, train
 from xmodal import run, sharding
 from xmodal.checkpoint import restore_for_eval
 from xmodal.workdir import check_trained_with, evaluation_name
@@ -45,7 +45,7 @@ def evaluate(
     model = train.build_model(config)
     example = text.make_source(splits[split], config)[0]
     example = {k: np.asarray(v)[None] for k, v in example.items()}
-    evaluator = train.Evaluator(config, model, mesh)
+    evaluator = evaluation.Evaluator(config, model, mesh)
     seeds = [int(s) for s in (config.seeds or (config.seed,))]
     per_seed = []
     for seed in seeds:

@@ -36,6 +36,7 @@ __all__ = [
     "SIMS_KEYS",
     "Report",
     "accuracy",
+    "batch_mean_loss",
     "display_scale",
     "format_table",
     "iemocap_metrics",
@@ -72,8 +73,11 @@ SELECTION: Final[dict[str, tuple[str, str]]] = {
 }
 """Per-dataset validation model-selection rule ``dataset -> (metric, mode)`` (spec 4).
 
-* MOSI: the validation **mean task loss** (mean over eval batches of the MSE task loss;
-  the official trainer's ``"MOSI"`` key), minimised. ``"loss"`` is not produced by
+* MOSI: the validation task loss as the official trainer computes it (its ``"MOSI"``
+  key): the **mean over evaluation batches of each batch's mean MSE**, at the official
+  eval batch size (the training batch, 32) with the short last batch included - not
+  the per-sample mean: MOSI's 229 valid samples make 8 batches, the last of 5 samples
+  weighs 1/8 (:func:`batch_mean_loss`), minimised. ``"loss"`` is not produced by
   :func:`mosi_metrics`; the trainer adds it.
 * MOSEI: non-zero binary accuracy ``Acc_2``, maximised.
 * CH-SIMS: 2-class weighted ``F1``, maximised.
@@ -105,6 +109,32 @@ def _flat_pair(
                 f"{name} must be [N] or [N, 1]; got {name}.shape={a.shape}"
             )
     return p.reshape(-1), y.reshape(-1)
+
+
+def batch_mean_loss(per_sample: ArrayLike, batch_size: int) -> float:
+    """Mean over consecutive batches of each batch's mean loss (the last may be short).
+
+    The official evaluation loop sums ``loss.item()`` (a batch mean) over its batches
+    and divides by their number, so a short last batch of n samples weighs as much
+    as a full one: ``mean_b mean_{i in batch b} l_i`` over ``ceil(N / batch_size)``
+    batches in split order.
+
+    Args:
+      per_sample: ``[N]`` per-sample losses in the split's order (N >= 1).
+      batch_size: the evaluation batch size (>= 1).
+
+    Returns:
+      The batch-mean loss (float64).
+    """
+    values = np.asarray(per_sample, dtype=np.float64).reshape(-1)
+    if values.size == 0:
+        raise ValueError("per_sample must hold at least one loss; got none")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    starts = np.arange(0, values.size, batch_size)
+    sums = np.add.reduceat(values, starts)
+    counts = np.minimum(values.size - starts, batch_size)
+    return float(np.mean(sums / counts))
 
 
 def accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:

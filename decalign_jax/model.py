@@ -17,7 +17,9 @@ sqrt(d) with independent embed-dropout draws for the keys and the values; the sa
 context feeds every layer. The official model has neither positional embeddings nor
 padding masks; both are options here (off by default). Initialisation follows
 PyTorch's defaults where they differ from Flax's (uniform ``1/sqrt(fan_in)`` kernels,
-Xavier-uniform attention projections, LayerNorm eps 1e-5); Dense biases start at 0.
+LayerNorm eps 1e-5, and the attention of :mod:`decalign_jax.attention`: Xavier over
+the packed Q/K/V in-projection, ``nn.Linear``'s default for the output projection);
+Dense biases start at 0.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xmodal.layers import Dropout, attention_fn
+from decalign_jax.attention import TorchMultiheadAttention, torch_linear_init
+from xmodal.layers import Dropout
 
 __all__ = [
     "MODALITIES",
@@ -41,8 +44,7 @@ __all__ = [
 Array = jax.Array
 MODALITIES = ("text", "audio", "vision")
 
-# torch.nn.Linear / Conv1d default: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)).
-torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+torch_kernel_init = torch_linear_init  # U(+-1/sqrt(fan_in)), torch.nn.Linear / Conv1d
 LN_EPS = 1e-5  # torch.nn.LayerNorm default
 
 
@@ -73,18 +75,14 @@ class _Layer(nn.Module):
         self, x: Array, ctx_k: Array, ctx_v: Array, mask: Array | None, train: bool
     ) -> Array:
         drop = lambda rate: Dropout(rate, self.dropout_impl, deterministic=not train)
-        attn = nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads,
-            qkv_features=self.dim,
-            out_features=self.dim,
-            dropout_rate=self.attn_dropout,
-            broadcast_dropout=False,
-            kernel_init=nn.initializers.xavier_uniform(),
-            deterministic=not train,
-            attention_fn=attention_fn(self.dropout_impl),
-            dtype=self.dtype,
+        attn = TorchMultiheadAttention(
+            self.dim,
+            self.num_heads,
+            self.attn_dropout,
+            self.dropout_impl,
+            self.dtype,
             name="attn",
-        )(x, inputs_k=ctx_k, inputs_v=ctx_v, mask=mask)
+        )(x, ctx_k, ctx_v, mask, deterministic=not train)
         x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="ln_attn")(
             x + drop(self.res_dropout)(attn)
         )

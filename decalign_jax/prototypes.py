@@ -1,38 +1,34 @@
 """DecAlign heterogeneity alignment: GMM prototypes, Bures costs, 3-marginal OT.
 
-The pieces of spec section 2.5 (``/work/shared/spec/decalign.md``), as pure,
-``jax.jit``-compatible functions that are differentiable end to end (gradients
-flow through every EM iteration and every Sinkhorn sweep, as in the official
-code, which detaches nothing):
+The pieces of ``docs/decalign.md`` section 2.5, as pure, ``jax.jit``-compatible
+functions that are differentiable end to end (gradients flow through every EM
+iteration and every Sinkhorn sweep, as in the official code, which detaches
+nothing):
 
 * :func:`fit_diag_gmm` -- diagonal GMM refit from scratch on a mini-batch by a
-  fixed number of EM iterations (spec 2.5 step 2).
+  fixed number of EM iterations (spec 2.5 step 2), optionally on the valid rows
+  of a padded batch.
 * :func:`bures_cost` -- squared 2-Wasserstein (Bures) distance between diagonal
   Gaussian prototypes, reduced over feature dims (step 4).
 * :func:`joint_cost` -- the K1 x K2 x K3 tensor of the three pairwise costs
   (step 5).
-* :func:`multi_marginal_sinkhorn` -- entropic 3-marginal OT by sequential
-  block-coordinate Sinkhorn sweeps, log-domain (default) or the official
-  plain-domain sweep (step 6).
+* :func:`multi_marginal_sinkhorn` -- entropic 3-marginal OT (step 6) through
+  ott-jax's multi-marginal Sinkhorn (default) or the official plain-domain
+  50-sweep solver, the one solver written here.
 
-Why not ott-jax for these (ott-jax 0.6.0 was checked):
+Why the EM is not ott-jax's: ``ott.tools.gaussian_mixture`` fits
+*full*-covariance mixtures (Cholesky parametrisation), initialises by k-means++
+(random), has no variance floor, and ``fit_model_em`` runs EM as a Python loop
+that raises on NaN (so it cannot run under ``jit``). None of the spec's
+deterministic init, shared clamped initial variance or clamped M-step is
+expressible there, so the EM is written directly.
 
-* ``ott.tools.gaussian_mixture`` fits *full*-covariance mixtures (Cholesky
-  parametrisation), initialises by k-means++ (random), has no variance floor,
-  and ``fit_model_em`` runs EM as a Python loop that raises on NaN (so it
-  cannot run under ``jit``). None of the spec's deterministic init, shared
-  clamped initial variance or clamped M-step is expressible there, so the EM
-  is written directly.
-* ``ott.experimental.mmsinkhorn`` runs the same sequential log-domain update as
-  :func:`multi_marginal_sinkhorn` and its module-level ``run`` accepts a dense
-  cost tensor with a fixed iteration count, but (a) its loop is a
-  ``custom_vjp`` fixed point, so forward-mode AD (``jax.jvp``/``jacfwd``) is
-  impossible, (b) it takes ``eps * log(a)`` of the marginals, so a marginal
-  with an exactly-zero entry (a dead GMM component, which happens: the
-  responsibilities can underflow to 0) gives NaN gradients, and (c) ``run`` is
-  not part of the module's ``__all__`` of an ``experimental`` package. The
-  log-domain sweep is therefore written here (a few lines); the tests use
-  ott-jax's solver as an independent reference on inputs where it is valid.
+For the transport, ott-jax's ``mmsinkhorn.run`` takes the dense cost tensor and
+a fixed sweep count. Its two limits are handled here: it takes
+``eps * log(a)`` of the marginals, so a dead GMM component (zero mass) would give
+NaN gradients -- the marginals are floored at :data:`MARGINAL_FLOOR` and
+renormalised; its loop is a ``custom_vjp`` fixed point, so only reverse-mode AD
+works through it (the official solver supports both).
 
 Numerical constants (all from the official code unless noted):
 
@@ -44,9 +40,9 @@ Numerical constants (all from the official code unless noted):
 * ``_KERNEL_FLOOR`` (1e-30): lower clamp of the plain-domain Gibbs kernel.
 * ``_DENOM_EPS`` (1e-8): added to every plain-domain scaling denominator.
 * ``_PLAN_LOG_FLOOR`` (1e-8): ``log(max(P, 1e-8))`` in the entropic value.
-* ``_LOG_MARGINAL_FLOOR`` (1e-30, ours): the log-domain solver uses
-  ``log(max(a, 1e-30))`` so zero-mass marginal entries stay finite (their plan
-  rows get mass <= 1e-30 instead of exactly 0) with zero, finite gradients.
+* :data:`MARGINAL_FLOOR` (1e-8, ours): floor of the ott solver's marginals
+  (then renormalised), so zero-mass entries keep finite potentials and
+  gradients; their plan rows get mass ~1e-8 instead of exactly 0.
 """
 
 from __future__ import annotations
@@ -58,12 +54,15 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ott.experimental import mmsinkhorn
 
 __all__ = [
+    "MARGINAL_FLOOR",
     "GMMFit",
     "bures_cost",
     "fit_diag_gmm",
     "gmm_init_indices",
+    "gmm_init_rows",
     "joint_cost",
     "multi_marginal_sinkhorn",
 ]
@@ -73,8 +72,11 @@ _BURES_SQRT_EPS = 1e-8
 _KERNEL_FLOOR = 1e-30
 _DENOM_EPS = 1e-8
 _PLAN_LOG_FLOOR = 1e-8
-_LOG_MARGINAL_FLOOR = 1e-30
+MARGINAL_FLOOR = 1e-8
+"""Floor on the marginals of the ott solver (then renormalised), see
+:func:`multi_marginal_sinkhorn`."""
 _LOG_2PI = math.log(2.0 * math.pi)
+_UNROLL_EM_ITERS = 8  # EM loops up to this many iterations are unrolled
 
 
 def _is_int(value) -> bool:
@@ -156,12 +158,44 @@ def _log_joint(
     return log_weights[None, :] - 0.5 * (maha + log_det[None, :] + d * _LOG_2PI)
 
 
+def gmm_init_rows(valid: jax.Array, num_components: int) -> jax.Array:
+    """:func:`gmm_init_indices` for a traced mask: the rule on the valid rows only.
+
+    With ``n = sum(valid)`` valid rows (at least 1), component k starts at the
+    ``p_k``-th valid row (in batch order), ``p_k = round(k (m - 1) / (K - 1)) mod n``
+    with ``m = max(n, K)`` and round-half-to-even, evaluated in exact integer
+    arithmetic (as :func:`gmm_init_indices`, which it equals for an all-True mask).
+
+    Args:
+      valid: ``[B]`` bool, True for real rows (at least one).
+      num_components: K >= 1 (static).
+
+    Returns:
+      ``[K]`` int32 row indices into the batch, each a valid row.
+    """
+    valid = jnp.asarray(valid, dtype=bool)
+    n = jnp.maximum(jnp.sum(valid.astype(jnp.int32)), 1)
+    k = jnp.arange(num_components, dtype=jnp.int32)
+    if num_components == 1:
+        pos = jnp.zeros((1,), jnp.int32)
+    else:
+        q = num_components - 1
+        num = k * (jnp.maximum(n, num_components) - 1)
+        quot, rem = num // q, num % q
+        up = (2 * rem > q) | ((2 * rem == q) & (quot % 2 == 1))  # half-to-even
+        pos = quot + up.astype(jnp.int32)
+    # Valid rows first, each group in batch order (a stable sort of the mask).
+    order = jnp.argsort(~valid, stable=True)
+    return order[pos % n].astype(jnp.int32)
+
+
 def fit_diag_gmm(
     x: jax.Array,
     num_components: int,
     *,
     num_iters: int = 5,
     var_floor: float = 1e-4,
+    valid: jax.Array | None = None,
 ) -> GMMFit:
     """Fit a K-component diagonal GMM to a batch by a fixed number of EM steps.
 
@@ -170,13 +204,18 @@ def fit_diag_gmm(
     * Init: means = rows :func:`gmm_init_indices` of x (tiled and truncated if
       B < K); variances = biased per-dim batch variance of x, clamped >=
       ``var_floor``, shared by all K; weights uniform 1/K.
-    * ``num_iters`` EM iterations (a ``lax.fori_loop``):
+    * ``num_iters`` EM iterations (unrolled up to 8, else a ``lax.fori_loop``):
       E-step gamma = softmax_k(log pi_k - 1/2 [sum_d (x - mu_k)^2 / var_k +
       sum_d log var_k + d log 2 pi]);
       M-step N_k = max(sum_n gamma_nk, 1e-6), pi_k = N_k / B,
       mu_k = sum_n gamma_nk x_n / N_k,
       var_k = max(sum_n gamma_nk x_n^2 / N_k - mu_k^2, var_floor).
     * A final E-step gives the returned responsibilities.
+
+    With ``valid`` (a short last batch padded to a static shape), every batch
+    statistic runs over the valid rows only (B above is their count, the init
+    rows are :func:`gmm_init_rows`), so the fit equals the fit on the valid rows
+    alone; padded rows get responsibilities too (finite, to be ignored).
 
     Numerics (algebraically identical to the formulas above, clamps
     included): EM runs on the batch centred by its per-dim mean m (means are
@@ -194,6 +233,7 @@ def fit_diag_gmm(
       num_components: K >= 1 (static).
       num_iters: number of EM iterations (static, >= 0).
       var_floor: lower clamp of the variances (> 0).
+      valid: optional ``[B]`` bool, False for padded rows (at least one True).
 
     Returns:
       :class:`GMMFit` with ``weights [K]``, ``means [K, d]``,
@@ -211,21 +251,36 @@ def fit_diag_gmm(
     num_components, num_iters = int(num_components), int(num_iters)
     if isinstance(var_floor, (int, float)) and not var_floor > 0:
         raise ValueError(f"var_floor must be > 0, got {var_floor}")
+    if valid is not None and jnp.shape(valid) != (x.shape[0],):
+        raise ValueError(
+            f"valid must have shape ({x.shape[0]},), got {jnp.shape(valid)}"
+        )
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
     b = x.shape[0]
     k = num_components
 
-    center = jnp.mean(x, axis=0)  # [d]
+    if valid is None:
+        w, n = None, b
+        center = jnp.mean(x, axis=0)  # [d]
+        init_rows = gmm_init_indices(b, k)
+    else:
+        w = jnp.asarray(valid, dtype=bool).astype(x.dtype)  # [B]
+        n = jnp.maximum(jnp.sum(w), 1.0)
+        center = jnp.sum(w[:, None] * x, axis=0) / n
+        init_rows = gmm_init_rows(valid, k)
     xc = x - center  # EM runs on centred data; means are carried as mu - center
-    means0 = xc[gmm_init_indices(b, k)]  # [K, d]
-    var0 = jnp.maximum(jnp.mean(xc * xc, axis=0), var_floor)  # biased, [d]
+    means0 = xc[init_rows]  # [K, d]
+    sq = xc * xc if w is None else w[:, None] * xc * xc
+    var0 = jnp.maximum(jnp.sum(sq, axis=0) / n, var_floor)  # biased, [d]
     variances0 = jnp.broadcast_to(var0, (k, x.shape[1]))
     log_weights0 = jnp.full((k,), -math.log(k), dtype=x.dtype)
 
     def em_step(_, params):
         log_weights, means_c, variances = params
         gamma = jax.nn.softmax(_log_joint(xc, log_weights, means_c, variances), axis=-1)
+        if w is not None:
+            gamma = gamma * w[:, None]  # padded rows carry no mass
         raw_mass = jnp.sum(gamma, axis=0)  # [K]
         mass = jnp.maximum(raw_mass, _MIN_COMPONENT_MASS)
         kept = raw_mass / mass  # r_k: 1 unless the mass was clamped
@@ -236,11 +291,15 @@ def fit_diag_gmm(
         new_means = new_means_c + center
         clamp_excess = (1.0 - kept)[:, None] * new_means * new_means
         new_vars = jnp.maximum(spread + clamp_excess, var_floor)
-        return jnp.log(mass / b), new_means_c, new_vars
+        return jnp.log(mass / n), new_means_c, new_vars
 
-    log_weights, means_c, variances = jax.lax.fori_loop(
-        0, num_iters, em_step, (log_weights0, means0, variances0)
-    )
+    params = (log_weights0, means0, variances0)
+    if num_iters <= _UNROLL_EM_ITERS:  # a few static steps: let XLA fuse across them
+        for i in range(num_iters):
+            params = em_step(i, params)
+    else:
+        params = jax.lax.fori_loop(0, num_iters, em_step, params)
+    log_weights, means_c, variances = params
     gamma = jax.nn.softmax(_log_joint(xc, log_weights, means_c, variances), axis=-1)
     means = means_c + center
     return GMMFit(
@@ -384,30 +443,27 @@ def _plain_domain_plan(
     return u[:, None, None] * v[None, :, None] * w[None, None, :] * kernel
 
 
-def _log_domain_log_plan(
+def _ott_log_plan(
     cost: jax.Array, marginals: tuple[jax.Array, ...], epsilon, num_iters: int
 ) -> jax.Array:
-    """Log-domain sweep with scaled potentials alpha = f / eps; returns log P."""
-    log_a, log_b, log_c = (
-        jnp.log(jnp.maximum(m, _LOG_MARGINAL_FLOOR)) for m in marginals
+    """ott-jax's multi-marginal Sinkhorn on the dense cost; returns log P.
+
+    Marginals are floored at :data:`MARGINAL_FLOOR` and renormalised first (ott
+    takes ``eps * log(a)``: an exact zero would give -inf potentials and NaN
+    gradients).
+    """
+    floored = tuple(jnp.maximum(m, MARGINAL_FLOOR) for m in marginals)
+    floored = tuple(m / jnp.sum(m) for m in floored)
+    # min = max = inner iterations: a fixed sweep count, the marginal error is
+    # evaluated once at the end (the official code runs a fixed count too).
+    solver = mmsinkhorn.MMSinkhorn(
+        min_iterations=num_iters, max_iterations=num_iters, inner_iterations=num_iters
     )
-    log_kernel = -cost / epsilon  # [K1, K2, K3]
-    lse = jax.nn.logsumexp
-
-    def sweep(_, potentials):
-        alpha, beta, gamma = potentials
-        alpha = log_a - lse(log_kernel + beta[None, :, None] + gamma, axis=(1, 2))
-        beta = log_b - lse(
-            log_kernel + alpha[:, None, None] + gamma[None, None, :], axis=(0, 2)
-        )
-        gamma = log_c - lse(
-            log_kernel + alpha[:, None, None] + beta[None, :, None], axis=(0, 1)
-        )
-        return alpha, beta, gamma
-
-    zeros = tuple(jnp.zeros_like(m) for m in marginals)
-    alpha, beta, gamma = jax.lax.fori_loop(0, num_iters, sweep, zeros)
-    return log_kernel + alpha[:, None, None] + beta[None, :, None] + gamma
+    out = mmsinkhorn.run(
+        (cost, floored, epsilon), solver, solver.init_state(cost.shape)
+    )
+    f, g, h = out.potentials
+    return (f[:, None, None] + g[None, :, None] + h[None, None, :] - cost) / epsilon
 
 
 def multi_marginal_sinkhorn(
@@ -416,37 +472,42 @@ def multi_marginal_sinkhorn(
     *,
     epsilon: float | jax.Array = 0.1,
     num_iters: int = 50,
-    log_domain: bool = True,
+    solver: Literal["ott", "official"] = "ott",
 ) -> tuple[jax.Array, jax.Array]:
     """Entropic 3-marginal OT by sequential Sinkhorn sweeps (spec 2.5 step 6).
 
-    ``log_domain=False`` is exactly the official plain-domain sweep: kernel
+    ``solver="official"`` is exactly the official plain-domain sweep: kernel
     G = max(exp(-C / eps), 1e-30), scalings u = v = w = 1, then ``num_iters``
     sweeps of, in order (each using the freshest others),
     u = a / (sum_jk G v w + 1e-8), v = b / (sum_ik G u w + 1e-8),
     w = c / (sum_ij G u v + 1e-8); plan P = (u ⊗ v ⊗ w) ⊙ G. It underflows
     when C / eps is large (G hits its floor, the 1e-8 dominates the
-    denominators and the marginals are not met).
+    denominators and the marginals are not met). Differentiable in forward and
+    reverse mode (a ``lax.fori_loop``).
 
-    ``log_domain=True`` (default) runs the same sequential block-coordinate
-    sweep on potentials f = eps log u (g, h likewise, init 0) with
+    ``solver="ott"`` (default) runs ott-jax's multi-marginal Sinkhorn
+    (``ott.experimental.mmsinkhorn``, Benamou et al. 2015): the same sequential
+    block-coordinate sweep on log-domain potentials f = eps log u (init 0),
     f = eps log a - eps logsumexp_jk((g_j + h_k - C_ijk) / eps), without the
-    kernel floor and denominator epsilons (the exact entropic Sinkhorn
-    update), stable for small eps / large costs. log(max(a, 1e-30)) is used
-    for the marginals so zero entries stay finite. On well-conditioned inputs
-    both modes agree to float32 precision.
+    kernel floor and denominator epsilons, stable for small eps / large costs,
+    for exactly ``num_iters`` sweeps. Marginals are first floored at
+    :data:`MARGINAL_FLOOR` (1e-8) and renormalised, so a dead GMM component
+    (zero mass) keeps finite potentials and gradients; 1e-8 is below float32
+    resolution relative to live entries (~1/K), which are unchanged. Gradients
+    are ott's unrolled backpropagation through the sweeps (reverse mode only:
+    the loop is a ``custom_vjp``). On well-conditioned inputs both solvers
+    agree to float32 precision.
 
-    Both return value = sum P C + eps sum P (log max(P, 1e-8) - 1).
-    Sweeps run in a ``lax.fori_loop``; gradients flow through all of them
-    (no implicit differentiation, no stop-gradient), forward and reverse mode.
+    Both return value = sum P C + eps sum P (log max(P, 1e-8) - 1) (the
+    official primal value); no stop-gradient anywhere.
 
     Args:
       cost: ``[K1, K2, K3]`` dense cost tensor (e.g. :func:`joint_cost`).
       marginals: three non-negative vectors ``[K1]``, ``[K2]``, ``[K3]``,
         each summing to 1 (not checked: values may be traced).
       epsilon: entropic regularisation eps > 0 (official ``lambda_ot`` 0.1).
-      num_iters: number of full sweeps (static, >= 0).
-      log_domain: log-domain (default) or official plain-domain sweep (static).
+      num_iters: number of full sweeps (static, >= 0; >= 1 for ``"ott"``).
+      solver: ``"ott"`` (default) or ``"official"`` (static).
 
     Returns:
       ``(plan [K1, K2, K3], value [])``.
@@ -455,12 +516,18 @@ def multi_marginal_sinkhorn(
     marginals = tuple(jnp.asarray(m) for m in marginals)
     _check_mm_inputs(cost, marginals, num_iters, epsilon)
     num_iters = int(num_iters)
-    if log_domain:
-        log_plan = _log_domain_log_plan(cost, marginals, epsilon, num_iters)
+    if solver == "ott":
+        if num_iters < 1:
+            raise ValueError(
+                f"num_iters must be >= 1 for solver 'ott', got {num_iters}"
+            )
+        log_plan = _ott_log_plan(cost, marginals, epsilon, num_iters)
         plan = jnp.exp(log_plan)
         log_term = jnp.maximum(log_plan, math.log(_PLAN_LOG_FLOOR))
-    else:
+    elif solver == "official":
         plan = _plain_domain_plan(cost, marginals, epsilon, num_iters)
         log_term = jnp.log(jnp.maximum(plan, _PLAN_LOG_FLOOR))
+    else:
+        raise ValueError(f"solver must be 'ott' or 'official', got {solver!r}")
     value = jnp.sum(plan * cost) + epsilon * jnp.sum(plan * (log_term - 1.0))
     return plan, value

@@ -6,7 +6,9 @@ r"""DecAlign training driver.
     python -m decalign_jax.train --config configs/mosi.py --workdir runs/mosi \
         --config.seeds=1111,1112,1113       # mean and std over seeds
 
-Flat, in sections: data -> model & state -> loss & step -> evaluation -> the run.
+Flat, in sections: data -> model & state -> train step -> the run. The objective
+(all five loss terms) is :mod:`decalign_jax.objective`, evaluation and the selection
+loss :mod:`decalign_jax.evaluation`.
 Each seed trains in ``workdir/seed_<s>/`` (config.json, metrics.jsonl, TensorBoard
 events, curves.png, checkpoints/, best/, results.json), is selected on the valid split
 by the dataset's metric (``decalign_jax.metrics.SELECTION``), and its best checkpoint
@@ -29,12 +31,13 @@ import ml_collections
 import numpy as np
 
 from decalign_jax import data as data_lib
-from decalign_jax import losses, metrics, text
+from decalign_jax import metrics, text
+from decalign_jax.evaluation import Evaluator
 from decalign_jax.model import DecAlignModel
+from decalign_jax.objective import compute_loss
 from xmodal import backbones, layers, optim, run, sharding
 from xmodal import step as step_lib
 from xmodal.files import cache_dir
-from xmodal.inference import map_source
 from xmodal.state import TrainState, create_sharded
 from xmodal.step import apply_update
 
@@ -156,72 +159,8 @@ def create_train_state(
 
 
 # =====================================================================================
-# Loss and train step
+# Train step (the objective: decalign_jax.objective)
 # =====================================================================================
-
-
-def task_loss(
-    output: jax.Array, label: jax.Array, config: ml_collections.ConfigDict, valid=None
-) -> jax.Array:
-    """MSE (regression; + SIMS's sign BCE) or cross-entropy (classification)."""
-    if config.loss.task == "ce":
-        return losses.cross_entropy_loss(output, label, valid=valid)
-    loss = losses.mse_loss(output, label, valid=valid)
-    if config.loss.binary_weight:
-        loss = loss + config.loss.binary_weight * losses.sims_binary_loss(
-            output, label, valid=valid
-        )
-    return loss
-
-
-def compute_loss(
-    params: Any,
-    batch: Mapping[str, jax.Array],
-    rng: jax.Array,
-    *,
-    model: DecAlignModel,
-    config: ml_collections.ConfigDict,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """L = L_task + w_dec L_dec + alpha L_hete + beta L_homo + w_ct L_CT (spec 3)."""
-    lc = config.loss
-    out = model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
-    label = batch["label"]
-    task = task_loss(out["output"], label, config)
-    dec = losses.decoupling_loss(out["unique"], out["common"])
-    zero = jnp.zeros((), jnp.float32)
-    hete = ot = local = zero
-    if lc.alpha:
-        hete, aux = losses.bind_hetero_loss(lc)(out["pooled_unique"])
-        ot, local = aux["ot"], aux["local"]
-    homo = losses.homo_loss(out["z"], bandwidth=lc.mmd_bandwidth) if lc.beta else zero
-    ct = zero
-    if lc.ct_weight:
-        bins = (
-            label.astype(jnp.int32)
-            if lc.task == "ce"
-            else losses.regression_bins(label)
-        )
-        ct = losses.supcon_loss(out["final_rep"], bins, temperature=lc.ct_temperature)
-    total = losses.total_loss(
-        task,
-        dec,
-        hete,
-        homo,
-        ct,
-        dec_weight=lc.dec_weight,
-        alpha=lc.alpha,
-        beta=lc.beta,
-        ct_weight=lc.ct_weight,
-    )
-    return total, {
-        "task": task,
-        "dec": dec,
-        "hete": hete,
-        "ot": ot,
-        "local": local,
-        "homo": homo,
-        "ct": ct,
-    }
 
 
 def train_step(
@@ -253,53 +192,6 @@ def jit_train_step(
     """``train_step`` jitted as the driver (and the benchmark) runs it."""
     step = functools.partial(train_step, model=model, config=config)
     return step_lib.jit_train_step(step, state_shardings, mesh)
-
-
-# =====================================================================================
-# Evaluation
-# =====================================================================================
-
-
-def _predict(params, batch, *, model, config):
-    out = model.apply({"params": params}, batch, train=False)
-    if config.loss.task == "ce":
-        per_sample = -jnp.take_along_axis(
-            jax.nn.log_softmax(out["output"]),
-            batch["label"][:, None].astype(jnp.int32),
-            1,
-        )[:, 0]
-    else:
-        per_sample = (out["output"] - batch["label"]) ** 2
-    return {"output": out["output"], "loss": per_sample}
-
-
-class Evaluator:
-    """A jitted prediction function + the dataset's metrics, for one config."""
-
-    def __init__(
-        self, config: ml_collections.ConfigDict, model: DecAlignModel, mesh
-    ) -> None:
-        self.config, self.mesh = config, mesh
-        self.predict = jax.jit(
-            functools.partial(_predict, model=model, config=config),
-            out_shardings=sharding.data_sharding(mesh),
-        )
-
-    def __call__(
-        self, state: TrainState, split: data_lib.MMSASplit
-    ) -> dict[str, float]:
-        out = map_source(
-            functools.partial(self.predict, state.params),
-            text.make_source(split, self.config),
-            mesh=self.mesh,
-            batch_size=self.config.eval.batch_size,
-            num_threads=self.config.data.num_threads,
-        )
-        result = metrics.report(self.config.data.dataset).metrics(
-            out["output"], np.asarray(split.label), self.config.data.num_classes
-        )
-        result["loss"] = float(np.mean(out["loss"]))  # mean task loss (MOSI selection)
-        return result
 
 
 # =====================================================================================
@@ -383,6 +275,7 @@ def train_seed(
         select_metric=select,
         select_mode=mode,
         results_fields={"seed": seed},
+        pad_last_batch=config.train.epoch_mode == "official",
         on_eval=plateau,
         curve_keys=("loss", "task", "dec", "hete", "homo", "ct"),
     )
@@ -399,6 +292,11 @@ def train_and_evaluate(
     workdir = pathlib.Path(workdir)
     mesh = sharding.make_mesh(config.mesh)
     run.check_batch_sizes(config, mesh)
+    if config.train.epoch_mode not in ("official", "continuous"):
+        raise ValueError(
+            "config train.epoch_mode: expected 'official' or 'continuous', got "
+            f"{config.train.epoch_mode!r}"
+        )
     splits = load_data(config)
     sizes = {k: v.num_samples for k, v in splits.items()}
     run.log(

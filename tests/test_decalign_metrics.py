@@ -63,6 +63,27 @@ def test_weighted_f1_bool_and_degenerate():
         metrics.weighted_f1([0, 1], [0])
 
 
+def test_batch_mean_loss_matches_a_brute_force_batch_loop():
+    rng = np.random.default_rng(0)
+    losses = rng.uniform(0.0, 3.0, size=229)  # MOSI valid: 7 x 32 + a batch of 5
+    batch_means = []
+    for start in range(0, 229, 32):  # the official loop: sum of batch means / count
+        batch_means.append(np.mean(losses[start : start + 32]))
+    assert len(batch_means) == 8
+    want = sum(batch_means) / len(batch_means)
+    assert metrics.batch_mean_loss(losses, 32) == pytest.approx(want, rel=1e-12)
+    # The last 5 samples weigh 1/8, not 5/229: not the per-sample mean.
+    assert abs(metrics.batch_mean_loss(losses, 32) - np.mean(losses)) > 1e-3
+    assert metrics.batch_mean_loss(losses, 229) == pytest.approx(np.mean(losses))
+    assert metrics.batch_mean_loss(losses[:64], 32) == pytest.approx(
+        np.mean(losses[:64])
+    )
+    with pytest.raises(ValueError, match="batch_size"):
+        metrics.batch_mean_loss(losses, 0)
+    with pytest.raises(ValueError, match="at least one"):
+        metrics.batch_mean_loss([], 32)
+
+
 def test_accuracy_matches_sklearn():
     rng = np.random.default_rng(0)
     t, p = rng.integers(0, 3, 40), rng.integers(0, 3, 40)

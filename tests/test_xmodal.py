@@ -224,6 +224,37 @@ def test_train_iterator_epochs_are_permutations_and_resume_exactly():
         pipeline.train_iterator(_Range(3), global_batch_size=4, seed=0)
 
 
+def test_padded_epochs_cover_each_item_once_with_a_masked_short_batch():
+    n, batch = 10, 4  # 3 steps per epoch: 4 + 4 + 2 valid (+ 2 padded)
+    assert pipeline.steps_per_epoch(n, batch, pad_last_batch=True) == 3
+    assert pipeline.steps_per_epoch(n, batch) == 2
+    it = pipeline.train_iterator(
+        _Range(n), global_batch_size=batch, seed=3, num_threads=0, pad_last_batch=True
+    )
+    epochs = []
+    for _ in range(3):
+        batches = [next(it) for _ in range(3)]
+        valid = np.concatenate([b["valid"] for b in batches])
+        assert valid.tolist() == [True] * n + [False] * 2  # the padding is at the end
+        xs = np.concatenate([b["x"] for b in batches])
+        assert sorted(xs[valid].tolist()) == list(range(n))  # each item exactly once
+        assert xs[~valid].tolist() == [xs[0]] * 2  # copies of a real item
+        epochs.append(xs[valid].tolist())
+    assert epochs[0] != epochs[1] != epochs[2]  # reshuffled every epoch
+    state = it.get_state()
+    ahead = [next(it)["x"].tolist() for _ in range(4)]
+    again = pipeline.train_iterator(
+        _Range(n), global_batch_size=batch, seed=3, num_threads=0, pad_last_batch=True
+    )
+    again.set_state(state)
+    assert [next(again)["x"].tolist() for _ in range(4)] == ahead
+    # Fewer items than one batch: a single padded batch per epoch.
+    small = pipeline.train_iterator(
+        _Range(3), global_batch_size=4, seed=0, num_threads=0, pad_last_batch=True
+    )
+    assert next(small)["valid"].tolist() == [True, True, True, False]
+
+
 def test_block_shards_are_disjoint_and_rebuild_the_global_batches_in_order():
     import grain
 

@@ -5,7 +5,10 @@ NumPy arrays`` of identical shapes (the method packages' readers provide them).
 
 Training: ``source -> seeded shuffle (a new permutation every epoch) -> repeat ->
 [transform] -> this process's block of every global batch -> batch(drop_remainder)``.
-The optional transform (decoding and augmenting images, say) sees each item with its
+With ``pad_last_batch``, every epoch is instead one pass over the data whose last
+global batch is completed with copies of a real item marked ``valid = False``
+(:class:`PadEpochs`): the official PyTorch loaders' ``drop_last=False`` at a static
+shape. The optional transform (decoding and augmenting images, say) sees each item with its
 epoch, so its randomness can be a pure function of (seed, epoch, item): it runs
 before the per-process split and gives the same global batch on any process layout. Every process
 walks the same global permutation; global batch g is elements ``[gB, (g+1)B)`` of it and
@@ -24,6 +27,7 @@ can be put back in order whatever the process layout. Nothing is dropped.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -34,10 +38,12 @@ import numpy as np
 __all__ = [
     "BlockShard",
     "EpochTransform",
+    "PadEpochs",
     "PaddedSource",
     "Source",
     "eval_batches",
     "local_batch_size",
+    "steps_per_epoch",
     "train_iterator",
 ]
 
@@ -113,6 +119,52 @@ class BlockShard(grain.MapDataset):
         return f"BlockShard(block={self.block}, index={self.index}, count={self.count})"
 
 
+class PadEpochs(grain.MapDataset):
+    """Epochs of ``epoch_length`` items padded to ``padded_length`` with ``valid``.
+
+    Element ``i`` is item ``j = i mod padded_length`` of epoch ``e = i //
+    padded_length``: for ``j < epoch_length`` element ``e * epoch_length + j`` of the
+    parent (an epoch-by-epoch repeated dataset) with ``valid = True``, otherwise a copy
+    of the epoch's first element with ``valid = False`` (finite values, to be masked).
+    """
+
+    def __init__(
+        self, parent: grain.MapDataset, *, epoch_length: int, padded_length: int
+    ):
+        super().__init__(parent)
+        if not 0 < epoch_length <= padded_length:
+            raise ValueError(
+                f"PadEpochs: bad epoch_length={epoch_length} "
+                f"padded_length={padded_length}"
+            )
+        self.epoch_length, self.padded_length = epoch_length, padded_length
+
+    def __len__(self) -> int:
+        epochs = len(self._parent) // self.epoch_length
+        return min(epochs * self.padded_length, sys.maxsize)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return self.slice(i)
+        epoch, j = divmod(i, self.padded_length)
+        valid = j < self.epoch_length
+        item = dict(self._parent[epoch * self.epoch_length + (j if valid else 0)])
+        item["valid"] = np.bool_(valid)
+        return item
+
+    def __str__(self) -> str:
+        return f"PadEpochs({self.epoch_length} -> {self.padded_length})"
+
+
+def steps_per_epoch(
+    num_examples: int, global_batch_size: int, *, pad_last_batch: bool = False
+) -> int:
+    """Batches in one epoch: ``ceil`` with a padded last batch, else ``floor``."""
+    if pad_last_batch:
+        return math.ceil(num_examples / global_batch_size)
+    return num_examples // global_batch_size
+
+
 def train_iterator(
     source: Source,
     *,
@@ -122,6 +174,7 @@ def train_iterator(
     prefetch_batches: int = 4,
     worker_count: int = 0,
     transform: EpochTransform | None = None,
+    pad_last_batch: bool = False,
 ) -> grain.DatasetIterator:
     """An endless, checkpointable iterator of this process's training batches.
 
@@ -134,11 +187,14 @@ def train_iterator(
       worker_count: if > 0, read in that many worker processes (``mp_prefetch``).
       transform: applied to every item with its epoch, before batching (in the
         worker processes when ``worker_count`` > 0).
+      pad_last_batch: each epoch is one pass over ``source`` whose last global batch
+        is padded (:class:`PadEpochs`); items then carry ``valid``. Otherwise batches
+        are full and run across epoch boundaries.
 
     Returns:
       A grain iterator over dicts of stacked arrays ``[global_batch / processes, ...]``.
     """
-    if len(source) < global_batch_size:
+    if len(source) < global_batch_size and not pad_last_batch:
         raise ValueError(
             f"training set has {len(source)} examples, fewer than one batch of "
             f"{global_batch_size}"
@@ -147,6 +203,11 @@ def train_iterator(
     ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
     if transform is not None:
         ds = ds.map_with_index(_WithEpoch(transform, len(source)))
+    if pad_last_batch:
+        padded = steps_per_epoch(len(source), global_batch_size, pad_last_batch=True)
+        ds = PadEpochs(
+            ds, epoch_length=len(source), padded_length=padded * global_batch_size
+        )
     if jax.process_count() > 1:
         ds = BlockShard(
             ds, block=local, index=jax.process_index(), count=jax.process_count()

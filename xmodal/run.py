@@ -95,6 +95,9 @@ class Method:
       worker_count: grain worker processes for the training input.
       train_transform: per-item training transform with the epoch (image decoding
         and augmentation), run by the input pipeline; None for stored features.
+      pad_last_batch: each epoch is one pass with a padded, masked short last batch
+        (``pipeline.PadEpochs``; batches carry ``valid``) instead of full batches
+        running across epoch boundaries.
     """
 
     name: str
@@ -116,6 +119,7 @@ class Method:
     collapse: loop_lib.CollapseGuard | None = None
     worker_count: int = 0
     train_transform: pipeline.EpochTransform | None = None
+    pad_last_batch: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,18 +152,26 @@ def check_batch_sizes(
                 )
 
 
-def step_counts(config: ml_collections.ConfigDict, num_examples: int) -> StepCounts:
+def step_counts(
+    config: ml_collections.ConfigDict,
+    num_examples: int,
+    *,
+    pad_last_batch: bool = False,
+) -> StepCounts:
     """Step counts from ``config.train`` for a training set of ``num_examples``.
 
     Reads ``batch_size``, ``num_steps`` (> 0 overrides ``num_epochs``), ``num_epochs``,
     ``log_every_steps``, ``eval_every_steps`` (0 = every ``eval_every_epochs`` epochs,
     default 1) and ``checkpoint_every_steps`` (0 or absent = at each evaluation).
+    An epoch is ``ceil(num_examples / batch)`` steps with ``pad_last_batch``.
     """
     t = config.train
     batch = int(t.batch_size)
     if batch <= 0:
         raise ValueError(f"config train.batch_size = {batch}: must be > 0")
-    per_epoch = num_examples // batch
+    per_epoch = pipeline.steps_per_epoch(
+        num_examples, batch, pad_last_batch=pad_last_batch
+    )
     if per_epoch == 0:
         raise ValueError(
             f"the training split has {num_examples} examples, fewer than one batch of "
@@ -244,7 +256,9 @@ def train(
     Returns the results dict (also written to ``path/results_name``), or
     ``{"preempted_at_step": N}`` after SIGTERM.
     """
-    counts = step_counts(config, len(method.train_source))
+    counts = step_counts(
+        config, len(method.train_source), pad_last_batch=method.pad_last_batch
+    )
     results_path = path / results_name
     stored = path / "results.json"
     if stored.is_file():
@@ -273,6 +287,7 @@ def train(
         num_threads=int(config.data.num_threads),
         worker_count=method.worker_count,
         transform=method.train_transform,
+        pad_last_batch=method.pad_last_batch,
     )
     ckpt = Checkpointer(
         path / "checkpoints", max_to_keep=int(config.train.get("keep_checkpoints", 2))
