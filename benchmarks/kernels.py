@@ -386,7 +386,7 @@ def render(results: Mapping[str, Any]) -> list[str]:
         "Median times after compile + warm-up (jitted forms; the eager forms "
         "dispatch op by op). EM and Sinkhorn are timed forward + backward "
         "(`jax.value_and_grad`), the others forward. max |diff| compares the two "
-        "results (EM: the fitted means; the naive EM uses the spec's uncentred "
+        "results (EM: the fitted means; the naive EM uses the textbook uncentred "
         "formulas).",
         "",
     ]

@@ -1,7 +1,7 @@
 """DecAlign configs shared by mosi.py, mosei.py, sims.py and iemocap.py.
 
 The defaults are the official repository's HEAD per-dataset settings
-(spec/decalign.md sections 3, 4 and 6.2); ``:paper`` sets alpha = beta = 0.05 (the
+(docs/decalign.md §5 and §7); ``:paper`` sets alpha = beta = 0.05 (the
 paper's sensitivity study); ``:demo`` trains on a synthetic pickle in the real MMSA
 layout (written on first use into ``$XMODAL_CACHE`` or ``~/.cache/xmodal``).
 ``model.text_encoder="bert"`` fine-tunes BERT on the token ids (docs/decalign.md §3.8):
@@ -15,7 +15,7 @@ import ml_collections
 
 from decalign_jax.metrics import SELECTION
 
-# Per-dataset HEAD settings: model, loss weights, training (spec tables 2.6.2, 3, 4).
+# Per-dataset HEAD settings: model, loss weights, training (docs/decalign.md §7).
 HEAD = {
     "mosi": dict(
         dim=64, heads=8, layers=5, kernels=(1, 1, 1), pde_dim=64,

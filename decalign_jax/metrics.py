@@ -1,4 +1,4 @@
-"""DecAlign evaluation metrics (host-side NumPy), spec ``decalign.md`` section 5.
+"""DecAlign evaluation metrics (host-side NumPy), docs/decalign.md §6.
 
 Predictions are the raw model outputs (a regression scalar per sample, or class
 logits) concatenated over a whole split; the functions here run once per split on
@@ -16,7 +16,7 @@ Conventions shared by every function:
   is 0), averaged with weights = class support in ``y_true``; 0 when every support is 0.
 * Rounding is ``np.round`` (half-to-even), as in the official code and torch.
 
-Model selection (spec section 4) is summarised in :data:`SELECTION`.
+Model selection (docs/decalign.md §5.4) is summarised in :data:`SELECTION`.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ SELECTION: Final[dict[str, tuple[str, str]]] = {
     "sims": ("F1", "max"),
     "iemocap": ("WAF1", "max"),
 }
-"""Per-dataset validation model-selection rule ``dataset -> (metric, mode)`` (spec 4).
+"""Per-dataset validation model-selection rule ``dataset -> (metric, mode)`` (§5.4).
 
 * MOSI: the validation task loss as the official trainer computes it (its ``"MOSI"``
   key): the **mean over evaluation batches of each batch's mean MSE**, at the official
@@ -253,7 +253,7 @@ def _bucketise(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def mosi_metrics(pred: ArrayLike, label: ArrayLike) -> dict[str, float]:
-    """CMU-MOSI / CMU-MOSEI regression metrics (spec 5).
+    """CMU-MOSI / CMU-MOSEI regression metrics (docs/decalign.md §6.2).
 
     Args:
       pred: ``[N]`` or ``[N, 1]`` raw regression outputs.
@@ -304,7 +304,7 @@ def mosi_metrics(pred: ArrayLike, label: ArrayLike) -> dict[str, float]:
 
 
 def sims_metrics(pred: ArrayLike, label: ArrayLike) -> dict[str, float]:
-    """CH-SIMS regression metrics (spec 5).
+    """CH-SIMS regression metrics (docs/decalign.md §6.3).
 
     Both ``pred`` and ``label`` are clipped to [-1, 1] **first**, so MAE and Corr use
     clipped predictions. Buckets are the half-open intervals (lo, hi] of the edges
@@ -340,7 +340,7 @@ def sims_metrics(pred: ArrayLike, label: ArrayLike) -> dict[str, float]:
 def iemocap_metrics(
     logits: ArrayLike, label: ArrayLike, *, num_classes: int
 ) -> dict[str, float]:
-    """IEMOCAP classification metrics (spec 5).
+    """IEMOCAP classification metrics (docs/decalign.md §6.4).
 
     Args:
       logits: ``[N, num_classes]`` class scores (argmax is taken; ties go to the

@@ -1,4 +1,4 @@
-"""DecAlign model (spec/decalign.md sections 2.2-2.8, the official HEAD model).
+"""DecAlign model (docs/decalign.md §3, the official HEAD model).
 
 Inputs are batch-first: text ``[B, T_l, D_l]`` (stored BERT features, or the last
 hidden state of a BERT fine-tuned on the ``text_bert`` ids ``[B, 3, T_l]``), audio
@@ -100,8 +100,8 @@ class _Layer(nn.Module):
 class CrossModalTransformer(nn.Module):
     """``query [B, T, d]`` attending to ``context [B, S, d]`` through L layers.
 
-    Returns ``[B, T, d]``. ``query_mask [B, T]`` / ``context_mask [B, S]`` (optional)
-    mask padded keys; without them every frame attends everywhere (official).
+    Returns ``[B, T, d]``. ``context_mask [B, S]`` (optional) masks padded context
+    frames as keys; without it every frame attends everywhere (official).
     """
 
     dim: int

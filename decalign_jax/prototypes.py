@@ -6,7 +6,7 @@ iteration and every Sinkhorn sweep, as in the official code, which detaches
 nothing):
 
 * :func:`fit_diag_gmm` -- diagonal GMM refit from scratch on a mini-batch by a
-  fixed number of EM iterations (spec 2.5 step 2), optionally on the valid rows
+  fixed number of EM iterations (docs/decalign.md §4.2), optionally on the valid rows
   of a padded batch.
 * :func:`bures_cost` -- squared 2-Wasserstein (Bures) distance between diagonal
   Gaussian prototypes, reduced over feature dims (step 4).
@@ -19,7 +19,7 @@ nothing):
 Why the EM is not ott-jax's: ``ott.tools.gaussian_mixture`` fits
 *full*-covariance mixtures (Cholesky parametrisation), initialises by k-means++
 (random), has no variance floor, and ``fit_model_em`` runs EM as a Python loop
-that raises on NaN (so it cannot run under ``jit``). None of the spec's
+that raises on NaN (so it cannot run under ``jit``). None of the paper's
 deterministic init, shared clamped initial variance or clamped M-step is
 expressible there, so the EM is written directly.
 
@@ -199,7 +199,7 @@ def fit_diag_gmm(
 ) -> GMMFit:
     """Fit a K-component diagonal GMM to a batch by a fixed number of EM steps.
 
-    Exactly spec 2.5 step 2 (the official ``_fit_gmm_em``):
+    Exactly docs/decalign.md §4.2 (the official ``_fit_gmm_em``):
 
     * Init: means = rows :func:`gmm_init_indices` of x (tiled and truncated if
       B < K); variances = biased per-dim batch variance of x, clamped >=
@@ -224,7 +224,7 @@ def fit_diag_gmm(
     with ``r_k = sum_n gamma_nk / N_k`` (= 1 unless the mass was clamped), so
     neither the E-step distances nor the variances cancel catastrophically for
     features with a large offset (the raw ``E[x^2] - mu^2`` loses all digits in
-    float32 when |x| >> std). With a clamped mass the spec's mean
+    float32 when |x| >> std). With a clamped mass the textbook mean
     ``sum gamma x / N_k`` is ``r_k m + sum gamma (x - m) / N_k``, kept exactly.
 
     Args:
@@ -284,7 +284,7 @@ def fit_diag_gmm(
         raw_mass = jnp.sum(gamma, axis=0)  # [K]
         mass = jnp.maximum(raw_mass, _MIN_COMPONENT_MASS)
         kept = raw_mass / mass  # r_k: 1 unless the mass was clamped
-        # spec mean sum(gamma x) / N_k, in centred coordinates
+        # the mean sum(gamma x) / N_k, in centred coordinates
         new_means_c = (gamma.T @ xc) / mass[:, None] + (kept - 1.0)[:, None] * center
         diff = xc[:, None, :] - new_means_c[None, :, :]  # [B, K, d] = x - mu_k
         spread = jnp.einsum("bk,bkd->kd", gamma, diff * diff) / mass[:, None]
@@ -427,7 +427,7 @@ def _check_mm_inputs(
 def _plain_domain_plan(
     cost: jax.Array, marginals: tuple[jax.Array, ...], epsilon, num_iters: int
 ) -> jax.Array:
-    """Official plain-domain sweep (spec 2.5 step 6); returns the plan."""
+    """Official plain-domain sweep (docs/decalign.md §4.4); returns the plan."""
     a, b, c = marginals
     kernel = jnp.maximum(jnp.exp(-cost / epsilon), _KERNEL_FLOOR)
 
@@ -474,7 +474,7 @@ def multi_marginal_sinkhorn(
     num_iters: int = 50,
     solver: Literal["ott", "official"] = "ott",
 ) -> tuple[jax.Array, jax.Array]:
-    """Entropic 3-marginal OT by sequential Sinkhorn sweeps (spec 2.5 step 6).
+    """Entropic 3-marginal OT by sequential Sinkhorn sweeps (docs/decalign.md §4.4).
 
     ``solver="official"`` is exactly the official plain-domain sweep: kernel
     G = max(exp(-C / eps), 1e-30), scalings u = v = w = 1, then ``num_iters``

@@ -283,7 +283,7 @@ def batch():
     return scores, IDS, image, text, tables
 
 
-# (decouple, modality, integrity, sampling) -> the weights the spec's Table 3 gives
+# (decouple, modality, integrity, sampling) -> the weights the paper's Table 3 gives
 # (a_s, a_m, a_f, a_x) with a_s = 1, a_m = 0.7, a_f = 0.3, written out by hand.
 SWITCHES = {
     (True, True, True, True): (1.0, 0.7, 0.3, 0.7),

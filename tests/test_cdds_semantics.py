@@ -14,7 +14,7 @@ from cdds_jax import semantics as sem
 B, P, L, D, K, G = 4, 7, 5, 6, 4, 5
 
 # ----------------------------------------------------------------------------------------
-# float64 NumPy references: plain loops, written from the spec, not from the library
+# float64 NumPy references: plain loops, written from docs/cdds.md, not from the library
 # ----------------------------------------------------------------------------------------
 
 

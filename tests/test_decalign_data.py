@@ -85,7 +85,7 @@ def _ref_sanitise(x: np.ndarray) -> np.ndarray:
 def _ref_standardise(
     splits: dict[str, np.ndarray], percentiles
 ) -> dict[str, np.ndarray]:
-    """Spec 1.3, one feature dim at a time, train statistics only."""
+    """docs/decalign.md §9.11, one feature dim at a time, train statistics only."""
     train = splits["train"]
     out = {s: np.empty_like(x, dtype=np.float64) for s, x in splits.items()}
     for d in range(train.shape[2]):

@@ -112,7 +112,7 @@ def test_pearson_undefined_is_nan():
 
 
 def _mosi_reference(pred, label):
-    """sklearn / scipy reference written straight from spec section 5."""
+    """sklearn / scipy reference written straight from docs/decalign.md §6."""
     non0 = label != 0
     out = {
         "MAE": mean_absolute_error(label, pred),

@@ -28,7 +28,7 @@ from decalign_jax.prototypes import (
 
 
 def _np_gmm_em(x, num_components, num_iters=5, var_floor=1e-4):
-    """Official EM (spec 2.5 step 2) in float64 with explicit loops."""
+    """Official EM (docs/decalign.md §4.2) in float64 with explicit loops."""
     x = np.asarray(x, np.float64)
     b, d = x.shape
     k_total = num_components

@@ -416,7 +416,7 @@ def _read_split(
 def _num_classes(
     spec: DatasetSpec, file_meta: Mapping[str, Any], num_classes: int | None, path: Path
 ) -> int | None:
-    """The class count (classification): the argument, else the file's, else the spec's."""
+    """The class count (classification): the argument, else the file's, else the dataset table's."""
     if spec.task != "classification":
         return num_classes
     meta_classes = file_meta.get("num_classes")

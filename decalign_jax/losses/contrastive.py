@@ -1,4 +1,4 @@
-"""The supervised contrastive ("CT") term and its regression label bins (spec 3)."""
+"""The supervised contrastive ("CT") term and its regression label bins (docs/decalign.md §4.8)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def supcon_loss(
     temperature: float,
     valid: jax.Array | None = None,
 ) -> jax.Array:
-    """Supervised contrastive loss on L2-normalised features (spec 3, "CT").
+    """Supervised contrastive loss on L2-normalised features (docs/decalign.md §4.8, "CT").
 
     ``f = features / max(||features||, 1e-12)`` (torch ``F.normalize``), logits
     ``f f^T / temperature``; for anchor i the softmax runs over j != i (and valid j);

@@ -1,4 +1,4 @@
-"""L_dec: the decoupling loss between modality-unique and common features (spec 2.4)."""
+"""L_dec: the decoupling loss between modality-unique and common features (docs/decalign.md §4.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""L_hete = L_OT + L_local: GMM prototypes and 3-marginal OT (spec 2.5)."""
+"""L_hete = L_OT + L_local: GMM prototypes and 3-marginal OT (docs/decalign.md §4.2-4.5)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def hetero_loss(
     ot_solver: str = "ott",
     valid: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, Any]]:
-    """L_hete = L_OT + L_local on time-pooled unique features (spec 2.5 steps 2-8).
+    """L_hete = L_OT + L_local on time-pooled unique features (docs/decalign.md §4.2-4.5).
 
     1. A K-component diagonal GMM is fitted per modality by EM on the batch
        (:func:`decalign_jax.prototypes.fit_diag_gmm`, refit from scratch each call;

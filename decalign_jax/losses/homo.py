@@ -1,4 +1,4 @@
-"""L_homo = L_sem + L_MMD: moment matching and RBF MMD between modalities (spec 2.6)."""
+"""L_homo = L_sem + L_MMD: moment matching and RBF MMD between modalities (docs/decalign.md §4.6-4.7)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def mmd_rbf(x: jax.Array, y: jax.Array, bandwidth: float = 1.0) -> jax.Array:
     """Biased (V-statistic) squared MMD with the official RBF kernel convention.
 
     ``k(a, b) = exp(-||a - b||^2 / (2 * bandwidth))`` - note ``2 * bandwidth``, not
-    ``2 * bandwidth^2`` (spec 2.6 step 5; identical for the default 1.0, kept for
+    ``2 * bandwidth^2`` (docs/decalign.md §4.7; identical for the default 1.0, kept for
     parity). ``MMD^2 = mean K_xx + mean K_yy - 2 mean K_xy`` with the diagonals
     included (so it can be very slightly negative by rounding only when x ~ y).
     Squared distances come from one GEMM each and are clamped at 0.
@@ -115,7 +115,7 @@ def homo_loss(
     bandwidth: float = 1.0,
     valid: jax.Array | None = None,
 ) -> jax.Array:
-    """L_homo = L_sem + L_MMD over the pairs (l, a), (l, v), (a, v) (spec 2.6).
+    """L_homo = L_sem + L_MMD over the pairs (l, a), (l, v), (a, v) (docs/decalign.md §4.6-4.7).
 
     ``L_sem`` is the pair-average of :func:`moment_matching` and ``L_MMD`` the
     pair-average of :func:`mmd_rbf`. Computed without a loop over pairs: moments once

@@ -1,4 +1,4 @@
-"""Task losses (MSE, cross-entropy, the SIMS sign BCE) and the total objective (spec 3)."""
+"""Task losses (MSE, cross-entropy, the SIMS sign BCE) and the total objective (docs/decalign.md §4.9-4.10)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def cross_entropy_loss(
 def sims_binary_loss(
     pred: jax.Array, label: jax.Array, valid: jax.Array | None = None
 ) -> jax.Array:
-    """CH-SIMS auxiliary BCE-with-logits of ``pred`` vs ``1[label > 0]`` (spec 3).
+    """CH-SIMS auxiliary BCE-with-logits of ``pred`` vs ``1[label > 0]`` (docs/decalign.md §4.9).
 
     Only samples with ``label != 0`` (and valid) count; the loss is their mean of
     ``softplus(pred) - pred * t`` (the stable BCE-with-logits), and 0 when none.
