@@ -15,7 +15,8 @@ so gradients differ by float32 rounding (~1e-7 relative; the step-1 metrics show
 Two kinds of parameter have a gradient that is exactly zero in exact arithmetic:
 
 - attention key biases: softmax is invariant to adding ``q . b_k`` to every logit of
-  a query row (:func:`test_attention_key_bias_has_no_gradient`);
+  a query row (:func:`test_attention_key_bias_has_no_gradient`); in DecAlign's packed
+  ``in_proj_bias`` ``[3 D]`` (PyTorch's layout: query, key, value) the middle third;
 - CDDS's soft-threshold multipliers ``alpha_v`` / ``alpha_t`` on rows of W with a
   single survivor, which are one-hot whatever alpha is
   (:func:`test_soft_threshold_alpha_has_no_gradient_on_one_hot_rows`; in the runs we
@@ -259,9 +260,19 @@ def _compare_states(method: str, runs) -> None:
     assert int(single[".step"]) == STEPS
     params = [k for k in single if k.startswith(".params")]
     zero_grad = [k for k in params if ZERO_GRAD.search(k)]
-    assert zero_grad, "expected attention key biases among the parameters"
+    packed = [k for k in params if k.endswith("['in_proj_bias']")]
+    assert zero_grad or packed, "expected attention key biases among the parameters"
     for k in params:
-        if k in zero_grad:
+        if k in packed:  # query | key | value biases; the key third has no gradient
+            want, got = np.split(single[k], 3), np.split(p0[k], 3)
+            np.testing.assert_array_less(
+                np.abs(got[1] - want[1]), 2 * lr * STEPS, err_msg=k
+            )
+            for i in (0, 2):
+                np.testing.assert_allclose(
+                    got[i], want[i], rtol=1e-5, atol=2e-5, err_msg=k
+                )
+        elif k in zero_grad:
             np.testing.assert_array_less(
                 np.abs(p0[k] - single[k]), 2 * lr * STEPS, err_msg=k
             )
