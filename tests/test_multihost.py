@@ -54,6 +54,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+# One worker runs the whole module (its runs are one session-scoped fixture, made once).
+pytestmark = pytest.mark.xdist_group("multihost")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
 STEPS = 4
@@ -155,7 +157,7 @@ def _run_workers(jobs: dict[str, tuple[list[str], dict[str, str]]], logs: pathli
         pytest.fail(f"{failure}\n{report}", pytrace=False)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def runs(tmp_path_factory) -> dict[str, pathlib.Path]:
     """Runs the 2-process job and the 1-process reference (concurrently)."""
     base = tmp_path_factory.mktemp("multihost")

@@ -88,7 +88,7 @@ def _latest_params(method, workdir: pathlib.Path):
     return state, which
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def straight_runs(tmp_path_factory):
     """One uninterrupted run of each method (the reference)."""
     base = tmp_path_factory.mktemp("straight")
