@@ -28,7 +28,7 @@ VARIANTS: dict[str, tuple[tuple[str, ...], str]] = {
     "no_modality": (("ablate.modality=False",), "Table 3: no L_m"),
     "no_integrity": (("ablate.integrity=False",), "Table 3: no L_f / L_x"),
     "no_noise": (("ablate.noise=False",), "Table 3: no bottleneck noise"),
-    "w_ema": (("semantics.w_source=ema",), "W from the EMA of S in training"),
+    "w_batch": (("semantics.w_source=batch",), "W from each batch's S in training"),
     "w_window": (("semantics.w_source=window",), "W from S over the last 16 batches"),
     "tau_relative": (("semantics.tau_mode=relative",), "tau x each row's std of S"),
     "tau_learned": (("semantics.tau_mode=learned",), "a learned temperature"),
@@ -36,7 +36,11 @@ VARIANTS: dict[str, tuple[tuple[str, ...], str]] = {
         ("semantics.table_compare=level_centred",),
         "tables centred per level",
     ),
-    "centred": (("semantics.table_compare=centred",), "tables centred per column"),
+    "cosine": (
+        ("semantics.table_compare=cosine",),
+        "cosine of the raw tables (the paper's reading)",
+    ),
+    "table_scale": (("semantics.table_scale=True",), "centred and divided by spread"),
     "w2": (("semantics.table_compare=w2",), "-W2 distance between quantile functions"),
     "hardest_after_1": (
         ("loss.max_violation_after_epochs=1",),
