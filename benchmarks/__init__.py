@@ -14,7 +14,7 @@ measured thing, each with its ``measure`` and ``render``:
 - ``cdds_eval``: ``retrieval.score_matrix`` + ``rank_metrics`` at Flickr30K and COCO-5K
   sizes against their GEMM floor and against argsort ranks;
 - ``decalign``: the DecAlign train step at MOSI and MOSEI shapes and the shares of EM +
-  Sinkhorn and of dropout RNG;
+  Sinkhorn and of dropout RNG, and the same step with BERT fine-tuned on token ids;
 - ``kernels``: each library kernel against its naive form, same inputs, same run;
 - ``backbones``: each backbone's (ViT, Swin, CLIP vision, BERT) step in JAX beside
   ``transformers``' PyTorch model at the same shapes, with an op breakdown where JAX

@@ -1,29 +1,48 @@
 """Section ``decalign``: the DecAlign train step at MOSI and MOSEI shapes (HEAD configs).
 
 The step is the driver's own (built through ``benchmarks.decalign_setup``), in three
-variants: the HEAD config, ``alpha = 0`` (no EM + Sinkhorn term) and every dropout rate
-0 (no dropout RNG). The share of EM + Sinkhorn is ``losses.hetero_loss`` forward +
-backward timed alone over the HEAD step, cross-checked by ``1 - step(alpha = 0) /
-step``; the dropout RNG share is ``1 - step(no dropout) / step``.
+variants on the stored (frozen) text features: the HEAD config, ``alpha = 0`` (no EM +
+Sinkhorn term) and every dropout rate 0 (no dropout RNG). The share of EM + Sinkhorn is
+``losses.hetero_loss`` forward + backward timed alone over the HEAD step, cross-checked
+by ``1 - step(alpha = 0) / step``; the dropout RNG share is ``1 - step(no dropout) /
+step``.
+
+Beside them, the same HEAD step with BERT fine-tuned on the token ids
+(``model.text_encoder = "bert"``): a random BERT of ``decalign_setup.BERT_SIZES``
+(BERT-base in the full run) written in Hugging Face's layout into a temporary folder,
+read by the driver, learning at the dataset's HEAD ``optim.bert_lr``, on random MMSA
+``text_bert`` ids ``[B, 3, T_l]``; reported as its step time and its ratio to the
+frozen-feature step. A BERT step whose compiled memory exceeds ``MEMORY_GUARD`` of the
+available memory is compiled and reported (its planned memory), not run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import pathlib
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import ml_collections
 
-from benchmarks import decalign_setup, markdown, steps
+from benchmarks import decalign_setup, markdown, memory, steps
 from benchmarks.settings import DecAlignCase, Settings
 from benchmarks.timing import log, time_jit
 from xmodal import sharding
 
-__all__ = ["NAME", "measure", "render", "time_hetero"]
+__all__ = ["LOSS_FIELDS", "NAME", "measure", "render", "time_hetero"]
 
 NAME = "decalign"
+#: The ``config.loss`` fields recorded with every step.
+LOSS_FIELDS: tuple[str, ...] = (
+    "alpha",
+    "num_prototypes",
+    "em_iters",
+    "ot_iters",
+    "ot_solver",
+)
 
 
 def time_hetero(
@@ -37,6 +56,48 @@ def time_hetero(
     return timing
 
 
+def _count(tree: Any) -> int:
+    """Number of parameters in ``tree``."""
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
+
+
+def _run(
+    case: DecAlignCase,
+    config: ml_collections.ConfigDict,
+    variant: str,
+    batch_np: Mapping[str, Any],
+    settings: Settings,
+    mesh: jax.sharding.Mesh,
+    *,
+    guard: bool = False,
+) -> dict[str, Any]:
+    """The driver's step for ``config`` on ``batch_np``, compiled and timed."""
+    example = {k: v[:1] for k, v in batch_np.items()}
+    model = decalign_setup.build_model(config)
+    state, shardings = decalign_setup.create_state(config, model, example, mesh)
+    params = state.params
+    counts = {
+        "params": _count(params),
+        "bert_params": _count(params.get(decalign_setup.BERT_PARAMS, {})),
+    }
+    del params
+    step = decalign_setup.jit_step(config, model, shardings, mesh)
+    batch = sharding.global_batch(batch_np, mesh)
+    label = f"decalign {case.name} B={case.batch} [{variant}]"
+    res = steps.run_step(step, state, batch, settings, label=label, guard=guard)
+    del state, batch
+    res.update(counts)
+    res["config_loss"] = {k: config.loss[k] for k in LOSS_FIELDS}
+    res["memory_bytes"], res["memory_source"] = memory.memory_of(res)
+    if "median_s" in res:
+        log(
+            f"{label}: compile {res['compile_s']:.1f} s, step "
+            f"{res['median_s'] * 1e3:.2f} ms (median of {res['reps']}), memory "
+            f"{markdown.gib(res['memory_bytes'])}"
+        )
+    return res
+
+
 def _measure_variant(
     case: DecAlignCase,
     variant: str,
@@ -44,23 +105,37 @@ def _measure_variant(
     settings: Settings,
     mesh: jax.sharding.Mesh,
 ) -> dict[str, Any]:
-    """One DecAlign step variant (``decalign_setup.VARIANTS``) of ``case``."""
-    example = {k: v[:1] for k, v in batch_np.items()}
+    """One frozen-feature step variant (``decalign_setup.VARIANTS``) of ``case``."""
     config = decalign_setup.config(case, settings, variant)
-    model = decalign_setup.build_model(config)
-    state, shardings = decalign_setup.create_state(config, model, example, mesh)
-    step = decalign_setup.jit_step(config, model, shardings, mesh)
-    batch = sharding.global_batch(batch_np, mesh)
-    label = f"decalign {case.name} B={case.batch} [{variant}]"
-    res = steps.run_step(step, state, batch, settings, label=label, guard=False)
-    res["config_loss"] = {
-        k: config.loss[k] for k in ("alpha", "num_prototypes", "em_iters", "ot_iters")
-    }
-    log(
-        f"{label}: compile {res['compile_s']:.1f} s, step "
-        f"{res['median_s'] * 1e3:.2f} ms (median of {res['reps']})"
+    return _run(case, config, variant, batch_np, settings, mesh)
+
+
+def _measure_bert(
+    case: DecAlignCase,
+    folder: pathlib.Path,
+    settings: Settings,
+    mesh: jax.sharding.Mesh,
+) -> dict[str, Any]:
+    """The HEAD step of ``case`` with the BERT of ``folder`` fine-tuned on random ids
+    (memory-guarded: a step that does not fit is compiled and reported, not run)."""
+    config = decalign_setup.config(
+        case, settings, decalign_setup.BERT, bert_path=folder
     )
-    return res
+    setup = decalign_setup.bert_setup(config)
+    vocab = setup["bert_config"]["vocab_size"]
+    batch_np = decalign_setup.random_bert_batch(case, vocab)
+    tb = batch_np["text_bert"]
+    ids = {
+        "shape": list(tb.shape),
+        "dtype": str(tb.dtype),
+        "rows": ["input ids", "attention mask", "segment ids"],
+        "tokens_min": int(tb[:, 1].sum(1).min()),
+        "tokens_mean": float(tb[:, 1].sum(1).mean()),
+        "tokens_max": int(tb[:, 1].sum(1).max()),
+        "segment_ids_nonzero": int((tb[:, 2] != 0).sum()),
+    }
+    res = _run(case, config, decalign_setup.BERT, batch_np, settings, mesh, guard=True)
+    return {**res, **setup, "text_bert": ids}
 
 
 def _shares(entry: dict[str, Any]) -> None:
@@ -77,50 +152,83 @@ def _shares(entry: dict[str, Any]) -> None:
     entry["dropout_share_min"] = 1.0 - entry["no_dropout"]["min_s"] / head_min
 
 
+def _bert_ratio(entry: dict[str, Any]) -> None:
+    """BERT step / frozen-feature HEAD step (medians; fastest calls), into ``entry``;
+    None when the BERT step was not run."""
+    bert, head = entry[decalign_setup.BERT], entry["head"]
+    ran = "median_s" in bert
+    entry["bert_over_frozen"] = bert["median_s"] / head["median_s"] if ran else None
+    entry["bert_over_frozen_min"] = bert["min_s"] / head["min_s"] if ran else None
+
+
+def _measure_case(
+    case: DecAlignCase,
+    bert_folder: pathlib.Path,
+    settings: Settings,
+    mesh: jax.sharding.Mesh,
+) -> dict[str, Any]:
+    """Every variant of ``case``, hetero_loss alone, the BERT step; shares, ratio."""
+    batch_np = decalign_setup.random_batch(case)
+    entry: dict[str, Any] = {**dataclasses.asdict(case), "model": dict(case.model)}
+    for variant in decalign_setup.VARIANTS:
+        entry[variant] = _measure_variant(case, variant, batch_np, settings, mesh)
+    entry["hetero_fwd_bwd"] = time_hetero(
+        decalign_setup.config(case, settings), case.batch, settings
+    )
+    _shares(entry)
+    log(
+        f"decalign {case.name}: hetero_loss fwd+bwd "
+        f"{entry['hetero_fwd_bwd']['median_s'] * 1e3:.2f} ms = "
+        f"{entry['hetero_share']:.1%} of the step (alpha=0 cross-check "
+        f"{entry['alpha0_share']:.1%}); dropout RNG {entry['dropout_share']:.1%}"
+    )
+    del batch_np
+    entry[decalign_setup.BERT] = _measure_bert(case, bert_folder, settings, mesh)
+    _bert_ratio(entry)
+    if entry["bert_over_frozen"] is not None:
+        log(
+            f"decalign {case.name}: with BERT x{entry['bert_over_frozen']:.1f} the "
+            "frozen-feature step"
+        )
+    return entry
+
+
 def measure(settings: Settings, results: Mapping[str, Any]) -> dict[str, Any]:
-    """DecAlign step (HEAD, alpha = 0, no dropout) and hetero_loss alone, per case."""
+    """Per case: the step (HEAD, alpha = 0, no dropout), hetero_loss alone and the
+    step with BERT (a random checkpoint of the mode's size, written once)."""
     del results  # DecAlign reports shares of its own step, not ceiling fractions
     mesh = steps.single_device_mesh()
-    rows = []
-    for case in settings.decalign:
-        batch_np = decalign_setup.random_batch(case)
-        entry: dict[str, Any] = {**dataclasses.asdict(case), "model": dict(case.model)}
-        for variant in decalign_setup.VARIANTS:
-            entry[variant] = _measure_variant(case, variant, batch_np, settings, mesh)
-        entry["hetero_fwd_bwd"] = time_hetero(
-            decalign_setup.config(case, settings), case.batch, settings
-        )
-        _shares(entry)
-        log(
-            f"decalign {case.name}: hetero_loss fwd+bwd "
-            f"{entry['hetero_fwd_bwd']['median_s'] * 1e3:.2f} ms = "
-            f"{entry['hetero_share']:.1%} of the step (alpha=0 cross-check "
-            f"{entry['alpha0_share']:.1%}); dropout RNG {entry['dropout_share']:.1%}"
-        )
-        rows.append(entry)
+    with tempfile.TemporaryDirectory(prefix="decalign-bert-") as tmp:
+        folder = decalign_setup.write_bert(pathlib.Path(tmp) / "bert", settings.mode)
+        log(f"decalign: random BERT {decalign_setup.BERT_SIZES[settings.mode]}")
+        rows = [_measure_case(c, folder, settings, mesh) for c in settings.decalign]
     return {"rows": rows}
 
 
-def render(results: Mapping[str, Any]) -> list[str]:
-    """The ``## DecAlign train step`` table."""
+def _solver_note(rows: list[Mapping[str, Any]]) -> str:
+    """Which transport solver the rows' EM + Sinkhorn ran (``loss.ot_solver``)."""
+    solvers = {r["head"].get("config_loss", {}).get("ot_solver") for r in rows}
+    if None in solvers:
+        return (
+            "`loss.ot_solver` is not recorded with these rows: they were measured "
+            "before it existed, with the library's own log-domain Sinkhorn sweep in a "
+            '`lax.fori_loop` (replaced since by ott-jax\'s, `loss.ot_solver = "ott"`, '
+            "the default)."
+        )
+    names = ", ".join(
+        f'`loss.ot_solver = "{s}"` ({decalign_setup.SOLVER_FORMS.get(s, s)})'
+        for s in sorted(solvers)
+    )
+    return f"Transport: {names}."
+
+
+def _frozen_rows(rows: list[Mapping[str, Any]]) -> list[list[Any]]:
+    """The frozen-feature table: HEAD step, hetero_loss share, alpha = 0, no dropout."""
     ms, pct = markdown.ms, markdown.pct
-    lines = [
-        "",
-        "## DecAlign train step",
-        "",
-        f"HEAD configs (`configs/decalign_base.py`), {decalign_setup.BUILT_BY}, "
-        "random inputs. "
-        "EM + Sinkhorn share = `losses.hetero_loss` forward + backward alone on "
-        "[B, d] pooled inputs / the HEAD step; cross-check = 1 - step(alpha = 0) / "
-        "step. Dropout RNG share = 1 - step(every dropout rate 0) / step. Shares "
-        "use medians; a negative share is below this host's noise (the same shares "
-        "from the fastest calls are in `benchmarks.json` as `*_share_min`).",
-        "",
-    ]
-    rows = []
-    for r in results[NAME]["rows"]:
+    out = []
+    for r in rows:
         head = r["head"]
-        rows.append(
+        out.append(
             [
                 r["name"],
                 r["batch"],
@@ -135,6 +243,118 @@ def render(results: Mapping[str, Any]) -> list[str]:
                 f"{ms(r['no_dropout']['median_s'])} ({pct(r['dropout_share'])})",
             ]
         )
+    return out
+
+
+def _bert_cells(bert: Mapping[str, Any]) -> list[str]:
+    """The ids, BERT and lr cells of a measured (or memory-skipped) BERT step."""
+    ids, cfg = bert["text_bert"], bert["bert_config"]
+    b, rows, t = ids["shape"]
+    lr = f"{bert['bert_lr_used']:g} / {bert['lr']:g}" + (
+        "" if bert["bert_lr"] > 0 else " (`bert_lr` 0: the main lr)"
+    )
+    return [
+        f"[{b}, {rows}, {t}] {ids['dtype']}; {ids['tokens_min']}-{ids['tokens_max']} "
+        f"tokens (mean {ids['tokens_mean']:.1f})",
+        f"{cfg['num_hidden_layers']} x {cfg['hidden_size']}, "
+        f"{cfg['num_attention_heads']} heads, FF {cfg['intermediate_size']}, vocab "
+        f"{cfg['vocab_size']}, {cfg['max_position_embeddings']} positions "
+        f"({bert['bert_params'] / 1e6:.1f} M)",
+        lr,
+    ]
+
+
+def _bert_rows(rows: list[Mapping[str, Any]]) -> list[list[Any]]:
+    """The BERT table: the step with BERT beside the frozen-feature HEAD step."""
+    ms = markdown.ms
+    out = []
+    for r in rows:
+        head, bert = r["head"], r.get(decalign_setup.BERT)
+        frozen = ms(head["median_s"])
+        if not bert:
+            out.append([r["name"], r["batch"], *["not run"] * 6, frozen, "not run"])
+            continue
+        if "median_s" in bert:
+            step = (
+                f"{ms(bert['median_s'])} ({bert['reps']}; {ms(bert['min_s'])} - "
+                f"{ms(bert['max_s'])})"
+            )
+        else:
+            step = f"not run: {bert.get('skipped', 'no timing')}"
+        out.append(
+            [
+                r["name"],
+                r["batch"],
+                *_bert_cells(bert),
+                step,
+                f"{bert['compile_s']:.1f} s",
+                markdown.gib(bert.get("memory_bytes")),
+                frozen,
+                markdown.ratio(r.get("bert_over_frozen")),
+            ]
+        )
+    return out
+
+
+def _bert_lines(rows: list[Mapping[str, Any]]) -> list[str]:
+    """The ``### With BERT fine-tuned on the token ids`` paragraph and table."""
+    measured = [r[decalign_setup.BERT] for r in rows if r.get(decalign_setup.BERT)]
+    text = (
+        'The HEAD step above with `model.text_encoder = "bert"`: a randomly '
+        "initialised BERT written in Hugging Face's layout into a temporary folder "
+        "and read by the driver (`model.bert_path`; its weights join the train state "
+        "and are fine-tuned with BERT's dropout on, under the L2 decay and the "
+        "global-norm clip), fed random MMSA `text_bert` ids [B, 3, T_l] (input ids "
+        "with [CLS] first and [SEP] last, attention mask, segment ids 0) in place of "
+        "the stored features; audio, vision and labels as above. BERT learns at the "
+        "HEAD config's `optim.bert_lr` (0: the main `optim.lr`, MOSI's single "
+        "parameter group). BERT / frozen = step with BERT / frozen-feature HEAD step "
+        "(medians; from the fastest calls in `benchmarks.json` as "
+        f"`bert_over_frozen_min`). A step whose compiled memory exceeds "
+        f"{memory.MEMORY_GUARD:.0%} of the available memory is compiled and "
+        "reported, not run."
+    )
+    if measured:
+        text += f" Memory: {measured[0].get('memory_source', 'unavailable')}."
+    else:
+        text += (
+            " Not run: `benchmarks.json` has no BERT rows yet (`python "
+            "scripts/benchmark.py --sections decalign` measures the whole section "
+            "with them)."
+        )
+    header = [
+        "set",
+        "B",
+        "text_bert ids",
+        "BERT: layers x width (params)",
+        "BERT lr / main lr",
+        "step with BERT (reps; min - max)",
+        "compile",
+        "memory",
+        "frozen-feature step",
+        "BERT / frozen",
+    ]
+    title = ["", "### With BERT fine-tuned on the token ids", "", text, ""]
+    return title + markdown.table(header, _bert_rows(rows))
+
+
+def render(results: Mapping[str, Any]) -> list[str]:
+    """The ``## DecAlign train step`` tables: frozen features, then with BERT."""
+    rows = results[NAME]["rows"]
+    lines = [
+        "",
+        "## DecAlign train step",
+        "",
+        f"HEAD configs (`configs/decalign_base.py`), {decalign_setup.BUILT_BY}, "
+        "random inputs, the stored (frozen) text features. "
+        "EM + Sinkhorn share = `losses.hetero_loss` forward + backward alone on "
+        "[B, d] pooled inputs / the HEAD step; cross-check = 1 - step(alpha = 0) / "
+        "step. Dropout RNG share = 1 - step(every dropout rate 0) / step. Shares "
+        "use medians; a negative share is below this host's noise (the same shares "
+        "from the fastest calls are in `benchmarks.json` as `*_share_min`). "
+        + _solver_note(rows),
+        "",
+    ]
     header = [
         "set",
         "B",
@@ -147,4 +367,4 @@ def render(results: Mapping[str, Any]) -> list[str]:
         "alpha = 0 step (share)",
         "no-dropout step (RNG share)",
     ]
-    return lines + markdown.table(header, rows)
+    return lines + markdown.table(header, _frozen_rows(rows)) + _bert_lines(rows)

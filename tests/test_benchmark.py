@@ -46,6 +46,7 @@ SECTION_TITLES = (
     "### Model FLOPs per (image, caption) pair",
     "## CDDS evaluation",
     "## DecAlign train step",
+    "### With BERT fine-tuned on the token ids",
     "## Naive forms vs library kernels",
     "## Backbones: JAX beside PyTorch",
     "## CDDS with backbones",
@@ -109,7 +110,7 @@ def _stub_heavy_parts(monkeypatch) -> None:
     """Replaces every compile of a full train step by a stub (see module docstring)."""
 
     def fake_run_step(step, state, batch, settings, *, label, guard=True):
-        first = "image" if "image" in batch else "text"
+        first = next(k for k in ("image", "text", "text_bert") if k in batch)
         b = batch[first].shape[0]
         total = 1000 * b + 500  # grows x2 per doubling, below the x2.2 limit
         return {
@@ -205,6 +206,15 @@ def test_every_section_is_written(tmp_path, monkeypatch):
         for key in ("hetero_share", "alpha0_share", "dropout_share"):
             assert math.isfinite(row[key]) and math.isfinite(row[f"{key}_min"]), key
         assert row["alpha0"]["config_loss"]["alpha"] == 0.0
+        bert = row["bert"]  # the same HEAD step with the smoke mode's tiny BERT
+        assert bert["median_s"] > 0 and row["bert_over_frozen"] > 0
+        assert bert["text_bert"]["shape"] == [row["batch"], 3, row["lengths"][0]]
+        sizes = decalign_setup.BERT_SIZES["smoke"]
+        assert {k: bert["bert_config"][k] for k in sizes} == sizes
+        assert bert["config_loss"]["ot_solver"] == "ott"
+    # BERT's lr: MOSI's main lr (bert_lr 0), MOSEI's own group.
+    lrs = [r["bert"]["bert_lr_used"] for r in data["decalign"]["rows"]]
+    assert lrs == [pytest.approx(6e-5), pytest.approx(1e-5)]
 
     kernels = {(r["kernel"], r["naive_form"]): r for r in data["kernels"]["rows"]}
     for key in (
@@ -398,6 +408,44 @@ def test_memory_growth_flags_fast_growth():
     assert not second["violates"]
     assert second["reported_per_doubling"] == pytest.approx(2.0)
     assert second["analysis_temp_per_doubling"] is None
+
+
+def test_decalign_bert_variant_inputs_and_config(tmp_path):
+    full = settings.mode_settings("full", accelerator=False)
+    mosi, mosei = full.decalign
+    batch = decalign_setup.random_bert_batch(mosi, 30522)
+    tb = batch["text_bert"]
+    assert "text" not in batch and tb.shape == (32, 3, 50) and tb.dtype == np.int32
+    ids, mask, segments = tb[:, 0], tb[:, 1], tb[:, 2]
+    lengths = mask.sum(1)
+    assert set(np.unique(mask)) == {0, 1} and (mask[:, 0] == 1).all()
+    assert (np.diff(mask, axis=1) <= 0).all()  # right padding
+    assert 10 <= lengths.min() < lengths.max() <= 50
+    assert (ids[:, 0] == decalign_setup.CLS_ID).all()
+    assert (ids[np.arange(32), lengths - 1] == decalign_setup.SEP_ID).all()
+    assert (ids[mask == 0] == 0).all() and (segments == 0).all()
+    frozen = decalign_setup.random_batch(mosi)
+    for key in ("audio", "vision", "label"):
+        np.testing.assert_array_equal(batch[key], frozen[key])
+    # Full mode: BERT-base.
+    assert decalign_setup.BERT_SIZES["full"] == {
+        "vocab_size": 30522,
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "max_position_embeddings": 512,
+    }
+    folder = decalign_setup.write_bert(tmp_path / "bert", "smoke")
+    for case, lr, bert_lr in ((mosi, 6e-5, 6e-5), (mosei, 5e-5, 1e-5)):
+        c = decalign_setup.config(case, full, decalign_setup.BERT, bert_path=folder)
+        assert c.model.text_encoder == "bert" and c.train.batch_size == case.batch
+        setup = decalign_setup.bert_setup(c)
+        assert setup["lr"] == pytest.approx(lr)
+        assert setup["bert_lr_used"] == pytest.approx(bert_lr)
+        assert setup["bert_config"]["hidden_size"] == 16
+    with pytest.raises(ValueError, match="bert_path"):
+        decalign_setup.config(mosi, full, decalign_setup.BERT)
 
 
 def test_naive_em_and_sinkhorn_agree_with_the_library():
