@@ -206,12 +206,12 @@ def test_pad_row_does_not_move_in_an_adam_step(tmp_path):
         def loss(params):
             return jnp.sum(w * m.apply({"params": params}, ids, mask, types))
 
-        value, grads = jax.value_and_grad(loss)(params)
+        grads = jax.grad(loss)(params)
         updates, _ = tx.update(grads, tx.init(params), params)
-        return value, grads, optax.apply_updates(params, updates)
+        return grads, optax.apply_updates(params, updates)
 
-    _, grads, new = step(module, params)
-    _, grads_none, new_none = step(untrained, params)
+    grads, new = step(module, params)
+    grads_none, new_none = step(untrained, params)
     forward = jax.jit(lambda m: m.apply(variables, ids, mask, types), static_argnums=0)
     np.testing.assert_array_equal(forward(module), forward(untrained))
     table, word = params["word_embeddings"]["embedding"], _word_grad(grads)
