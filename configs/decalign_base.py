@@ -126,6 +126,8 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.005
     c.optim.decoupled_weight_decay = False  # torch Adam(weight_decay): L2 in the grad
     c.optim.clip_norm = h["clip"]
+    # "optax" (clip_by_global_norm) | "official" (torch clip_grad_norm_, as its trainer)
+    c.optim.clip_rule = "optax"
     c.optim.schedule = "constant"  # ReduceLROnPlateau acts through the host factor
     c.optim.warmup_steps = 0
     c.optim.lr_groups = ()  # (regex on parameter path, lr multiplier)

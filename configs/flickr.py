@@ -205,6 +205,7 @@ def _schedule(c: ml_collections.ConfigDict) -> None:
     c.optim.weight_decay = 1e-4
     c.optim.decoupled_weight_decay = True  # AdamW
     c.optim.clip_norm = 2.0
+    c.optim.clip_rule = "optax"  # "optax" (clip_by_global_norm) | "official" (torch)
     c.optim.schedule = "step"
     c.optim.decay_epochs = (9, 15, 20)
     c.optim.decay_factor = 0.3
