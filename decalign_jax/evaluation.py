@@ -23,8 +23,9 @@ from decalign_jax import metrics, text
 from xmodal import sharding
 from xmodal.inference import map_source
 from xmodal.state import TrainState
+from xmodal.writer import mean_std
 
-__all__ = ["Evaluator", "predict"]
+__all__ = ["Evaluator", "format_run", "predict"]
 
 
 def predict(
@@ -80,3 +81,8 @@ class Evaluator:
             out["loss"], int(self.config.eval.loss_batch_size)
         )
         return result
+
+
+def format_run(dataset: str, test: Mapping[str, float]) -> str:
+    """The paper-shaped table of one run's metrics (display units)."""
+    return metrics.format_table(dataset, mean_std([test], metrics.display_scale), 1)

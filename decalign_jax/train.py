@@ -32,7 +32,7 @@ import numpy as np
 
 from decalign_jax import data as data_lib
 from decalign_jax import metrics, text
-from decalign_jax.evaluation import Evaluator
+from decalign_jax.evaluation import Evaluator, format_run
 from decalign_jax.model import DecAlignModel
 from decalign_jax.objective import compute_loss
 from xmodal import backbones, layers, optim, run, sharding
@@ -40,6 +40,7 @@ from xmodal import step as step_lib
 from xmodal.files import cache_dir
 from xmodal.state import TrainState, create_sharded
 from xmodal.step import apply_update
+from xmodal.writer import log, mean_std
 
 __all__ = [
     "build_model",
@@ -204,13 +205,13 @@ def summarize_seeds(
 ) -> dict[str, Any]:
     """The workdir results: mean ± std per metric over seeds (display units)."""
     dataset = config.data.dataset
-    summary = run.mean_std([r["test"] for r in per_seed], metrics.display_scale)
+    summary = mean_std([r["test"] for r in per_seed], metrics.display_scale)
     baseline = metrics.report(dataset).baseline(
         np.asarray(splits["train"].label), np.asarray(splits["test"].label)
     )
-    run.log(f"\nTest split, best-on-valid checkpoints ({config.eval.select_metric}):")
-    run.log(metrics.format_table(dataset, summary, len(seeds)))
-    run.log("reference: " + ", ".join(f"{k} {v:.4g}" for k, v in baseline.items()))
+    log(f"\nTest split, best-on-valid checkpoints ({config.eval.select_metric}):")
+    log(metrics.format_table(dataset, summary, len(seeds)))
+    log("reference: " + ", ".join(f"{k} {v:.4g}" for k, v in baseline.items()))
     return {
         "method": "DecAlign",
         "dataset": dataset,
@@ -250,14 +251,9 @@ def train_seed(
         )
         factor = loop_meta["plateau"]["lr_factor"]
         if factor != optim.get_lr_factor(s.opt_state):
-            run.log(f"seed {seed}: learning rate x{factor:g} (plateau)")
+            log(f"seed {seed}: learning rate x{factor:g} (plateau)")
             s = s.replace(opt_state=optim.set_lr_factor(s.opt_state, factor))
         return s
-
-    def table(test: Mapping[str, float]) -> str:
-        return metrics.format_table(
-            dataset, run.mean_std([test], metrics.display_scale), 1
-        )
 
     method = run.Method(
         name=f"DecAlign seed {seed}",
@@ -271,7 +267,7 @@ def train_seed(
         describe_dev=lambda d: " ".join(
             f"{k} {v:.4f}" for k, v in d.items() if k in (select, "MAE", "Corr")
         ),
-        format_test=table,
+        format_test=functools.partial(format_run, dataset),
         select_metric=select,
         select_mode=mode,
         results_fields={"seed": seed},
@@ -291,7 +287,7 @@ def train_and_evaluate(
     """Trains every seed of ``config.seeds``; returns (and writes) results.json."""
     workdir = pathlib.Path(workdir)
     mesh = sharding.make_mesh(config.mesh)
-    run.check_batch_sizes(config, mesh)
+    sharding.check_batch_sizes(config, mesh)
     if config.train.epoch_mode not in ("official", "continuous"):
         raise ValueError(
             "config train.epoch_mode: expected 'official' or 'continuous', got "
@@ -299,7 +295,7 @@ def train_and_evaluate(
         )
     splits = load_data(config)
     sizes = {k: v.num_samples for k, v in splits.items()}
-    run.log(
+    log(
         f"DecAlign | {config.data.dataset} | {len(jax.devices())} devices | splits "
         f"{sizes} | seq lens {splits['train'].seq_lens} dims "
         f"{splits['train'].feature_dims}"
