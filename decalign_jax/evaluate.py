@@ -21,7 +21,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from decalign_jax import evaluation, metrics, text, train
+from decalign_jax import evaluation, metrics, train
+from decalign_jax.data import inputs
 from xmodal import run
 from xmodal.writer import log, mean_std
 
@@ -41,13 +42,13 @@ def evaluate(
     def prepare(
         mesh: jax.sharding.Mesh,
     ) -> Callable[[ml_collections.ConfigDict], run.Scoring]:
-        splits = train.load_data(config)
+        splits = inputs.load_data(config)
         if split not in splits:
             raise ValueError(
                 f"--split: expected one of {sorted(splits)}, got {split!r}"
             )
         model = train.build_model(config)
-        example = text.make_source(splits[split], config)[0]
+        example = inputs.make_source(splits[split], config)[0]
         example = {k: np.asarray(v)[None] for k, v in example.items()}
         evaluator = evaluation.Evaluator(config, model, mesh)
         return lambda run_config: run.Scoring(
