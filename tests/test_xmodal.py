@@ -73,6 +73,25 @@ def test_load_config_missing_file():
         config_lib.load_config("nope.py:demo")
 
 
+def test_config_in_a_package_imports_its_siblings_from_any_folder(
+    tmp_path, monkeypatch
+):
+    # As configs/mosi.py imports configs.decalign_base: no installed package has it.
+    package = tmp_path / "xmodal_test_cfgs"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "base.py").write_text("BATCH = 7\n")
+    (package / "exp.py").write_text(
+        "import ml_collections\n"
+        "from xmodal_test_cfgs import base\n"
+        "def get_config(arg=None):\n"
+        "    return ml_collections.ConfigDict({'batch': base.BATCH})\n"
+    )
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    monkeypatch.chdir(tmp_path / "..")
+    assert config_lib.load_config(str(package / "exp.py")).batch == 7
+
+
 def test_repo_configs_load():
     for spec in ("configs/flickr.py", "configs/flickr.py:demo", "configs/coco.py"):
         c = config_lib.load_config(spec)

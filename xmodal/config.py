@@ -43,6 +43,13 @@ def load_config(spec: str, *, lock: bool = True) -> ml_collections.ConfigDict:
     path = pathlib.Path(path_str)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path_str!r} not found (spec {spec!r})")
+    if (path.parent / "__init__.py").is_file():
+        # A config in a package folder imports its siblings (configs/mosi.py:
+        # `from configs import decalign_base`) from the folder above, also when the
+        # command runs elsewhere: no installed package provides them.
+        root = str(path.resolve().parent.parent)
+        if root not in sys.path:
+            sys.path.insert(0, root)
     module_name = f"_xmodal_config_{path.stem}_{abs(hash(path.resolve()))}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     assert module_spec is not None and module_spec.loader is not None
