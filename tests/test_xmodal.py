@@ -17,6 +17,7 @@ from xmodal import checkpoint, optim, pipeline, sharding
 from xmodal import config as config_lib
 from xmodal import loop as loop_lib
 from xmodal.state import TrainState
+from xmodal.workdir import open_workdir
 from xmodal.writer import MetricWriter, Progress, format_duration
 
 # ------------------------------------------------------------------------- config
@@ -63,7 +64,8 @@ def test_load_config_arg_overrides_and_lock(tmp_path):
         config_lib.apply_overrides(c, ["train.batchsize=1"])
     with pytest.raises(AttributeError):
         c.train.typo_field = 1  # locked: typos fail
-    config_lib.save_config(c, tmp_path / "run")
+    with open_workdir(tmp_path / "run", c):  # writes the run's config.json
+        pass
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["train"]["epochs"] == [1, 2, 3]
 

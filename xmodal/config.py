@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import json
 import pathlib
 import sys
 from collections.abc import Iterable, Mapping
@@ -24,7 +23,6 @@ __all__ = [
     "config_to_dict",
     "flatten",
     "load_config",
-    "save_config",
 ]
 
 
@@ -137,10 +135,3 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: tree}
-
-
-def save_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
-    """Writes ``workdir/config.json`` (call on process 0 only)."""
-    path = pathlib.Path(workdir) / "config.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config_to_dict(config), indent=2, sort_keys=True))
