@@ -31,6 +31,7 @@ from xmodal import optim, run, sharding
 from xmodal import step as step_lib
 from xmodal.state import TrainState, create_sharded
 from xmodal.step import apply_update
+from xmodal.writer import log
 
 __all__ = [
     "Data",
@@ -247,7 +248,7 @@ def summarize_seeds(
 ) -> dict[str, Any]:
     """The workdir results of several seeds: mean and std per protocol and metric."""
     summary, table = retrieval.summarize_runs([r["test"] for r in per_seed])
-    run.log(f"\nCDDS test, {len(seeds)} seeds {list(seeds)}:\n{table}")
+    log(f"\nCDDS test, {len(seeds)} seeds {list(seeds)}:\n{table}")
     return {
         "method": "CDDS",
         "seeds": list(seeds),
@@ -273,7 +274,7 @@ def train_seed(
     on_test = bool(config.eval.select_on_test)
     select_split = data.test if on_test else data.dev
     if on_test:
-        run.log("WARNING: eval.select_on_test=True selects on the TEST split (LAPS)")
+        log("WARNING: eval.select_on_test=True selects on the TEST split (LAPS)")
     c = config.collapse  # the guard watches the training score spread
     collapse = loop_lib.CollapseGuard("score_std", c.floor, c.patience_steps)
     method = run.Method(
@@ -326,10 +327,10 @@ def train_and_evaluate(
     """
     workdir = pathlib.Path(workdir)
     mesh = sharding.make_mesh(config.mesh)
-    run.check_batch_sizes(config, mesh)
+    sharding.check_batch_sizes(config, mesh)
     data = load_data(config, workdir, splits=("train", "dev", "test"))
     assert data.train is not None
-    run.log(
+    log(
         f"CDDS | {len(jax.devices())} devices, mesh {dict(mesh.shape)} | train "
         f"{data.train.num_images} images / {data.train.num_captions} captions"
     )
