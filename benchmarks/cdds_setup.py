@@ -18,6 +18,7 @@ import numpy as np
 
 from benchmarks.settings import CddsSizes
 from cdds_jax import train as cdds_train
+from cdds_jax.data import inputs
 from configs import flickr
 
 __all__ = [
@@ -88,8 +89,9 @@ def random_batch(s: CddsSizes, batch: int, seed: int = 0) -> dict[str, np.ndarra
 
 
 def build_model(config: ml_collections.ConfigDict) -> Any:
-    """The driver's model for ``config`` (no BiGRU vocabulary)."""
-    return cdds_train.build_model(config)
+    """The driver's model for ``config`` with the backbones its data layer resolves
+    (no BiGRU vocabulary)."""
+    return cdds_train.build_model(config, inputs.resolve_backbones(config))
 
 
 def create_state(

@@ -44,7 +44,9 @@ def evaluate(
     run.check_batch_sizes(config, mesh)
     data = train.load_data(config, workdir, splits=())
     target_split = inputs.read_config_split(config, split_name)
-    model = train.build_model(config, len(data.vocab) if data.vocab else 0)
+    model = train.build_model(
+        config, data.backbones, len(data.vocab) if data.vocab else 0
+    )
     example = data.example(target_split)
     evaluator = evaluation.Evaluator(config, model, mesh, data)
     protocols = (

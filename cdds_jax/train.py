@@ -64,8 +64,9 @@ Data, load_data, save_vocab = inputs.Data, inputs.load_data, inputs.save_vocab
 # =====================================================================================
 
 
-# The model of a config (ablation switches, backbones from their checkpoint folders):
-# cdds_jax/encoders.py; the PRNG streams it draws are the model's own.
+# The model of a config with the backbones its data resolved (``Data.backbones``;
+# ablation switches): cdds_jax/encoders.py; the PRNG streams it draws are the model's
+# own.
 build_model, model_rngs = encoders.build_model, model_lib.model_rngs
 
 
@@ -266,7 +267,7 @@ def train_seed(
 ) -> dict[str, Any]:
     """One CDDS run (one seed) in ``path``: the method's pieces for the harness."""
     assert data.train is not None and data.dev is not None and data.test is not None
-    model = build_model(config, len(data.vocab) if data.vocab else 0)
+    model = build_model(config, data.backbones, len(data.vocab) if data.vocab else 0)
     source = data.pair_source(data.train)
     example = data.example(data.train)
     evaluator = Evaluator(config, model, mesh, data)
@@ -287,7 +288,7 @@ def train_seed(
             example,
             mesh,
             steps_per_epoch=spe,
-            pretrained=encoders.pretrained_params(encoders.load_backbones(config)),
+            pretrained=encoders.pretrained_params(data.backbones),
         ),
         make_step=lambda shardings, spe: jit_train_step(
             config, model, shardings, mesh, steps_per_epoch=spe
