@@ -20,13 +20,13 @@ import pytest
 
 from cdds_jax import encoders, train
 from cdds_jax.data import synthetic_images
-from configs import flickr
+from configs import cdds_base
 from xmodal import config as config_lib
 from xmodal import optim, sharding
 from xmodal.backbones import write_random_checkpoint
 from xmodal.backbones.registry import CLIP_MEAN_STD, IMAGENET_MEAN_STD
 
-ROWS = [(module, row) for module in ("flickr", "coco") for row in flickr.PAPER_ROWS]
+ROWS = [(module, row) for module in ("flickr", "coco") for row in cdds_base.PAPER_ROWS]
 
 
 @pytest.fixture(scope="module")
