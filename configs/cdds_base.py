@@ -199,6 +199,16 @@ def _schedule(c: ml_collections.ConfigDict) -> None:
     c.eval.select_on_test = False  # True = LAPS protocol (selects on TEST; flagged)
 
 
+def _demo_schedule(c: ml_collections.ConfigDict) -> None:
+    """The demos' length and cadence: 8 epochs of 64 captions, small eval blocks."""
+    c.train.batch_size = 64
+    c.train.num_epochs = 8
+    c.train.log_every_steps = 20
+    c.train.checkpoint_every_steps = 200
+    c.eval.batch_size = 100
+    c.eval.block_size = 256
+
+
 def demo_overrides(c: ml_collections.ConfigDict, *, tiny: bool = False) -> None:
     """Shrinks ``c`` to the synthetic demo (few minutes on 2 CPU cores)."""
     c.data.synthetic.enabled = True
@@ -220,12 +230,7 @@ def demo_overrides(c: ml_collections.ConfigDict, *, tiny: bool = False) -> None:
     # epoch because its backbones are pretrained), so the demo keeps all violations.
     c.loss.max_violation_after_epochs = -1
     c.optim.decay_epochs = (6,)
-    c.train.batch_size = 64
-    c.train.num_epochs = 8
-    c.train.log_every_steps = 20
-    c.train.checkpoint_every_steps = 200
-    c.eval.batch_size = 100
-    c.eval.block_size = 256
+    _demo_schedule(c)
     if tiny:
         c.data.synthetic.num_train = 48
         c.data.synthetic.num_dev = 16
@@ -318,12 +323,7 @@ def demo_raw_overrides(c: ml_collections.ConfigDict) -> None:
     # Random tiny backbones have nothing to preserve: they learn at the full rate.
     c.optim.lr_groups = (("backbone", 1.0),)
     c.loss.max_violation_after_epochs = -1  # from scratch (see demo_overrides)
-    c.train.batch_size = 64
-    c.train.num_epochs = 8
-    c.train.log_every_steps = 20
-    c.train.checkpoint_every_steps = 200
-    c.eval.batch_size = 100
-    c.eval.block_size = 256
+    _demo_schedule(c)
 
 
 @dataclasses.dataclass(frozen=True)
