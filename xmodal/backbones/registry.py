@@ -38,6 +38,13 @@ Adding a backbone (ConvNeXt, say):
 Then ``from_pretrained`` reads ConvNeXt folders, ``write_random_checkpoint(folder,
 "convnext")`` writes them, ``check_folder`` names them, and CDDS accepts
 ``model.image_encoder = "convnext"`` with its normalisation and crop.
+
+A text tower is an entry like BERT's (``modality="text"``, its ``tokenizer`` files). A
+second tower of a multi-tower folder (CLIP's text tower, ``CLIPTextModel``) gets its
+own entry with its own ``Composite`` (``text_config``, ``text_model.``); as both
+entries then list ``"clip"``, :data:`ARCHITECTURES` (which refuses a ``model_type``
+claimed twice) has to learn which tower a ``"clip"`` folder is read as, e.g. from
+the kind the caller asks for.
 """
 
 from __future__ import annotations
