@@ -20,6 +20,7 @@ import numpy as np
 from benchmarks import steps
 from benchmarks.settings import CddsSizes, Settings
 from cdds_jax import train as cdds_train
+from cdds_jax.data import inputs
 from configs import flickr
 from xmodal import sharding
 
@@ -92,8 +93,9 @@ def random_batch(s: CddsSizes, batch: int, seed: int = 0) -> dict[str, np.ndarra
 
 
 def build_model(config: ml_collections.ConfigDict) -> Any:
-    """The driver's model for ``config`` (no BiGRU vocabulary)."""
-    return cdds_train.build_model(config)
+    """The driver's model for ``config`` with the backbones its data layer resolves
+    (no BiGRU vocabulary)."""
+    return cdds_train.build_model(config, inputs.resolve_backbones(config))
 
 
 def create_state(

@@ -49,7 +49,9 @@ def evaluate(
     ) -> Callable[[ml_collections.ConfigDict], run.Scoring]:
         data = train.load_data(config, pathlib.Path(workdir), splits=())
         target_split = inputs.read_config_split(config, split_name)
-        model = train.build_model(config, len(data.vocab) if data.vocab else 0)
+        model = train.build_model(
+            config, data.backbones, len(data.vocab) if data.vocab else 0
+        )
         example = data.example(target_split)
         evaluator = evaluation.Evaluator(config, model, mesh, data)
         return lambda run_config: run.Scoring(
