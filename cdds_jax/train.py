@@ -21,16 +21,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cdds_jax import encoders, kl_statistics, losses, retrieval, scores, semantics
+from cdds_jax import encoders, kl_statistics, retrieval, semantics
 from cdds_jax import model as model_lib
 from cdds_jax.data import inputs
 from cdds_jax.evaluation import Evaluator
 from cdds_jax.model import CDDSModel
+from cdds_jax.objective import compute_loss
 from xmodal import loop as loop_lib
 from xmodal import optim, run, sharding
 from xmodal import step as step_lib
 from xmodal.state import TrainState, create_sharded
 from xmodal.step import apply_update
+from xmodal.writer import log
 
 __all__ = [
     "Data",
@@ -64,8 +66,9 @@ Data, load_data, save_vocab = inputs.Data, inputs.load_data, inputs.save_vocab
 # =====================================================================================
 
 
-# The model of a config (ablation switches, backbones from their checkpoint folders):
-# cdds_jax/encoders.py; the PRNG streams it draws are the model's own.
+# The model of a config with the backbones its data resolved (``Data.backbones``;
+# ablation switches): cdds_jax/encoders.py; the PRNG streams it draws are the model's
+# own.
 build_model, model_rngs = encoders.build_model, model_lib.model_rngs
 
 
@@ -130,56 +133,8 @@ def create_train_state(
 # =====================================================================================
 
 
-def compute_loss(
-    params: Any,
-    extra: Mapping[str, jax.Array],
-    batch: Mapping[str, jax.Array],
-    rng: jax.Array,
-    *,
-    model: CDDSModel,
-    config: ml_collections.ConfigDict,
-    epoch: jax.Array,
-) -> tuple[jax.Array, dict[str, Any]]:
-    """The CDDS objective on a global batch of B (image, caption) pairs.
-
-    ``extra`` holds the S statistics of the state (``init_extra``); ``epoch`` is the
-    fractional epoch (step / steps_per_epoch), for the L_s ramp and the hinge switch.
-    Returns ``(loss, aux)``: aux holds the loss parts, the training score statistics
-    and the updated S statistics (``"stats"``, for the state).
-    """
-    options = scores.ScoreOptions.from_config(config)
-    img, txt, scalars = model.apply(
-        {"params": params},
-        batch["image"],
-        inputs.text_input(batch),
-        batch["text_mask"],
-        train=True,
-        rngs=model_rngs(rng),
-    )
-    w_s_v, w_s_t, stats = kl_statistics.step_correlation(
-        img, txt, extra, config.semantics, sampling=options.sampling
-    )
-    weights = scores.weights_from_scalars(scalars, w_s_v, w_s_t, options)
-    emb = scores.retrieval_embeddings(
-        img["s"], img["mask"], txt["s"], txt["mask"], weights, options=options
-    )
-    score = scores.score_gemm(emb.image, emb.caption)
-    tables = (
-        None if weights is None else losses.SampledTables(emb.q_v, emb.q_t, *weights)
-    )
-    obj = losses.objective(
-        score,
-        batch["image_id"],
-        img,
-        txt,
-        w_s=scalars["w_s"],
-        w_m=scalars["w_m"],
-        epoch=epoch,
-        options=losses.ObjectiveOptions.from_config(config),
-        tables=tables,
-    )
-    parts = {k: v for k, v in obj._asdict().items() if k != "total"}
-    return obj.total, {**parts, **scores.score_statistics(score), "stats": stats}
+# The loss of a global batch (the model applied, the S statistics, the scores and the
+# objective's terms): cdds_jax/objective.py.
 
 
 def train_step(
@@ -247,7 +202,7 @@ def summarize_seeds(
 ) -> dict[str, Any]:
     """The workdir results of several seeds: mean and std per protocol and metric."""
     summary, table = retrieval.summarize_runs([r["test"] for r in per_seed])
-    run.log(f"\nCDDS test, {len(seeds)} seeds {list(seeds)}:\n{table}")
+    log(f"\nCDDS test, {len(seeds)} seeds {list(seeds)}:\n{table}")
     return {
         "method": "CDDS",
         "seeds": list(seeds),
@@ -266,14 +221,14 @@ def train_seed(
 ) -> dict[str, Any]:
     """One CDDS run (one seed) in ``path``: the method's pieces for the harness."""
     assert data.train is not None and data.dev is not None and data.test is not None
-    model = build_model(config, len(data.vocab) if data.vocab else 0)
+    model = build_model(config, data.backbones, len(data.vocab) if data.vocab else 0)
     source = data.pair_source(data.train)
     example = data.example(data.train)
     evaluator = Evaluator(config, model, mesh, data)
     on_test = bool(config.eval.select_on_test)
     select_split = data.test if on_test else data.dev
     if on_test:
-        run.log("WARNING: eval.select_on_test=True selects on the TEST split (LAPS)")
+        log("WARNING: eval.select_on_test=True selects on the TEST split (LAPS)")
     c = config.collapse  # the guard watches the training score spread
     collapse = loop_lib.CollapseGuard("score_std", c.floor, c.patience_steps)
     method = run.Method(
@@ -287,7 +242,7 @@ def train_seed(
             example,
             mesh,
             steps_per_epoch=spe,
-            pretrained=encoders.pretrained_params(encoders.load_backbones(config)),
+            pretrained=encoders.pretrained_params(data.backbones),
         ),
         make_step=lambda shardings, spe: jit_train_step(
             config, model, shardings, mesh, steps_per_epoch=spe
@@ -326,10 +281,10 @@ def train_and_evaluate(
     """
     workdir = pathlib.Path(workdir)
     mesh = sharding.make_mesh(config.mesh)
-    run.check_batch_sizes(config, mesh)
+    sharding.check_batch_sizes(config, mesh)
     data = load_data(config, workdir, splits=("train", "dev", "test"))
     assert data.train is not None
-    run.log(
+    log(
         f"CDDS | {len(jax.devices())} devices, mesh {dict(mesh.shape)} | train "
         f"{data.train.num_images} images / {data.train.num_captions} captions"
     )

@@ -35,36 +35,16 @@ Every row also needs ``checkpoints/bert-base-uncased`` (google-bert/bert-base-un
 With the Karpathy JSON instead of the LAPS files: ``--config.data.format=karpathy
 --config.data.root=data/coco/dataset_coco.json`` (``testall`` reads as ``test``; dev
 is then Karpathy's 5,000-image ``val``).
+
+The defaults and what each argument changes live in ``configs/cdds_base.py``.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from configs import flickr
+from configs import cdds_base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = flickr.base_config()
-    c.data.root = "data/coco"
-    c.data.test_protocols = ("1k_5fold", "full")  # COCO 1K (5 folds) and COCO 5K
-    if arg in ("demo", "tiny"):
-        flickr.demo_overrides(c, tiny=arg == "tiny")
-        # 5 folds of the synthetic test images, as COCO 1K (demo: 5 x 200).
-        if arg == "tiny":
-            c.data.synthetic.num_test = 20
-        c.data.test_protocols = ("1k_5fold", "full")
-    elif arg == "scan":
-        c.data.format = "scan_precomp"
-        c.data.root = "data/coco_precomp"
-        c.data.test_split = "testall"
-        c.model.text_encoder = "bigru"
-    elif arg in flickr.PAPER_ROWS:
-        c.data.test_split = "testall"  # COCO 5K in the LAPS files
-        flickr.paper_row_overrides(c, arg, image_root="data/coco-images")
-    elif arg:
-        raise ValueError(
-            f"configs/coco.py: unknown argument {arg!r} (demo, tiny, scan, "
-            f"{', '.join(flickr.PAPER_ROWS)})"
-        )
-    return c
+    return cdds_base.get_config("coco", arg)

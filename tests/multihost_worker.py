@@ -89,7 +89,8 @@ def restore_target(method: str, config: Any, workdir: pathlib.Path) -> tuple:
 
         data = train.load_data(config, workdir, splits=("train",))
         source = data.pair_source(data.train)
-        model = train.build_model(config, len(data.vocab) if data.vocab else 0)
+        vocab_size = len(data.vocab) if data.vocab else 0
+        model = train.build_model(config, data.backbones, vocab_size)
         kwargs: dict[str, Any] = {}
         run_dir = workdir
     else:

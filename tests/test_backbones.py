@@ -372,6 +372,29 @@ def test_training_mode_vision_paths_run(tmp_path):
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(g))
 
 
+# ----------------------------------------------------------------- registry
+
+
+def test_registry_entries_keep_the_output_contract():
+    # Every architecture at its tiny size returns tokens [B, N, D], D = hidden_size
+    # (the contract of xmodal/backbones/registry.py), and the tables derived from
+    # the registry list its kind and model types.
+    from xmodal.backbones import folders, pretrained
+
+    for kind, arch in bb.REGISTRY.items():
+        config = arch.config_cls(**arch.tiny)
+        module = bb.from_config(config)
+        inputs = arch.dummy_inputs(config)
+        variables = module.init(jax.random.PRNGKey(0), *inputs)
+        tokens = module.apply(variables, *inputs)
+        assert tokens.ndim == 3 and tokens.shape[0] == 1, (kind, tokens.shape)
+        assert tokens.shape[2] == config.hidden_size, (kind, tokens.shape)
+        assert folders.MODEL_TYPES[kind] == arch.model_types
+        assert all(pretrained.TINY[t] == dict(arch.tiny) for t in arch.model_types)
+        assert (arch.modality == "image") == (arch.pixel_mean_std is not None)
+        assert (arch.modality == "text") == (arch.tokenizer is not None)
+
+
 # ----------------------------------------------------------------- writer
 
 

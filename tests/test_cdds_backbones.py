@@ -20,12 +20,13 @@ import pytest
 
 from cdds_jax import encoders, train
 from cdds_jax.data import synthetic_images
-from configs import flickr
+from configs import cdds_base
 from xmodal import config as config_lib
 from xmodal import optim, sharding
 from xmodal.backbones import write_random_checkpoint
+from xmodal.backbones.registry import CLIP_MEAN_STD, IMAGENET_MEAN_STD
 
-ROWS = [(module, row) for module in ("flickr", "coco") for row in flickr.PAPER_ROWS]
+ROWS = [(module, row) for module in ("flickr", "coco") for row in cdds_base.PAPER_ROWS]
 
 
 @pytest.fixture(scope="module")
@@ -95,14 +96,13 @@ def test_paper_row_builds_its_model_and_traces_the_sharded_step(
     kind = config.model.image_encoder
     assert local["image"].dtype == np.uint8 and local["image"].shape[1:] == (32, 32, 3)
     assert local["tokens"].shape == (8, 16) and local["text_mask"].any(axis=1).all()
-    model = train.build_model(config)
+    model = train.build_model(config, data.backbones)
     assert (model.image_encoder, model.text_encoder) == (kind, "bert")
     clip = kind == "clip"
     assert data.image_spec.center_crop == clip
-    stats = encoders.CLIP_MEAN_STD if clip else encoders.IMAGENET_MEAN_STD
+    stats = CLIP_MEAN_STD if clip else IMAGENET_MEAN_STD
     assert (model.pixel_mean, model.pixel_std) == stats
-    found = encoders.load_backbones(config)
-    pretrained = encoders.pretrained_params(found)
+    pretrained = encoders.pretrained_params(data.backbones)
     example = {k: v[:1] for k, v in local.items()}
     init = train.make_init(config, model, example, steps_per_epoch=10)
     abstract = jax.eval_shape(init, pretrained)
@@ -131,9 +131,9 @@ def test_sharded_step_equals_one_device(folders, tmp_path):
     # The driver's train step through ViT + BERT (backbone dropout on) on 8 devices and
     # on 1: same loss parts and norms, same new parameters.
     config = _config("flickr", "vit224", folders)
-    _, local = _batch(config, tmp_path)
-    model = train.build_model(config)
-    pretrained = encoders.pretrained_params(encoders.load_backbones(config))
+    data, local = _batch(config, tmp_path)
+    model = train.build_model(config, data.backbones)
+    pretrained = encoders.pretrained_params(data.backbones)
     example = {k: v[:1] for k, v in local.items()}
     mesh1 = sharding.make_mesh((("data", -1),), devices=jax.devices()[:1])
     mesh8 = sharding.make_mesh((("data", -1),))
@@ -164,11 +164,11 @@ def test_sharded_step_equals_one_device(folders, tmp_path):
     assert float(norm(diff)) <= 0.05 * float(m1["update_norm"])
 
 
-def test_missing_checkpoint_says_what_to_put_where(folders):
+def test_missing_checkpoint_says_what_to_put_where(folders, tmp_path):
     config = _config("flickr", "vit224", folders)
     config.model.image_backbone_path = "checkpoints/vit-base-patch16-224-in21k"
     with pytest.raises(FileNotFoundError) as e:
-        train.build_model(config)
+        train.load_data(config, tmp_path, splits=("train",))
     msg = str(e.value)
     assert "\n" not in msg
     assert "config.model.image_backbone_path" in msg
@@ -176,4 +176,4 @@ def test_missing_checkpoint_says_what_to_put_where(folders):
     config = _config("coco", "swin384", folders)
     config.model.image_backbone_path = str(folders / "vit")
     with pytest.raises(ValueError, match="holds a 'vit' model, expected swin"):
-        train.build_model(config)
+        train.load_data(config, tmp_path, splits=("train",))

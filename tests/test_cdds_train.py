@@ -36,7 +36,7 @@ def test_sharded_loss_and_grads_equal_single_device(tmp_path):
     local = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
     # Two captions of one image in the batch: the hinge must mask the duplicate positive.
     assert len(set(local["image_id"].tolist())) < len(local["image_id"])
-    model = train.build_model(config)
+    model = train.build_model(config, data.backbones)
     example = {k: v[:1] for k, v in local.items()}
 
     def run(devices):
@@ -120,8 +120,8 @@ def test_step_and_evaluation_share_the_score_function(tmp_path, options):
     # training batch, with the S statistics the step just stored, must reproduce the
     # step's B x B score matrix (its std, positive mean and mean).
     config = _tiny(**options, **{"ablate.noise": False})
-    _, local = _batch(config, tmp_path)
-    model = train.build_model(config)
+    data, local = _batch(config, tmp_path)
+    model = train.build_model(config, data.backbones)
     mesh = sharding.make_mesh(config.mesh)
     state, _ = train.create_train_state(
         config, model, {k: v[:1] for k, v in local.items()}, mesh, steps_per_epoch=3
@@ -148,8 +148,8 @@ def test_step_and_evaluation_share_the_score_function(tmp_path, options):
 
 def test_train_step_metrics_and_learned_temperature(tmp_path):
     config = _tiny(**{"semantics.tau_mode": "learned", "semantics.tau": 0.5})
-    _, local = _batch(config, tmp_path)
-    model = train.build_model(config)
+    data, local = _batch(config, tmp_path)
+    model = train.build_model(config, data.backbones)
     mesh = sharding.make_mesh(config.mesh)
     state, shardings = train.create_train_state(
         config, model, {k: v[:1] for k, v in local.items()}, mesh, steps_per_epoch=3
@@ -173,7 +173,7 @@ def test_train_step_metrics_and_learned_temperature(tmp_path):
 def test_evaluator_flags_a_constant_score_model_as_degenerate(tmp_path):
     config = _tiny()
     data, local = _batch(config, tmp_path)
-    model = train.build_model(config)
+    model = train.build_model(config, data.backbones)
     mesh = sharding.make_mesh(config.mesh)
     state, _ = train.create_train_state(
         config, model, {k: v[:1] for k, v in local.items()}, mesh, steps_per_epoch=3
@@ -224,7 +224,11 @@ def test_train_and_evaluate_then_resume_matches_straight_run(tmp_path):
     example = {k: np.asarray(v)[None] for k, v in source[0].items()}
     mesh = sharding.make_mesh(config.mesh)
     target, _ = train.create_train_state(
-        config, train.build_model(config), example, mesh, steps_per_epoch=15
+        config,
+        train.build_model(config, data.backbones),
+        example,
+        mesh,
+        steps_per_epoch=15,
     )
     from xmodal.checkpoint import restore_for_eval
 

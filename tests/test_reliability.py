@@ -70,7 +70,11 @@ def _latest_params(method, workdir: pathlib.Path):
         source = data.pair_source(data.train)
         example = {k: np.asarray(v)[None] for k, v in source[0].items()}
         target, _ = train.create_train_state(
-            config, train.build_model(config), example, mesh, steps_per_epoch=1
+            config,
+            train.build_model(config, data.backbones),
+            example,
+            mesh,
+            steps_per_epoch=1,
         )
     else:
         splits = train.load_data(config)

@@ -17,6 +17,7 @@ from xmodal import checkpoint, optim, pipeline, sharding
 from xmodal import config as config_lib
 from xmodal import loop as loop_lib
 from xmodal.state import TrainState
+from xmodal.workdir import open_workdir
 from xmodal.writer import MetricWriter, Progress, format_duration
 
 # ------------------------------------------------------------------------- config
@@ -63,7 +64,8 @@ def test_load_config_arg_overrides_and_lock(tmp_path):
         config_lib.apply_overrides(c, ["train.batchsize=1"])
     with pytest.raises(AttributeError):
         c.train.typo_field = 1  # locked: typos fail
-    config_lib.save_config(c, tmp_path / "run")
+    with open_workdir(tmp_path / "run", c):  # writes the run's config.json
+        pass
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["train"]["epochs"] == [1, 2, 3]
 
@@ -71,6 +73,25 @@ def test_load_config_arg_overrides_and_lock(tmp_path):
 def test_load_config_missing_file():
     with pytest.raises(FileNotFoundError, match=r"nope\.py"):
         config_lib.load_config("nope.py:demo")
+
+
+def test_config_in_a_package_imports_its_siblings_from_any_folder(
+    tmp_path, monkeypatch
+):
+    # As configs/mosi.py imports configs.decalign_base: no installed package has it.
+    package = tmp_path / "xmodal_test_cfgs"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "base.py").write_text("BATCH = 7\n")
+    (package / "exp.py").write_text(
+        "import ml_collections\n"
+        "from xmodal_test_cfgs import base\n"
+        "def get_config(arg=None):\n"
+        "    return ml_collections.ConfigDict({'batch': base.BATCH})\n"
+    )
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    monkeypatch.chdir(tmp_path / "..")
+    assert config_lib.load_config(str(package / "exp.py")).batch == 7
 
 
 def test_repo_configs_load():

@@ -1,8 +1,14 @@
 """Config -> optax chain: Adam(W), learning-rate groups by regex, schedules, clipping.
 
-The chain is ``clip_by_global_norm -> [coupled L2 decay] -> scale_by_adam ->
+The chain is ``global-norm clip -> [coupled L2 decay] -> scale_by_adam ->
 [decoupled decay] -> lr schedule -> per-group multipliers -> host factor -> -1``:
 
+- ``clip_rule`` (with ``clip_norm`` > 0): ``optax`` (default) is
+  ``optax.clip_by_global_norm``: ``g * c / ||g||`` when ``||g|| > c``; ``official`` is
+  PyTorch's ``clip_grad_norm_`` (the official DecAlign trainer's, docs/decalign.md
+  §5.1): ``g * min(1, c / (||g|| + 1e-6))``. They differ by the 1e-6 (a relative
+  ``1e-6 / ||g||`` on every clipped step) and at the boundary (torch scales by
+  ``c / (c + 1e-6)`` at ``||g|| = c``); both see the raw gradient, before any decay.
 - ``weight_decay`` with ``decoupled_weight_decay=True`` is AdamW (PyTorch ``AdamW``:
   ``p -= lr_group * (adam + wd * p)``); ``False`` is PyTorch ``Adam(weight_decay=...)``,
   the decay added to the gradient *after* clipping, as ``clip_grad_norm_`` sees it.
@@ -27,7 +33,9 @@ import ml_collections
 import optax
 
 __all__ = [
+    "CLIP_RULES",
     "HostFactorState",
+    "clip_by_global_norm_torch",
     "get_lr_factor",
     "learning_rate_fn",
     "lr_multipliers",
@@ -36,6 +44,24 @@ __all__ = [
     "scale_by_host_factor",
     "set_lr_factor",
 ]
+
+
+#: ``clip_rule`` values: ``optax.clip_by_global_norm`` or PyTorch's ``clip_grad_norm_``.
+CLIP_RULES: tuple[str, ...] = ("optax", "official")
+
+
+def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
+    """PyTorch's ``clip_grad_norm_(params, max_norm)`` (2-norm over every leaf):
+    ``g * min(1, max_norm / (||g|| + 1e-6))``."""
+
+    def update_fn(updates: Any, state: Any, params: Any = None):
+        del params
+        norm = optax.tree.norm(updates)
+        scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
+        updates = jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), updates)
+        return updates, state
+
+    return optax.GradientTransformation(lambda p: optax.EmptyState(), update_fn)
 
 
 class HostFactorState(NamedTuple):
@@ -132,12 +158,21 @@ def make_optimizer(
     """Builds the optax chain described in the module docstring from ``cfg``.
 
     Fields of ``cfg``: ``lr``, ``b1``, ``b2``, ``eps``, ``weight_decay``,
-    ``decoupled_weight_decay``, ``clip_norm`` (0 = off), ``lr_groups``, ``schedule``
-    (+ ``decay_epochs``, ``decay_factor`` / ``total_epochs``), ``warmup_steps``.
+    ``decoupled_weight_decay``, ``clip_norm`` (0 = off), ``clip_rule`` (``optax`` |
+    ``official``; default ``optax``), ``lr_groups``, ``schedule`` (+ ``decay_epochs``,
+    ``decay_factor`` / ``total_epochs``), ``warmup_steps``.
     """
     parts: list[optax.GradientTransformation] = []
+    rule = cfg.get("clip_rule", "optax")
+    if rule not in CLIP_RULES:
+        raise ValueError(
+            f"optim.clip_rule: expected one of {list(CLIP_RULES)}, got {rule!r}"
+        )
     if cfg.get("clip_norm", 0.0):
-        parts.append(optax.clip_by_global_norm(float(cfg.clip_norm)))
+        clip = (
+            optax.clip_by_global_norm if rule == "optax" else clip_by_global_norm_torch
+        )
+        parts.append(clip(float(cfg.clip_norm)))
     weight_decay = float(cfg.get("weight_decay", 0.0))
     decoupled = bool(cfg.get("decoupled_weight_decay", True))
     if weight_decay and not decoupled:

@@ -20,6 +20,12 @@ order, before anything is written into it:
 
 Only process 0 locks and writes; every process runs the same config check, so all of
 them stop on a changed config.
+
+The layout of the runs inside a workdir is known here and nowhere else:
+:func:`run_folders` (the workdir itself, or one ``seed_<s>/`` folder per seed),
+:func:`is_complete` (a finished run with nothing left to train),
+:func:`move_results_aside` (the results of a run that is being extended) and
+:func:`evaluation_name` (the results of an evaluation command).
 """
 
 from __future__ import annotations
@@ -53,7 +59,10 @@ __all__ = [
     "check_trained_with",
     "config_diff",
     "evaluation_name",
+    "is_complete",
+    "move_results_aside",
     "open_workdir",
+    "run_folders",
 ]
 
 # Keys that change neither the trained weights nor the results (threads, logging,
@@ -301,3 +310,50 @@ def check_trained_with(
 def evaluation_name(checkpoint: str, split: str) -> str:
     """The results file of an evaluation command: never a training result's name."""
     return f"results__evaluate-{checkpoint}__split-{split}.json"
+
+
+def run_folders(
+    path: str | os.PathLike, config: ml_collections.ConfigDict, *, always_subdirs: bool
+) -> list[tuple[ml_collections.ConfigDict, pathlib.Path]]:
+    """The runs of the workdir ``path``: ``[(run config, run folder)]``.
+
+    With no ``config.seeds`` and ``always_subdirs`` False, the one run is ``path``
+    itself with ``config``. Otherwise each seed ``s`` of ``config.seeds`` (or
+    ``config.seed`` alone) has its run in ``path/seed_<s>/`` with a copy of ``config``
+    whose ``seed`` is ``s``.
+    """
+    path = pathlib.Path(path)
+    seeds = [int(s) for s in (config.get("seeds") or ())]
+    if not seeds and not always_subdirs:
+        return [(config, path)]
+    runs = []
+    for seed in seeds or [int(config.seed)]:
+        run_config = ml_collections.ConfigDict(config.to_dict())
+        run_config.seed = seed
+        runs.append((run_config, path / f"seed_{seed}"))
+    return runs
+
+
+def is_complete(path: pathlib.Path, total_steps: int) -> bool:
+    """Whether the finished run in ``path`` (it has ``results.json``) has nothing left
+    to train: it stopped early, or its newest checkpoint is at ``total_steps``."""
+    if (
+        json.loads((path / "results.json").read_text()).get("stopped")
+        == "early_stopped"
+    ):
+        return True
+    folder = path / "checkpoints"
+    steps = [int(p.name) for p in folder.glob("*") if p.name.isdigit()]
+    return bool(steps) and max(steps) >= total_steps
+
+
+def move_results_aside(path: pathlib.Path) -> pathlib.Path:
+    """Renames ``path/results.json`` of a run that is being extended (trained for more
+    steps) to ``results__steps-<N>.json``, N its steps; returns the new path (process 0
+    renames)."""
+    stored = path / "results.json"
+    steps = json.loads(stored.read_text()).get("steps")
+    aside = path / f"results__steps-{steps}.json"
+    if jax.process_index() == 0:
+        os.replace(stored, aside)
+    return aside

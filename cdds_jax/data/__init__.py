@@ -29,6 +29,7 @@ this package's namespace, so there is no import cycle.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from cdds_jax.data.images import ImageSpec, TrainImageTransform
 from cdds_jax.data.karpathy import read_karpathy
@@ -65,15 +66,25 @@ __all__ = [
     "tokenize",
 ]
 
+
+def _read_arrayrecord(root: str | os.PathLike, split: str) -> RetrievalSplit:
+    from cdds_jax.data import arrayrecord  # imports tensorflow_datasets (not TF)
+
+    return arrayrecord.read_arrayrecord(root, split)
+
+
+#: The reader of each ``data.format`` (:func:`read_split`'s dispatch).
+_READERS: dict[str, Callable[..., RetrievalSplit | RawSplit]] = {
+    "features": read_features,
+    "scan_precomp": read_scan_precomp,
+    "arrayrecord": _read_arrayrecord,
+    "karpathy": read_karpathy,
+    "laps": read_laps,
+}
 #: Formats :func:`read_split` knows.
-FORMATS: tuple[str, ...] = (
-    "features",
-    "scan_precomp",
-    "arrayrecord",
-    "karpathy",
-    "laps",
-)
-#: Formats whose splits are image files (:class:`RawSplit`), for the image backbones.
+FORMATS: tuple[str, ...] = tuple(_READERS)
+#: Formats whose splits are image files (:class:`RawSplit`), for the image backbones;
+#: their readers also take the image folder.
 RAW_FORMATS: tuple[str, ...] = ("karpathy", "laps")
 
 
@@ -96,16 +107,10 @@ def read_split(
       split: the split name.
       image_root: the image folder of the raw formats (``data.image_root``).
     """
-    if format == "karpathy":
-        return read_karpathy(root, split, image_root=image_root)
-    if format == "laps":
-        return read_laps(root, split, image_root=image_root)
-    if format == "features":
-        return read_features(root, split)
-    if format == "scan_precomp":
-        return read_scan_precomp(root, split)
-    if format == "arrayrecord":
-        from cdds_jax.data import arrayrecord  # imports tensorflow_datasets (not TF)
-
-        return arrayrecord.read_arrayrecord(root, split)
-    raise ValueError(f"data.format: expected one of {list(FORMATS)}, got {format!r}")
+    if format not in _READERS:
+        raise ValueError(
+            f"data.format: expected one of {list(FORMATS)}, got {format!r}"
+        )
+    if format in RAW_FORMATS:
+        return _READERS[format](root, split, image_root=image_root)
+    return _READERS[format](root, split)

@@ -1,7 +1,12 @@
-"""From a config to a run's data: splits, caption ids, sources, the training transform.
+"""From a config to a run's data: backbones, splits, caption ids, sources, the training
+transform.
 
 The driver (``cdds_jax.train``) and the evaluation entry point read their data through
-:func:`load_data`; :class:`Data` hands out the grain sources of each split:
+:func:`load_data`. It resolves the backbones first, once per run
+(:func:`resolve_backbones`: the checkpoint folders checked, the modules built, no
+weights read; ``Data.backbones``, which ``cdds_jax.encoders`` wires into the model),
+so a missing checkpoint is named before any data is read. :class:`Data` hands out the
+grain sources of each split:
 
 - stored features (``features``, ``scan_precomp``, ``arrayrecord``): image features
   from the split, captions as features, BiGRU word ids or backbone ids;
@@ -23,31 +28,60 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cdds_jax import encoders
 from cdds_jax.data import synthetic_images
 from cdds_jax.data.images import ImageSpec, TrainImageTransform, eval_image
 from cdds_jax.data.raw import RawImageSource, RawPairSource, RawSplit
 from cdds_jax.data.sources import CaptionSource, ImageSource, PairSource
 from cdds_jax.data.split import RetrievalSplit, check_compatible
 from cdds_jax.data.text import TokenTable, Vocabulary
+from xmodal.backbones import registry
+from xmodal.backbones.folders import Backbones, open_backbone
 from xmodal.files import cache_dir
 
 __all__ = [
+    "IMAGE_ENCODERS",
+    "TEXT_ENCODERS",
     "Data",
     "Split",
-    "data_root",
     "demo_raw",
-    "image_root",
+    "encoder_kinds",
+    "image_spec",
     "load_data",
     "read_config_split",
+    "resolve_backbones",
     "save_vocab",
     "text_input",
 ]
 
 Split = RetrievalSplit | RawSplit
+
+#: ``model.image_encoder``: stored features or an image tower of the backbone registry.
+IMAGE_ENCODERS: tuple[str, ...] = ("features", *registry.kinds("image"))
+#: ``model.text_encoder``: stored features, the BiGRU, or a text tower of the registry.
+TEXT_ENCODERS: tuple[str, ...] = ("features", "bigru", *registry.kinds("text"))
+#: Old names still read (configs written before the backbones).
+_ALIASES = {"precomputed": "features"}
+
+
+def encoder_kinds(config: ml_collections.ConfigDict) -> tuple[str, str]:
+    """``(model.image_encoder, model.text_encoder)``, checked, old names mapped."""
+    image = _ALIASES.get(config.model.image_encoder, config.model.image_encoder)
+    text = _ALIASES.get(config.model.text_encoder, config.model.text_encoder)
+    if image not in IMAGE_ENCODERS:
+        raise ValueError(
+            f"config.model.image_encoder: expected one of {list(IMAGE_ENCODERS)}, "
+            f"got {config.model.image_encoder!r}"
+        )
+    if text not in TEXT_ENCODERS:
+        raise ValueError(
+            f"config.model.text_encoder: expected one of {list(TEXT_ENCODERS)}, "
+            f"got {config.model.text_encoder!r}"
+        )
+    return image, text
 
 
 def demo_raw(
@@ -58,7 +92,7 @@ def demo_raw(
     syn = config.data.synthetic
     if not syn.enabled or syn.get("kind", "features") != "images":
         return None
-    image_kind = encoders.encoder_kinds(config)[0]
+    image_kind = encoder_kinds(config)[0]
     return synthetic_images.ensure_demo_raw(
         cache_dir() / "cdds",
         seed=int(syn.seed),
@@ -76,10 +110,11 @@ def text_input(batch: Mapping[str, Any]) -> Any:
     return batch["text"] if "text" in batch else batch["tokens"]
 
 
-def data_root(config: ml_collections.ConfigDict) -> pathlib.Path:
+def _data_root(
+    config: ml_collections.ConfigDict, demo: synthetic_images.DemoRaw | None
+) -> pathlib.Path:
     """``data.root``, or the synthetic data (written on first use) for demo configs."""
     syn = config.data.synthetic
-    demo = demo_raw(config)
     if demo is not None:
         return demo.laps if config.data.format == "laps" else demo.annotation
     if syn.enabled:
@@ -113,21 +148,81 @@ def data_root(config: ml_collections.ConfigDict) -> pathlib.Path:
     return root
 
 
-def image_root(config: ml_collections.ConfigDict) -> pathlib.Path | None:
+def _image_root(
+    config: ml_collections.ConfigDict, demo: synthetic_images.DemoRaw | None
+) -> pathlib.Path | None:
     """The image folder of the raw formats (``data.image_root``; the demo's)."""
-    demo = demo_raw(config)
     if demo is not None:
         return demo.image_root
     value = config.data.get("image_root", "")
     return pathlib.Path(value).expanduser() if value else None
 
 
-def read_config_split(config: ml_collections.ConfigDict, name: str) -> Split:
-    """Split ``name`` in the config's format, root and image folder."""
+def _read_split(
+    config: ml_collections.ConfigDict,
+    name: str,
+    demo: synthetic_images.DemoRaw | None,
+) -> Split:
     from cdds_jax.data import read_split
 
     return read_split(
-        config.data.format, data_root(config), name, image_root=image_root(config)
+        config.data.format,
+        _data_root(config, demo),
+        name,
+        image_root=_image_root(config, demo),
+    )
+
+
+def read_config_split(config: ml_collections.ConfigDict, name: str) -> Split:
+    """Split ``name`` in the config's format, root and image folder."""
+    return _read_split(config, name, demo_raw(config))
+
+
+def resolve_backbones(config: ml_collections.ConfigDict) -> Backbones:
+    """The backbones of ``config``: checkpoint folders checked (the configured ones, or
+    the synthetic demo's), modules built in ``model.dtype`` with ``model.remat`` (no
+    weights read). :func:`load_data` does this once per run (``Data.backbones``)."""
+    return _resolve_backbones(config, demo_raw(config))
+
+
+def _resolve_backbones(
+    config: ml_collections.ConfigDict, demo: synthetic_images.DemoRaw | None
+) -> Backbones:
+    image_kind, text_kind = encoder_kinds(config)
+    image_arch = registry.REGISTRY.get(image_kind)
+    text_arch = registry.REGISTRY.get(text_kind)
+    if image_arch is None and text_arch is None:
+        return Backbones(image_kind, text_kind)
+    if demo is not None:
+        image_path, text_path = demo.image_backbone, demo.text_backbone
+    else:
+        image_path = config.model.image_backbone_path
+        text_path = config.model.text_backbone_path
+    options = dict(dtype=jnp.dtype(config.model.dtype), remat=bool(config.model.remat))
+    image = text = None
+    if image_arch is not None:
+        field = "model.image_backbone_path"
+        image = open_backbone(image_path, field, image_kind, **options)
+    if text_arch is not None:
+        field = "model.text_backbone_path"
+        text = open_backbone(text_path, field, text_kind, **options)
+    return Backbones(image_kind, text_kind, image, text)
+
+
+def image_spec(backbones: Backbones) -> ImageSpec | None:
+    """How images are prepared for the image backbone (None without one): its size,
+    and its evaluation crop (the registry's ``center_crop``: CLIP's resize + centre
+    crop)."""
+    if backbones.image is None:
+        return None
+    height, width = backbones.image.module.config.image_size
+    if height != width:
+        raise ValueError(
+            f"{backbones.image.folder}: image_size {(height, width)}: only square "
+            "inputs are supported"
+        )
+    return ImageSpec(
+        size=int(height), center_crop=backbones.image.architecture.center_crop
     )
 
 
@@ -140,6 +235,7 @@ class Data:
         tokenizer).
       vocab, max_words: the BiGRU vocabulary and the caption length L.
       tokenizer: the backbone tokenizer (``ids``).
+      backbones: the run's backbones (folders, modules), resolved once.
       image_spec: image preparation for the image backbone (raw formats).
       seed: of the training augmentation.
     """
@@ -154,12 +250,13 @@ class Data:
         vocab: Vocabulary | None = None,
         max_words: int | None = None,
         tokenizer: Any = None,
-        image_spec: ImageSpec | None = None,
+        backbones: Backbones,
         seed: int = 0,
     ) -> None:
         self.train, self.dev, self.test = train, dev, test
         self.text_mode, self.vocab, self.max_words = text_mode, vocab, max_words
-        self.tokenizer, self.image_spec, self.seed = tokenizer, image_spec, seed
+        self.tokenizer, self.backbones, self.seed = tokenizer, backbones, seed
+        self.image_spec = image_spec(backbones)
         self._tables: dict[tuple[str, str], TokenTable] = {}
 
     def tokens(self, split: Split) -> TokenTable | None:
@@ -170,8 +267,9 @@ class Data:
         if key not in self._tables:
             if split.captions is None:
                 raise ValueError(
-                    f"{split.root} [{split.split}]: model.text_encoder='bert' needs "
-                    f"caption text (captions.txt), the split has {sorted(split.files)}"
+                    f"{split.root} [{split.split}]: model.text_encoder="
+                    f"{self.backbones.text_kind!r} needs caption text (captions.txt), "
+                    f"the split has {sorted(split.files)}"
                 )
             assert self.max_words is not None
             table = TokenTable.encode(split.captions, self.tokenizer, self.max_words)
@@ -197,7 +295,8 @@ class Data:
         if self.image_spec is None:
             raise ValueError(
                 f"{split.root} [{split.split}]: data.format={split.format!r} holds image "
-                "files: set model.image_encoder to an image backbone (vit, swin, clip)"
+                "files: set model.image_encoder to an image backbone "
+                f"({', '.join(registry.kinds('image'))})"
             )
         return self.image_spec
 
@@ -241,7 +340,8 @@ class Data:
 def load_data(
     config: ml_collections.ConfigDict, workdir: pathlib.Path, *, splits: Sequence[str]
 ) -> Data:
-    """Opens the requested splits (``train``/``dev``/``test``) and the caption ids.
+    """Resolves the backbones, opens the requested splits (``train``/``dev``/``test``)
+    and the caption ids.
 
     The bigru vocabulary is ``workdir/vocab.json`` when it exists (resume, evaluate);
     otherwise it is built from the training captions and :func:`save_vocab` writes it.
@@ -250,28 +350,34 @@ def load_data(
     """
     from xmodal.backbones import load_tokenizer
 
-    # The checkpoint folders first: a missing one is named before any data is read.
-    found = encoders.load_backbones(config)
+    # The synthetic demo's files once (None without one), then the checkpoint folders:
+    # a missing one is named before any data is read.
+    demo = demo_raw(config)
+    found = _resolve_backbones(config, demo)
     opened: dict[str, Split | None] = {}
     for role in ("train", "dev", "test"):
         name = config.data[f"{role}_split"]
-        opened[role] = read_config_split(config, name) if role in splits else None
+        opened[role] = _read_split(config, name, demo) if role in splits else None
     # Dimensions across splits, before any training (a mismatch would otherwise
     # surface as a shape error at the first evaluation).
     check_compatible(opened)
-    _, text_kind = encoders.encoder_kinds(config)
-    text_mode = {"bigru": "tokens", "bert": "ids"}.get(text_kind, "features")
+    if found.text is not None:  # the text backbone's tokenizer ids
+        text_mode = "ids"
+    elif found.text_kind == "bigru":  # the BiGRU's word ids
+        text_mode = "tokens"
+    else:
+        text_mode = "features"
     vocab = tokenizer = None
     max_words: int | None = None
-    if text_mode == "ids":
+    if found.text is not None:
         max_words = int(config.data.max_words)
-        limit = found.text_module.config.max_position_embeddings
+        limit = found.text.module.config.max_position_embeddings
         if max_words > limit:
             raise ValueError(
                 f"config.data.max_words = {max_words}: more than the "
-                f"{limit} positions of {found.text}"
+                f"{limit} positions of {found.text.folder}"
             )
-        tokenizer = load_tokenizer(found.text)
+        tokenizer = load_tokenizer(found.text.folder)
     elif text_mode == "tokens":
         max_words = int(config.data.max_words)
         vocab_path = workdir / "vocab.json"
@@ -280,8 +386,8 @@ def load_data(
         else:
             # Built here, saved by the driver once the workdir is open (nothing is
             # written into a workdir before its lock and config check).
-            train = opened["train"] or read_config_split(
-                config, config.data.train_split
+            train = opened["train"] or _read_split(
+                config, config.data.train_split, demo
             )
             if train.captions is None:
                 raise ValueError(
@@ -299,7 +405,7 @@ def load_data(
         vocab=vocab,
         max_words=max_words,
         tokenizer=tokenizer,
-        image_spec=encoders.image_spec(found),
+        backbones=found,
         seed=int(config.seed),
     )
 

@@ -251,47 +251,25 @@ def write_demo_backbones(
 ) -> tuple[pathlib.Path, pathlib.Path]:
     """Tiny random backbones in the Hugging Face layout: ``(image, bert)`` folders.
 
-    The image backbone is ``image_kind`` (``vit``, ``swin``, ``clip``) at
-    ``image_size`` px; the BERT vocabulary is :func:`default_vocab` plus the caption
+    The image backbone is ``image_kind`` (an image kind of the backbone registry:
+    ``vit``, ``swin``, ``clip``) at ``image_size`` px, sized by the registry's
+    ``scaled``; the BERT vocabulary is :func:`default_vocab` plus the caption
     words (whole words, so captions tokenise to one id per word).
     """
-    from xmodal.backbones import write_random_checkpoint
+    from xmodal.backbones import REGISTRY, write_random_checkpoint
 
     root = pathlib.Path(root)
     heads = max(1, hidden_size // 16)
-    sizes: dict[str, Any] = {
-        "vit": dict(
-            hidden_size=hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=heads,
-            intermediate_size=2 * hidden_size,
-            image_size=image_size,
-            patch_size=max(1, image_size // 4),
-        ),
-        "clip": dict(
-            hidden_size=hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=heads,
-            intermediate_size=2 * hidden_size,
-            projection_dim=hidden_size,
-            image_size=image_size,
-            patch_size=max(1, image_size // 4),
-        ),
-        "swin": dict(
-            image_size=image_size,
-            patch_size=2,
-            embed_dim=hidden_size // 2,
-            depths=(2, 2),
-            num_heads=(max(1, heads // 2), heads),
-            window_size=max(1, image_size // 8),
-        ),
-    }
-    if image_kind not in sizes:
+    scaled = {k: a.scaled for k, a in REGISTRY.items() if a.scaled is not None}
+    if image_kind not in scaled:
         raise ValueError(
-            f"image_kind: expected one of {sorted(sizes)}, got {image_kind!r}"
+            f"image_kind: expected one of {sorted(scaled)}, got {image_kind!r}"
         )
     image = write_random_checkpoint(
-        root / image_kind, image_kind, seed=seed, **sizes[image_kind]
+        root / image_kind,
+        image_kind,
+        seed=seed,
+        **scaled[image_kind](hidden_size, num_layers, image_size),
     )
     bert = write_random_checkpoint(
         root / "bert",

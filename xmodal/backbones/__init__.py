@@ -11,35 +11,48 @@ Face folders, with outputs equal to ``transformers``' models (tested).
 Modules take ``dtype`` (compute; parameters stay float32), ``remat`` (per block) and
 ``add_pooling_layer``; ``deterministic=False`` at call time turns dropout on.
 ``write_random_checkpoint`` makes tiny random folders in the same layout;
-``check_folder`` / ``merge_pretrained`` check a configured folder and put its weights
-into a model's parameters.
+``check_folder`` / ``open_backbone`` / ``merge_pretrained`` check a configured folder,
+build its module and put its weights into a model's parameters. Every per-kind table
+derives from the one registry of architectures (``REGISTRY``,
+:mod:`xmodal.backbones.registry`, whose docstring says how to add a backbone).
 """
 
 from xmodal.backbones.bert import Bert, BertConfig
 from xmodal.backbones.clip import CLIPVision, CLIPVisionConfig
 from xmodal.backbones.folders import (
     KNOWN_CHECKPOINTS,
+    Backbone,
+    Backbones,
     MissingCheckpointError,
     check_folder,
     merge_pretrained,
+    open_backbone,
 )
 from xmodal.backbones.hf_checkpoint import CheckpointError
 from xmodal.backbones.pretrained import (
-    BackboneConfig,
-    default_vocab,
     from_config,
     from_pretrained,
     load_config,
     param_shapes,
     write_random_checkpoint,
 )
+from xmodal.backbones.registry import REGISTRY, Architecture, BackboneConfig
 from xmodal.backbones.swin import Swin, SwinConfig
-from xmodal.backbones.tokenizer import TextTokenizer, TokenizedText, load_tokenizer
+from xmodal.backbones.tokenizer import (
+    TextTokenizer,
+    TokenizedText,
+    default_vocab,
+    load_tokenizer,
+)
 from xmodal.backbones.vit import ViT, ViTConfig
 
 __all__ = [
     "KNOWN_CHECKPOINTS",
+    "REGISTRY",
+    "Architecture",
+    "Backbone",
     "BackboneConfig",
+    "Backbones",
     "Bert",
     "BertConfig",
     "CLIPVision",
@@ -59,6 +72,7 @@ __all__ = [
     "load_config",
     "load_tokenizer",
     "merge_pretrained",
+    "open_backbone",
     "param_shapes",
     "write_random_checkpoint",
 ]

@@ -9,6 +9,15 @@ from every query's attention; padded positions still get an output (as in
 ``add_pooling_layer=True`` the module returns ``(last_hidden_state, pooler_output)``,
 ``pooler_output = tanh(dense(h[:, 0])) [B, D]``.
 
+Training as transformers trains it: ``BertEmbeddings`` builds its word table as
+``nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)``, so the pad id's
+row is looked up like any other but gets no gradient (every position holding the pad
+id, attended or not), and a freshly initialised table has that row at zero. Both hold
+here (``pad_token_id=None``: no such row, as in transformers). The position and
+token-type tables have no padding row, in transformers as here. With a coupled L2
+decay (DecAlign's optimiser, docs/decalign.md §3.8) the row still decays, exactly as
+PyTorch's ``Adam(weight_decay=...)`` decays it.
+
 Checkpoints: ``bert-base-uncased`` / ``bert-base-chinese`` (files saved from
 ``BertForPreTraining``: names under ``bert.``, TF-era ``LayerNorm.gamma / beta``,
 ``cls.*`` heads ignored) and ``BertModel`` files.
@@ -51,7 +60,7 @@ class BertConfig:
     type_vocab_size: int = 2
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
-    pad_token_id: int = 0
+    pad_token_id: int | None = 0  # the word row without gradient (None: none)
     position_embedding_type: str = "absolute"
 
     model_type: ClassVar[str] = "bert"
@@ -62,6 +71,11 @@ class BertConfig:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by "
                 f"num_attention_heads {self.num_attention_heads}"
+            )
+        pad = self.pad_token_id
+        if pad is not None and not -self.vocab_size <= pad < self.vocab_size:
+            raise ValueError(
+                f"pad_token_id {pad} is outside the vocabulary ({self.vocab_size} ids)"
             )
         if self.position_embedding_type != "absolute":
             raise ValueError(
@@ -75,9 +89,15 @@ class BertConfig:
         for key in ("is_decoder", "add_cross_attention"):
             if d.get(key):
                 raise ValueError(f"{key}=true is not supported (encoder-only BERT)")
-        if d.get("pad_token_id") is None:
-            d = {**d, "pad_token_id": 0}
         return fields_from_hf(cls, d)
+
+    @property
+    def padding_idx(self) -> int | None:
+        """The word-table row without gradient: ``pad_token_id`` in ``[0, vocab)``
+        (negative ids count from the end, as ``nn.Embedding``'s ``padding_idx``)."""
+        if self.pad_token_id is None:
+            return None
+        return self.pad_token_id % self.vocab_size
 
     def to_hf(self) -> dict[str, Any]:
         """The ``config.json`` dict transformers' ``BertModel`` reads."""
@@ -153,7 +173,18 @@ class Bert(nn.Module):
             param_dtype=self.param_dtype,
             name=name,
         )
-        x = embed(cfg.vocab_size, "word_embeddings")(input_ids)
+        pad = cfg.padding_idx
+        word_embeddings = nn.Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            embedding_init=init if pad is None else _zero_row(init, pad),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="word_embeddings",
+        )
+        x = word_embeddings(input_ids)
+        if pad is not None:
+            x = _without_gradient_where(x, input_ids == pad)
         x = x + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
         x = x + embed(cfg.max_position_embeddings, "position_embeddings")(
             jnp.arange(length)[None]
@@ -195,6 +226,28 @@ class Bert(nn.Module):
             name="pooler",
         )(x[:, 0])
         return x, jnp.tanh(pooled)
+
+
+def _zero_row(
+    init: nn.initializers.Initializer, row: int
+) -> nn.initializers.Initializer:
+    """``init`` with ``row`` set to zero (``nn.Embedding``'s padding row at init)."""
+
+    def zeroed(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32):
+        return init(key, shape, dtype).at[row].set(0)
+
+    return zeroed
+
+
+def _without_gradient_where(x: jax.Array, where: jax.Array) -> jax.Array:
+    """``x [B, L, D]`` unchanged; no gradient flows back through ``x[where]``.
+
+    The lookup's backward is a scatter-add of the output cotangent into the table, so
+    zeroing the cotangent of every position holding the pad id leaves that row's
+    gradient exactly 0 (as ``nn.Embedding(padding_idx=...)``'s backward skips it); the
+    values, and the gradient of every other row, are untouched.
+    """
+    return jnp.where(where[..., None], jax.lax.stop_gradient(x), x)
 
 
 def bert_name_map(config: BertConfig, add_pooling_layer: bool) -> list[hc.TensorMap]:

@@ -33,6 +33,7 @@ __all__ = [
     "TransformerBlock",
     "activation",
     "attention",
+    "check_images",
 ]
 
 Dtype = Any
@@ -271,6 +272,31 @@ class TransformerBlock(nn.Module):
             return x + drop(mlp(norm(name="norm2")(x)))
         x = norm(name="norm1")(x + drop(attn(x, mask=mask)))
         return norm(name="norm2")(x + drop(mlp(x)))
+
+
+def check_images(
+    images: jax.Array,
+    model: str,
+    num_channels: int,
+    image_size: tuple[int, int] | None = None,
+) -> None:
+    """Raises a ValueError naming ``model`` unless ``images`` is NHWC ``[B, H, W, C]``
+    with ``C = num_channels`` and, when ``image_size`` is given, ``(H, W) =
+    image_size`` (the backbones' input contract, checked before any arithmetic)."""
+    shape = tuple(images.shape)
+    if (
+        len(shape) == 4
+        and shape[-1] == num_channels
+        and (image_size is None or shape[1:3] == tuple(image_size))
+    ):
+        return
+    if image_size is None:
+        want, layout = f"[B, H, W, {num_channels}]", "NHWC"
+    else:
+        height, width = image_size
+        want = f"[B, {height}, {width}, {num_channels}]"
+        layout = "NHWC, the config's image_size"
+    raise ValueError(f"{model} expects images {want} ({layout}), got {shape}")
 
 
 class PatchEmbed(nn.Module):

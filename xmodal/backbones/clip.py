@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from xmodal.backbones import hf_checkpoint as hc
-from xmodal.backbones.blocks import PatchEmbed, TransformerBlock
+from xmodal.backbones.blocks import PatchEmbed, TransformerBlock, check_images
 from xmodal.backbones.hf_config import as_pair, fields_from_hf, to_hf_dict
 
 __all__ = ["CLIPVision", "CLIPVisionConfig", "clip_vision_name_map"]
@@ -130,15 +130,7 @@ class CLIPVision(nn.Module):
         ``"dropout"``; CLIP has no other dropout).
         """
         cfg = self.config
-        if images.ndim != 4 or tuple(images.shape[1:]) != (
-            *cfg.image_size,
-            cfg.num_channels,
-        ):
-            raise ValueError(
-                f"CLIP vision expects images [B, {cfg.image_size[0]}, "
-                f"{cfg.image_size[1]}, {cfg.num_channels}] (NHWC, the config's "
-                f"image_size), got {tuple(images.shape)}"
-            )
+        check_images(images, "CLIP vision", cfg.num_channels, cfg.image_size)
         init = nn.initializers.normal(cfg.initializer_range)
         d = cfg.hidden_size
         b = images.shape[0]

@@ -1,50 +1,57 @@
-"""Checkpoint folders of the methods' backbones: checked before use, merged into params.
+"""Checkpoint folders of the methods' backbones: checked, opened, merged into params.
 
 A config names a local Hugging Face folder per backbone; nothing is downloaded. A folder
 that is missing, has no ``config.json`` or holds another architecture stops the run with
-ONE line saying which checkpoint to put where (:func:`check_folder`). Pretrained weights
-replace the random backbone subtrees of freshly initialised parameters
-(:func:`merge_pretrained`), inside the jitted init, so they enter the train state
-already sharded.
+ONE line saying which checkpoint to put where (:func:`check_folder`).
+:func:`open_backbone` checks a folder and builds its module (a :class:`Backbone`; the
+weights are read later, :meth:`Backbone.load_params`); :class:`Backbones` holds the two
+towers a method resolved from its config, once. Pretrained weights replace the random
+backbone subtrees of freshly initialised parameters (:func:`merge_pretrained`), inside
+the jitted init, so they enter the train state already sharded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from collections.abc import Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xmodal.backbones.pretrained import load_config
+from xmodal.backbones.pretrained import from_config, from_pretrained, load_config
+from xmodal.backbones.registry import (
+    IMAGENET_MEAN_STD,
+    REGISTRY,
+    Architecture,
+    MeanStd,
+)
 from xmodal.errors import UserError
 
 __all__ = [
     "KNOWN_CHECKPOINTS",
     "MODEL_TYPES",
+    "Backbone",
+    "Backbones",
     "MissingCheckpointError",
     "check_folder",
     "merge_pretrained",
+    "open_backbone",
 ]
 
-#: Backbone kind -> the ``model_type`` values of its ``config.json``.
+#: Backbone kind -> the ``model_type`` values of its ``config.json`` (the registry's).
 MODEL_TYPES: dict[str, tuple[str, ...]] = {
-    "vit": ("vit",),
-    "swin": ("swin",),
-    "clip": ("clip", "clip_vision_model"),
-    "bert": ("bert",),
+    kind: arch.model_types for kind, arch in REGISTRY.items()
 }
 
-#: Checkpoint folder name -> the Hugging Face checkpoint to put there (the papers' rows).
+#: Checkpoint folder name -> the Hugging Face checkpoint to put there (the papers'
+#: rows; the registry's ``checkpoints``).
 KNOWN_CHECKPOINTS: dict[str, str] = {
-    "vit-base-patch16-224-in21k": "google/vit-base-patch16-224-in21k",
-    "vit-base-patch16-384": "google/vit-base-patch16-384",
-    "swin-base-patch4-window7-224": "microsoft/swin-base-patch4-window7-224",
-    "swin-base-patch4-window12-384": "microsoft/swin-base-patch4-window12-384",
-    "clip-vit-large-patch14": "openai/clip-vit-large-patch14",
-    "bert-base-uncased": "google-bert/bert-base-uncased",
-    "bert-base-chinese": "google-bert/bert-base-chinese",
+    name.rpartition("/")[2]: name
+    for arch in REGISTRY.values()
+    for name in arch.checkpoints
 }
 
 
@@ -74,6 +81,12 @@ def check_folder(
     """
     folder = pathlib.Path(path).expanduser()
     if not str(path) or not (folder / "config.json").is_file():
+        tokenizer = REGISTRY[kind].tokenizer
+        files = (
+            "config.json",
+            "model.safetensors",
+            *(tokenizer.names if tokenizer else ()),
+        )
         name = checkpoint or KNOWN_CHECKPOINTS.get(folder.name)
         what = (
             f"the Hugging Face checkpoint {name}"
@@ -87,9 +100,8 @@ def check_folder(
         else:
             state = f"{str(folder)!r} has no config.json"
         raise MissingCheckpointError(
-            f"config.{field}: {state}: put {what} there (config.json + "
-            f"model.safetensors{' + vocab.txt' if kind == 'bert' else ''}; nothing is "
-            f"downloaded), or pass --config.{field}=FOLDER"
+            f"config.{field}: {state}: put {what} there ({' + '.join(files)}; "
+            f"nothing is downloaded), or pass --config.{field}=FOLDER"
         )
     model_type = getattr(load_config(folder), "model_type", None)
     if model_type not in MODEL_TYPES[kind]:
@@ -98,6 +110,67 @@ def check_folder(
             f"{' or '.join(MODEL_TYPES[kind])} for the {kind} encoder"
         )
     return folder
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """A checked checkpoint folder, its architecture and the module its ``config.json``
+    builds (no weights read until :meth:`load_params`).
+
+    Attributes:
+      folder: the Hugging Face folder.
+      architecture: its registry entry (kind, pixel statistics, crop, ...).
+      module: the Flax module (float32 parameters; it returns tokens ``[B, N, D]``).
+    """
+
+    folder: pathlib.Path
+    architecture: Architecture
+    module: nn.Module
+
+    def load_params(self) -> dict[str, Any]:
+        """The folder's weights: a host float32 NumPy tree with the module's parameter
+        names (``from_pretrained``)."""
+        _, variables = from_pretrained(self.folder)
+        return variables["params"]
+
+
+def open_backbone(
+    path: str | pathlib.Path,
+    field: str,
+    kind: str,
+    *,
+    dtype: Any = jnp.float32,
+    remat: bool = False,
+) -> Backbone:
+    """:func:`check_folder`, then the module of the folder's ``config.json``, computing
+    in ``dtype`` and rematerialising its blocks with ``remat``."""
+    folder = check_folder(path, field, kind)
+    module = from_config(load_config(folder), dtype=dtype, remat=remat)
+    return Backbone(folder, REGISTRY[kind], module)
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbones:
+    """The towers of an image-text model as resolved from its config, once.
+
+    Attributes:
+      image_kind, text_kind: each tower's encoder as the config names it: a registry
+        kind where a backbone is resolved, else the method's own encoder (stored
+        features, a trained GRU, ...).
+      image, text: the resolved backbones (None where the encoder has none).
+    """
+
+    image_kind: str
+    text_kind: str
+    image: Backbone | None = None
+    text: Backbone | None = None
+
+    @property
+    def pixel_mean_std(self) -> MeanStd:
+        """The image backbone's pixel normalisation (ImageNet's without one)."""
+        if self.image is None or self.image.architecture.pixel_mean_std is None:
+            return IMAGENET_MEAN_STD
+        return self.image.architecture.pixel_mean_std
 
 
 def merge_pretrained(

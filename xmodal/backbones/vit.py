@@ -23,7 +23,12 @@ import jax
 import jax.numpy as jnp
 
 from xmodal.backbones import hf_checkpoint as hc
-from xmodal.backbones.blocks import PatchEmbed, TransformerBlock, activation
+from xmodal.backbones.blocks import (
+    PatchEmbed,
+    TransformerBlock,
+    activation,
+    check_images,
+)
 from xmodal.backbones.hf_config import as_pair, fields_from_hf, to_hf_dict
 from xmodal.layers import Dropout
 
@@ -122,15 +127,7 @@ class ViT(nn.Module):
         ``deterministic=False`` turns dropout on (rng collection ``"dropout"``).
         """
         cfg = self.config
-        if images.ndim != 4 or tuple(images.shape[1:]) != (
-            *cfg.image_size,
-            cfg.num_channels,
-        ):
-            raise ValueError(
-                f"ViT expects images [B, {cfg.image_size[0]}, {cfg.image_size[1]}, "
-                f"{cfg.num_channels}] (NHWC, the config's image_size), got "
-                f"{tuple(images.shape)}"
-            )
+        check_images(images, "ViT", cfg.num_channels, cfg.image_size)
         init = nn.initializers.normal(cfg.initializer_range)
         d = cfg.hidden_size
         b = images.shape[0]
