@@ -54,13 +54,15 @@ class IndexedSource:
         return self.source[int(self.indices[i])]
 
 
-def subset_indices(num_pairs: int, size: int, *, seed: int, epoch: int) -> np.ndarray:
-    """``min(size, num_pairs)`` distinct pair indices, sorted, drawn from
-    ``(seed, epoch)``."""
-    if size < 1:
-        raise ValueError(f"semantics.subset_pairs must be >= 1; got {size}")
+def subset_indices(
+    num_pairs: int, fraction: float, *, seed: int, epoch: int
+) -> np.ndarray:
+    """``max(1, round(fraction * num_pairs))`` distinct pair indices, sorted, drawn
+    from ``(seed, epoch)``."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"semantics.subset_fraction must be in (0, 1]; got {fraction}")
     rng = np.random.default_rng([int(seed), 7, int(epoch)])
-    take = min(int(size), int(num_pairs))
+    take = max(1, round(float(fraction) * int(num_pairs)))
     return np.sort(rng.choice(num_pairs, size=take, replace=False))
 
 
@@ -145,7 +147,7 @@ def make_refresh(
     """The epoch-start hook of the dataset sources, or None for the others.
 
     ``pairs`` are the training pairs prepared as for evaluation (no augmentation);
-    ``subset`` reads ``semantics.subset_pairs`` of them per epoch, ``precompute``
+    ``subset`` reads ``semantics.subset_fraction`` of them per epoch, ``precompute``
     all. The hook returns the state with refreshed statistics.
     """
     source = reading.of(config).w_source
@@ -160,7 +162,7 @@ def make_refresh(
                 pairs,
                 subset_indices(
                     len(pairs),
-                    int(config.semantics.subset_pairs),
+                    float(config.semantics.subset_fraction),
                     seed=int(config.seed),
                     epoch=epoch,
                 ),
@@ -180,7 +182,7 @@ def make_refresh(
         )
         # The statistics keep the shardings the jitted train step was built with.
         shardings = jax.tree_util.tree_map(lambda x: x.sharding, state.extra)
-        refresh = jax.jit(kl_statistics.refresh_statistics, out_shardings=shardings)
-        return state.replace(extra=refresh(state.extra, s_v, s_t))
+        new = kl_statistics.refresh_statistics(state.extra, s_v, s_t)
+        return state.replace(extra=jax.device_put(new, shardings))
 
     return hook

@@ -8,8 +8,8 @@ from a random subset of it. The source is ``semantics.w_source`` (docs/cdds.md Â
 * ``batch``: this batch's S (the paper's reading);
 * ``ema``: an EMA of the batch matrices (the first step: the batch's own);
 * ``window``: the mean S of the last ``window_steps`` batches;
-* ``subset``: S of ``subset_pairs`` random training pairs, and ``precompute``: S of
-  all training pairs, each recomputed at the start of every epoch by a pass over the
+* ``subset``: S of a random ``subset_fraction`` of the training pairs, and
+  ``precompute``: S of all training pairs, each recomputed at the start of every epoch by a pass over the
   training pairs with the current weights (:func:`refresh_statistics` stores it; the
   pass is ``cdds_jax.dataset_statistics``);
 * ``identity``: no S at all: ``W = I`` in training and evaluation, the control for

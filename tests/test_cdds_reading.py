@@ -61,5 +61,5 @@ def test_fill_writes_the_resolved_values_and_is_idempotent():
 
 def test_unknown_reading_is_named():
     c = _config("tiny", "semantics.reading=mine")
-    with pytest.raises(ValueError, match="semantics.reading.*'mine'"):
+    with pytest.raises(ValueError, match=r"semantics\.reading.*'mine'"):
         reading.of(c)

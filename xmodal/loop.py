@@ -303,6 +303,7 @@ def train_loop(
     outputs: LoopOutputs,
     evaluate: Callable[[Any], Mapping[str, float]] | None = None,
     on_eval: Callable[[Any, Mapping[str, float], dict[str, Any]], Any] | None = None,
+    on_epoch_start: Callable[[Any, int], Any] | None = None,
     meta: dict[str, Any] | None = None,
 ) -> LoopResult:
     """Runs ``train_step`` from ``state.step`` to ``options.total_steps``.
@@ -317,6 +318,10 @@ def train_loop(
         the end. A dev result with ``degenerate`` = 1 is never selected as best.
       on_eval: ``(state, dev_metrics, meta) -> state``, e.g. a plateau LR rule. It may
         update ``meta`` in place (it is checkpointed).
+      on_epoch_start: ``(state, epoch) -> state`` before the first step of each epoch
+        (step a multiple of ``steps_per_epoch``); not checkpointed separately: the
+        next checkpoint holds its result, and a run resumed at an epoch start runs
+        it again.
       meta: loop metadata restored from a checkpoint (best value, counters).
 
     Raises:
@@ -341,6 +346,8 @@ def train_loop(
     first = True
     with _Preemption() as preemption:
         while step < o.total_steps:
+            if on_epoch_start is not None and step % o.steps_per_epoch == 0:
+                state = on_epoch_start(state, step // o.steps_per_epoch)
             batch = next_batch()
             state, metrics = train_step(state, batch)
             step += 1
