@@ -55,6 +55,11 @@ def _data(c: ml_collections.ConfigDict) -> None:
     c.data.test_protocols = ("full",)  # "full" (F30K 1K, COCO 5K), "1k_5fold" (COCO 1K)
     c.data.max_words = 32  # caption length L: bigru words / bert ids, incl. start + end
     c.data.vocab_min_count = 4  # words seen fewer times in train -> <unk> (SCAN: 4)
+    # LAPS's caption size augmentation in training (BERT ids; docs/cdds.md §12.8): each
+    # word with probability caption_augment_rate -> [MASK] 50% / random ids 10% /
+    # deleted 40%, seeded by (seed, epoch, caption). On in the paper rows.
+    c.data.caption_augment = False
+    c.data.caption_augment_rate = 0.2  # LAPS's mask_rate
     c.data.num_threads = 4  # grain read threads
     c.data.worker_count = 0  # grain worker processes (0 = read in the main process)
     # Synthetic feature store (the :demo configs): empty = use data.root.
@@ -307,6 +312,7 @@ def paper_row_overrides(
     c.data.image_root = image_root
     c.data.max_words = 40  # BERT ids incl. [CLS] / [SEP] (LAPS pads per batch)
     c.data.worker_count = 8  # decoding + augmentation processes (feed the step)
+    c.data.caption_augment = True  # LAPS's size augmentation (its size_augment=1)
     c.model.image_encoder = kind
     c.model.image_backbone_path = f"checkpoints/{folder}"
     c.model.text_encoder = "bert"

@@ -26,7 +26,15 @@ from xmodal import backbones as bb
 from xmodal.backbones import hf_checkpoint
 
 transformers.logging.set_verbosity_error()
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _torch_no_grad():
+    """The reference forwards here need no autograd; scoped to this module's tests
+    (a global switch would leak into other modules' gradient tests in the worker)."""
+    with torch.no_grad():
+        yield
+
 
 RTOL = 1e-5  # of the reference output's scale (max |HF|)
 

@@ -13,7 +13,9 @@ Modules (docs/cdds.md, 'Data'):
   (``arrayrecord``: a store converted to TFDS ArrayRecord files; imported on use, it
   imports ``tensorflow_datasets``), :mod:`~cdds_jax.data.karpathy` (``karpathy``) and
   :mod:`~cdds_jax.data.laps` (``laps``), both raw.
-* :mod:`~cdds_jax.data.text` - tokenizer and vocabulary (trained text encoders).
+* :mod:`~cdds_jax.data.text` - tokenizer and vocabulary (trained text encoders), the
+  backbone tokenizer's ids (:class:`TokenTable`, :class:`WordPieces`);
+  :mod:`~cdds_jax.data.captions` - LAPS's caption augmentation in training.
 * :mod:`~cdds_jax.data.sources` - :class:`PairSource`, :class:`ImageSource`,
   :class:`CaptionSource` for ``grain``.
 * :mod:`~cdds_jax.data.synthetic` - writes synthetic data in the real formats;
@@ -31,6 +33,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from cdds_jax.data.captions import CaptionAugment
 from cdds_jax.data.images import ImageSpec, TrainImageTransform
 from cdds_jax.data.karpathy import read_karpathy
 from cdds_jax.data.laps import read_laps
@@ -39,12 +42,13 @@ from cdds_jax.data.scan import read_scan_precomp
 from cdds_jax.data.sources import CaptionSource, ImageSource, PairSource, TextMode
 from cdds_jax.data.split import FINITE_SCAN_MAX_BYTES, RetrievalSplit, check_compatible
 from cdds_jax.data.store import read_features
-from cdds_jax.data.text import TokenTable, Vocabulary, tokenize
+from cdds_jax.data.text import TokenTable, Vocabulary, WordPieces, tokenize
 
 __all__ = [
     "FINITE_SCAN_MAX_BYTES",
     "FORMATS",
     "RAW_FORMATS",
+    "CaptionAugment",
     "CaptionSource",
     "ImageSource",
     "ImageSpec",
@@ -57,6 +61,7 @@ __all__ = [
     "TokenTable",
     "TrainImageTransform",
     "Vocabulary",
+    "WordPieces",
     "check_compatible",
     "read_features",
     "read_karpathy",

@@ -14,7 +14,9 @@ grain sources of each split:
   and augmented by :class:`~cdds_jax.data.images.TrainImageTransform` in the input
   pipeline (its worker processes with ``data.worker_count`` > 0), evaluation images
   resized once per unique image; captions tokenised ONCE per split by the BERT
-  tokenizer of ``model.text_backbone_path`` into ``data.max_words`` ids.
+  tokenizer of ``model.text_backbone_path`` into ``data.max_words`` ids, and with
+  ``data.caption_augment`` the training captions augmented per epoch as LAPS does
+  (:class:`~cdds_jax.data.captions.CaptionAugment`, docs/cdds.md §12.8).
 
 ``data.synthetic`` writes demo data on first use into the cache folder
 (:func:`xmodal.files.cache_dir`): a feature store (``kind = "features"``) or JPEG files
@@ -33,14 +35,16 @@ import ml_collections
 import numpy as np
 
 from cdds_jax.data import synthetic_images
+from cdds_jax.data.captions import CaptionAugment, rate_threshold
 from cdds_jax.data.images import ImageSpec, TrainImageTransform, eval_image
 from cdds_jax.data.raw import RawImageSource, RawPairSource, RawSplit
 from cdds_jax.data.sources import CaptionSource, ImageSource, PairSource
 from cdds_jax.data.split import RetrievalSplit, check_compatible
-from cdds_jax.data.text import TokenTable, Vocabulary
+from cdds_jax.data.text import TokenTable, Vocabulary, WordPieces
 from xmodal.backbones import registry
 from xmodal.backbones.folders import Backbones, open_backbone
 from xmodal.files import cache_dir
+from xmodal.pipeline import Chain, EpochTransform
 
 __all__ = [
     "IMAGE_ENCODERS",
@@ -250,6 +254,8 @@ class Data:
       backbones: the run's backbones (folders, modules), resolved once.
       image_spec: image preparation for the image backbone (raw formats).
       seed: of the training augmentation.
+      caption_augment: LAPS's caption augmentation in training (BERT ids), at rate
+        ``caption_augment_rate``.
     """
 
     def __init__(
@@ -264,12 +270,17 @@ class Data:
         tokenizer: Any = None,
         backbones: Backbones,
         seed: int = 0,
+        caption_augment: bool = False,
+        caption_augment_rate: float = 0.2,
     ) -> None:
         self.train, self.dev, self.test = train, dev, test
         self.text_mode, self.vocab, self.max_words = text_mode, vocab, max_words
         self.tokenizer, self.backbones, self.seed = tokenizer, backbones, seed
+        self.caption_augment = caption_augment
+        self.caption_augment_rate = caption_augment_rate
         self.image_spec = image_spec(backbones)
         self._tables: dict[tuple[str, str], TokenTable] = {}
+        self._pieces: dict[tuple[str, str], WordPieces] = {}
 
     def tokens(self, split: Split) -> TokenTable | None:
         """The split's captions as backbone ids (made once per split), or None."""
@@ -294,6 +305,19 @@ class Data:
                     flush=True,
                 )
         return self._tables[key]
+
+    def word_pieces(self, split: Split) -> WordPieces:
+        """The split's captions untruncated, as WordPiece ids with their words (made
+        once per split; the caption augmentation's input)."""
+        key = (str(split.root), split.split)
+        if key not in self._pieces:
+            if self.tokens(split) is None:  # also checks there is caption text
+                raise ValueError(
+                    "data.caption_augment: needs the ids of a BERT text backbone, the "
+                    f"captions reach the model as {self.text_mode!r}"
+                )
+            self._pieces[key] = WordPieces.encode(split.captions, self.tokenizer)
+        return self._pieces[key]
 
     def _text(self, split: Split) -> dict[str, Any]:
         return dict(
@@ -334,11 +358,19 @@ class Data:
             )
         return ImageSource(split)
 
-    def train_transform(self) -> TrainImageTransform | None:
-        """Decoding + augmentation of the training images (raw formats), or None."""
-        if not isinstance(self.train, RawSplit):
-            return None
-        return TrainImageTransform(self._spec(self.train), self.seed)
+    def train_transform(self) -> EpochTransform | None:
+        """Decoding + augmentation of the training images (raw formats), then the
+        caption augmentation (``caption_augment``); None without either."""
+        transforms: list[EpochTransform] = []
+        if isinstance(self.train, RawSplit):
+            transforms.append(TrainImageTransform(self._spec(self.train), self.seed))
+        if self.caption_augment and self.train is not None:
+            pieces = self.word_pieces(self.train)
+            rate = self.caption_augment_rate
+            transforms.append(CaptionAugment(pieces, seed=self.seed, rate=rate))
+        if len(transforms) > 1:
+            return Chain(*transforms)
+        return transforms[0] if transforms else None
 
     def pair_eval_source(self, split: Split) -> PairSource | EvalPairs:
         """The split's matched pairs prepared as for evaluation (no augmentation;
@@ -388,6 +420,16 @@ def load_data(
     # a missing one is named before any data is read.
     demo = demo_raw(config)
     found = _resolve_backbones(config, demo)
+    caption_augment = bool(config.data.get("caption_augment", False))
+    if caption_augment and found.text_kind != "bert":
+        raise ValueError(
+            "config.data.caption_augment = True: LAPS's caption augmentation works on "
+            f"BERT WordPiece ids, but model.text_encoder = {found.text_kind!r}; set "
+            "model.text_encoder = 'bert' or --config.data.caption_augment=False"
+        )
+    caption_augment_rate = float(config.data.get("caption_augment_rate", 0.2))
+    if caption_augment:
+        rate_threshold(caption_augment_rate)  # in [0, 1], else an error naming it
     opened: dict[str, Split | None] = {}
     for role in ("train", "dev", "test"):
         name = config.data[f"{role}_split"]
@@ -441,6 +483,8 @@ def load_data(
         tokenizer=tokenizer,
         backbones=found,
         seed=int(config.seed),
+        caption_augment=caption_augment,
+        caption_augment_rate=caption_augment_rate,
     )
 
 
