@@ -25,10 +25,12 @@ import transformers
 from flax import traverse_util
 from tokenizers import Regex, models, pre_tokenizers, trainers
 
+from cdds_jax.data import synthetic_images
 from xmodal import backbones as bb
 from xmodal.backbones import clip_tokenizer
 from xmodal.backbones import hf_checkpoint as hc
 from xmodal.backbones.clip_text import clip_text_name_map, eos_positions
+from xmodal.backbones.tokenizer import DEFAULT_WORDS
 
 transformers.logging.set_verbosity_error()
 
@@ -372,3 +374,14 @@ def test_clip_vocab_conventions():
         "bos_token_id": len(vocab) - 2,
         "eos_token_id": len(vocab) - 1,
     }
+
+
+def test_demo_vocabulary_has_one_token_per_caption_word(tmp_path):
+    # The demos' CLIP vocabulary: the merge chains are ordered so that no chain
+    # splits another word ("a n" of "and" inside "triangle").
+    vocab = synthetic_images.demo_vocab("clip_text")
+    clip_tokenizer.write_bpe_files(tmp_path, vocab, len(vocab), 77)
+    words = [*synthetic_images.caption_words(), *DEFAULT_WORDS]
+    got = bb.load_tokenizer(tmp_path).encode(words, 4)
+    split = [w for w, n in zip(words, got.attention_mask.sum(1), strict=True) if n != 3]
+    assert not split

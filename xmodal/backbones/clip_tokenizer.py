@@ -22,7 +22,8 @@ OpenAI folders, so padding repeats the end-of-text id; the text tower pools the 
 end-of-text position, :func:`xmodal.backbones.clip_text.eos_positions`).
 
 Tiny vocabularies (:func:`clip_vocab`): the byte alphabet, the same with ``</w>``,
-one merge chain per given word (``r e -> re``, ``re d</w> -> red</w>``), then
+one merge chain per given word (``r e -> re``, ``re d</w> -> red</w>``; ordered so
+that each word is one token), then
 ``<|startoftext|>`` and ``<|endoftext|>`` as the last two ids (the end-of-text token
 has the highest id, as in the original vocabulary). :func:`write_bpe_files` writes
 them with the merges each entry implies.
@@ -30,6 +31,7 @@ them with the merges each entry implies.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -160,15 +162,51 @@ def read_bpe_files(folder: Path, cfg: dict[str, Any]) -> tokenizers.Tokenizer:
 
 def clip_vocab(words: Sequence[str] = ()) -> list[str]:
     """A tiny CLIP vocabulary: the byte alphabet, the alphabet with ``</w>``, a merge
-    chain per word (lower-cased; each word then encodes to one id), then
-    ``<|startoftext|>`` and ``<|endoftext|>``."""
+    chain per word (lower-cased), then ``<|startoftext|>`` and ``<|endoftext|>``.
+
+    A chain's first merge can split another word (``a n`` of "and" inside
+    "triangle"), so the chains are ordered until every word encodes to one token:
+    the words another chain splits move ahead of it (a few rounds for the demos'
+    words; the last order is kept if that does not settle).
+    """
     alphabet = byte_alphabet()
+    spelled = list(
+        dict.fromkeys(
+            "".join(alphabet[b] for b in w.lower().encode("utf-8")) for w in words
+        )
+    )
+    order = [w for w in spelled if w]
+    for _ in range(len(order) + 1):
+        vocab = _chain_vocab(alphabet, order)
+        ranks = {m: r for r, m in enumerate(merges_of(vocab))}
+        split = [w for w in order if len(_bpe(w, ranks)) > 1]
+        if not split:
+            break
+        order = split + [w for w in order if w not in split]
+    return vocab
+
+
+def _chain_vocab(alphabet: list[str], words: Sequence[str]) -> list[str]:
     vocab = [*alphabet, *(c + END_OF_WORD for c in alphabet)]
-    for word in words:
-        chars = "".join(alphabet[b] for b in word.lower().encode("utf-8"))
+    for chars in words:
         vocab += [chars[:k] for k in range(2, len(chars))]
         vocab.append(chars + END_OF_WORD)
     return [*dict.fromkeys(vocab), BOS, EOS]
+
+
+def _bpe(chars: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """The pieces BPE makes of one word (byte-level characters): the adjacent pair
+    of lowest merge rank is merged until none is a merge."""
+    pieces = [*chars[:-1], chars[-1] + END_OF_WORD]
+    while len(pieces) > 1:
+        rank, i = min(
+            (ranks.get(pair, len(ranks)), i)
+            for i, pair in enumerate(itertools.pairwise(pieces))
+        )
+        if rank == len(ranks):
+            break
+        pieces[i : i + 2] = [pieces[i] + pieces[i + 1]]
+    return pieces
 
 
 def _is_special(token: str) -> bool:
