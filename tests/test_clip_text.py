@@ -135,6 +135,22 @@ def test_clip_text_forward_matches_transformers(tmp_path, rule):
     )
 
 
+def test_clip_text_input_errors():
+    config = bb.CLIPTextConfig(**_TEXT)
+    module = bb.CLIPText(config)
+    ids = np.zeros((2, 17), np.int32)  # 16 positions
+    with pytest.raises(
+        ValueError, match="length 17 exceeds max_position_embeddings 16"
+    ):
+        module.init(jax.random.PRNGKey(0), ids)
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 3\)"):
+        module.init(jax.random.PRNGKey(0), ids[:, :4], np.ones((2, 3), np.int32))
+    with pytest.raises(ValueError, match=r"CLIP text expects input_ids \[B, L\]"):
+        module.init(jax.random.PRNGKey(0), ids[0])
+    with pytest.raises(ValueError, match="not divisible"):
+        bb.CLIPTextConfig(hidden_size=30, num_attention_heads=4)
+
+
 def _torch_grads(model: torch.nn.Module, like) -> dict:
     grads = {
         n: p.grad.numpy() for n, p in model.named_parameters() if p.grad is not None

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from xmodal.backbones import hf_checkpoint as hc
-from xmodal.backbones.blocks import PatchEmbed, TransformerBlock, check_images
+from xmodal.backbones.blocks import PatchEmbed, check_images, encoder_layers
 from xmodal.backbones.hf_config import as_pair, fields_from_hf, to_hf_dict
 
 __all__ = [
@@ -163,22 +163,13 @@ class CLIPVision(nn.Module):
             name=name,
         )
         x = norm("pre_layrnorm")(x)
-        block = nn.remat(TransformerBlock) if self.remat else TransformerBlock
-        for i in range(cfg.num_hidden_layers):
-            x = block(
-                num_heads=cfg.num_attention_heads,
-                mlp_dim=cfg.intermediate_size,
-                act=cfg.hidden_act,
-                layer_norm_eps=cfg.layer_norm_eps,
-                pre_norm=True,
-                attention_dropout=cfg.attention_dropout,
-                deterministic=deterministic,
-                kernel_init=init,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                implementation=self.attention_implementation,
-                name=f"layer_{i}",
-            )(x)
+        x = encoder_layers(
+            self,
+            x,
+            pre_norm=True,
+            deterministic=deterministic,
+            attention_dropout=cfg.attention_dropout,
+        )
         if not self.add_pooling_layer:
             return x
         return x, norm("post_layernorm")(x[:, 0])

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from xmodal.backbones import hf_checkpoint as hc
-from xmodal.backbones.blocks import TransformerBlock
+from xmodal.backbones.blocks import check_ids, encoder_layers
 from xmodal.backbones.clip import clip_encoder_name_map
 from xmodal.backbones.hf_config import fields_from_hf, to_hf_dict
 
@@ -161,21 +161,13 @@ class CLIPText(nn.Module):
         ``"dropout"``; CLIP has no other dropout).
         """
         cfg = self.config
-        if input_ids.ndim != 2:
-            raise ValueError(
-                f"CLIP text expects input_ids [B, L], got {tuple(input_ids.shape)}"
-            )
-        b, length = input_ids.shape
-        if length > cfg.max_position_embeddings:
-            raise ValueError(
-                f"sequence length {length} exceeds max_position_embeddings "
-                f"{cfg.max_position_embeddings}"
-            )
-        if attention_mask is not None and tuple(attention_mask.shape) != (b, length):
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
-                f"input_ids' {(b, length)}"
-            )
+        check_ids(
+            input_ids,
+            "CLIP text",
+            cfg.max_position_embeddings,
+            attention_mask=attention_mask,
+        )
+        length = input_ids.shape[1]
         init = nn.initializers.normal(cfg.initializer_range)
         d = cfg.hidden_size
         x = nn.Embed(
@@ -198,22 +190,14 @@ class CLIPText(nn.Module):
         mask = jnp.tril(jnp.ones((length, length), bool))[None, None]
         if attention_mask is not None:
             mask = mask & (attention_mask != 0)[:, None, None, :]
-        block = nn.remat(TransformerBlock) if self.remat else TransformerBlock
-        for i in range(cfg.num_hidden_layers):
-            x = block(
-                num_heads=cfg.num_attention_heads,
-                mlp_dim=cfg.intermediate_size,
-                act=cfg.hidden_act,
-                layer_norm_eps=cfg.layer_norm_eps,
-                pre_norm=True,
-                attention_dropout=cfg.attention_dropout,
-                deterministic=deterministic,
-                kernel_init=init,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                implementation=self.attention_implementation,
-                name=f"layer_{i}",
-            )(x, mask)
+        x = encoder_layers(
+            self,
+            x,
+            mask,
+            pre_norm=True,
+            deterministic=deterministic,
+            attention_dropout=cfg.attention_dropout,
+        )
         x = nn.LayerNorm(
             epsilon=cfg.layer_norm_eps,
             dtype=self.dtype,
