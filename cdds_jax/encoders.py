@@ -3,7 +3,8 @@
 
 ``model.image_encoder`` is ``features`` (stored token features) or an image kind of
 the backbone registry (``vit`` | ``swin`` | ``clip``, :mod:`xmodal.backbones.registry`);
-``model.text_encoder`` is ``features`` | ``bigru`` | ``bert``. The data layer
+``model.text_encoder`` is ``features`` | ``bigru`` or a text kind (``bert`` |
+``clip_text``; CLIP's text tower, docs/cdds.md §3.5). The data layer
 (:func:`cdds_jax.data.inputs.load_data`) checks the checkpoint folders and builds the
 backbone modules once per run (``Data.backbones``); this module takes them: the model
 (:func:`build_model`: the backbones' pixel normalisation, the ablation switches) and

@@ -37,6 +37,7 @@ from cdds_jax.objective import compute_loss
 from xmodal import loop as loop_lib
 from xmodal import optim, run, sharding
 from xmodal import step as step_lib
+from xmodal.errors import UserError
 from xmodal.state import TrainState, create_sharded
 from xmodal.step import apply_update
 from xmodal.writer import log
@@ -298,6 +299,11 @@ def train_and_evaluate(
     ``config.seeds`` (if set) trains one run per seed in ``workdir/seed_<s>/`` and
     reports mean ± std.
     """
+    if config.eval.get("zeroshot", False):  # configs/*.py:clip_zeroshot
+        raise UserError(
+            "a zero-shot config evaluates pretrained CLIP without training: "
+            "python -m cdds_jax.zeroshot (docs/cdds.md §3.5)"
+        )
     workdir = pathlib.Path(workdir)
     # The reading's values are written into the config, so config.json records what
     # the run trains with (docs/cdds.md §10.18).

@@ -6,9 +6,10 @@ objective, schedule); ``get_config(dataset, arg)`` applies a dataset's facts
 (:data:`DATASETS`: its folders, test split and protocols) and the argument: ``demo`` /
 ``tiny`` (a synthetic feature store written on first use into ``$XMODAL_CACHE`` or
 ``~/.cache/xmodal``), ``scan`` (the SCAN precomp layout with the BiGRU), a paper row of
-:data:`PAPER_ROWS` (an image backbone and BERT-base fine-tuned end to end on the LAPS
-files, docs/cdds.md §13), or ``demo_raw`` (JPEG files and tiny random backbones; Flickr
-only).
+:data:`PAPER_ROWS` (an image backbone and BERT-base, or CLIP's two towers, fine-tuned
+end to end on the LAPS files, docs/cdds.md §13), a zero-shot row of
+:data:`ZEROSHOT_ROWS` (pretrained CLIP, no training), or ``demo_raw`` /
+``clip_zeroshot_demo`` (JPEG files and tiny random backbones; Flickr only).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def _data(c: ml_collections.ConfigDict) -> None:
     c.data.dev_split = "dev"  # model selection (rSum on the "full" protocol)
     c.data.test_split = "test"  # reported at the end with the best-on-dev state
     c.data.test_protocols = ("full",)  # "full" (F30K 1K, COCO 5K), "1k_5fold" (COCO 1K)
-    c.data.max_words = 32  # caption length L: bigru words / bert ids, incl. start + end
+    c.data.max_words = 32  # caption length L: bigru words / backbone ids, with ends
     c.data.vocab_min_count = 4  # words seen fewer times in train -> <unk> (SCAN: 4)
     # LAPS's caption size augmentation in training (BERT ids; docs/cdds.md §12.8): each
     # word with probability caption_augment_rate -> [MASK] 50% / random ids 10% /
@@ -99,7 +100,7 @@ def _model(c: ml_collections.ConfigDict) -> None:
     c.model = ml_collections.ConfigDict()
     # "features" (stored token features -> Dense(d)) | "vit" | "swin" | "clip"
     c.model.image_encoder = "features"
-    c.model.text_encoder = "features"  # "features" | "bigru" | "bert"
+    c.model.text_encoder = "features"  # "features" | "bigru" | "bert" | "clip_text"
     # Hugging Face checkpoint folders of the backbones (read only, never downloaded).
     c.model.image_backbone_path = ""
     c.model.text_backbone_path = ""
@@ -277,47 +278,86 @@ def demo_overrides(c: ml_collections.ConfigDict, *, tiny: bool = False) -> None:
         c.eval.block_size = 32
 
 
-#: The paper's rows (docs/cdds.md §13): argument -> (image encoder, checkpoint folder
-#: name under checkpoints/, the Hugging Face checkpoint to put there).
-PAPER_ROWS: dict[str, tuple[str, str, str]] = {
-    "vit224": (
-        "vit",
-        "vit-base-patch16-224-in21k",
-        "google/vit-base-patch16-224-in21k",
+@dataclasses.dataclass(frozen=True)
+class PaperRow:
+    """One of the paper's rows (docs/cdds.md §13): its backbones and checkpoints.
+
+    Attributes:
+      image_encoder: the image kind (``model.image_encoder``).
+      folder: the image checkpoint's folder name under ``checkpoints/``.
+      checkpoint: the Hugging Face checkpoint to put there.
+      text_encoder: the text kind (``model.text_encoder``): BERT-base, or CLIP's own
+        text tower, read from the same ``CLIPModel`` folder (docs/cdds.md §3.5).
+      text_folder: the text checkpoint's folder name under ``checkpoints/``.
+      max_words: ``data.max_words``, caption ids with the special tokens (LAPS's
+        BERT captions fit 40; CLIP's text tower has 77 positions).
+    """
+
+    image_encoder: str
+    folder: str
+    checkpoint: str
+    text_encoder: str = "bert"
+    text_folder: str = "bert-base-uncased"  # google-bert/bert-base-uncased
+    max_words: int = 40
+
+
+#: The paper's rows: argument -> :class:`PaperRow`.
+PAPER_ROWS: dict[str, PaperRow] = {
+    "vit224": PaperRow(
+        "vit", "vit-base-patch16-224-in21k", "google/vit-base-patch16-224-in21k"
     ),
-    "vit384": ("vit", "vit-base-patch16-384", "google/vit-base-patch16-384"),
-    "swin224": (
+    "vit384": PaperRow("vit", "vit-base-patch16-384", "google/vit-base-patch16-384"),
+    "swin224": PaperRow(
         "swin",
         "swin-base-patch4-window7-224",
         "microsoft/swin-base-patch4-window7-224",
     ),
-    "swin384": (
+    "swin384": PaperRow(
         "swin",
         "swin-base-patch4-window12-384",
         "microsoft/swin-base-patch4-window12-384",
     ),
-    "clip_vitl": ("clip", "clip-vit-large-patch14", "openai/clip-vit-large-patch14"),
+    # Table 2's CLIP row: CLIP ViT-L/14's vision AND text towers, both fine-tuned.
+    "clip_vitl": PaperRow(
+        "clip",
+        "clip-vit-large-patch14",
+        "openai/clip-vit-large-patch14",
+        text_encoder="clip_text",
+        text_folder="clip-vit-large-patch14",
+        max_words=77,
+    ),
 }
-#: The text backbone of every row: google-bert/bert-base-uncased.
-TEXT_CHECKPOINT = "checkpoints/bert-base-uncased"
+#: Zero-shot arguments (no training: ``python -m cdds_jax.zeroshot``, docs/cdds.md
+#: §3.5) -> the paper row whose backbones they evaluate.
+ZEROSHOT_ROWS: dict[str, str] = {"clip_zeroshot": "clip_vitl"}
 
 
 def paper_row_overrides(
     c: ml_collections.ConfigDict, row: str, *, image_root: str
 ) -> None:
-    """An image backbone + BERT-base fine-tuned end to end at 0.1x the base lr on the
-    LAPS data files (docs/cdds.md §3.4, §12.7, §13.3)."""
-    kind, folder, _ = PAPER_ROWS[row]
+    """A paper row's backbones fine-tuned end to end at 0.1x the base lr on the LAPS
+    data files (docs/cdds.md §3.4, §3.5, §12.7, §13.3)."""
+    r = PAPER_ROWS[row]
     c.data.format = "laps"  # {split}_caps.txt / _ids.txt / id_mapping.json in data.root
     c.data.image_root = image_root
-    c.data.max_words = 40  # BERT ids incl. [CLS] / [SEP] (LAPS pads per batch)
+    c.data.max_words = r.max_words  # ids incl. the special tokens (LAPS pads per batch)
     c.data.worker_count = 8  # decoding + augmentation processes (feed the step)
-    c.data.caption_augment = True  # LAPS's size augmentation (its size_augment=1)
-    c.model.image_encoder = kind
-    c.model.image_backbone_path = f"checkpoints/{folder}"
-    c.model.text_encoder = "bert"
-    c.model.text_backbone_path = TEXT_CHECKPOINT
+    # LAPS's size augmentation (its size_augment=1); BERT's [MASK] only, so not for
+    # CLIP's text tower (no mask token; LAPS never ran CLIP).
+    c.data.caption_augment = r.text_encoder == "bert"
+    c.model.image_encoder = r.image_encoder
+    c.model.image_backbone_path = f"checkpoints/{r.folder}"
+    c.model.text_encoder = r.text_encoder
+    c.model.text_backbone_path = f"checkpoints/{r.text_folder}"
     c.eval.batch_size = 64
+
+
+def zeroshot_overrides(c: ml_collections.ConfigDict) -> None:
+    """Marks ``c`` as a zero-shot evaluation of its pretrained CLIP (docs/cdds.md
+    §3.5): ``python -m cdds_jax.zeroshot`` scores it, ``cdds_jax.train`` refuses it."""
+    if (c.model.image_encoder, c.model.text_encoder) != ("clip", "clip_text"):
+        raise ValueError("a zero-shot config evaluates CLIP's vision + text towers")
+    c.eval.zeroshot = True  # read by cdds_jax.zeroshot and cdds_jax.train
 
 
 def demo_raw_overrides(c: ml_collections.ConfigDict) -> None:
@@ -414,15 +454,25 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
         c.data.root = d.scan_root
         c.data.test_split = d.scan_test_split
         c.model.text_encoder = "bigru"
-    elif arg in PAPER_ROWS:
+    elif arg in PAPER_ROWS or arg in ZEROSHOT_ROWS:
         c.data.test_split = d.rows_test_split
-        paper_row_overrides(c, arg, image_root=d.images)
-    elif arg == "demo_raw" and d.demo_raw:
+        paper_row_overrides(c, ZEROSHOT_ROWS.get(arg, arg), image_root=d.images)
+        if arg in ZEROSHOT_ROWS:
+            zeroshot_overrides(c)
+    elif arg in ("demo_raw", "clip_zeroshot_demo") and d.demo_raw:
         demo_raw_overrides(c)
+        if arg == "clip_zeroshot_demo":
+            # The zero-shot command on the demo's JPEGs and a tiny random CLIPModel
+            # (both towers and projections) written into the cache: near chance, it
+            # shows the command end to end.
+            c.model.image_encoder = "clip"
+            c.model.text_encoder = "clip_text"
+            zeroshot_overrides(c)
     elif arg:
-        known = ["demo", "tiny", "scan", *(["demo_raw"] if d.demo_raw else [])]
+        known = ["demo", "tiny", "scan"]
+        known += ["demo_raw", "clip_zeroshot_demo"] if d.demo_raw else []
         raise ValueError(
             f"configs/{dataset}.py: unknown argument {arg!r} "
-            f"({', '.join([*known, *PAPER_ROWS])})"
+            f"({', '.join([*known, *PAPER_ROWS, *ZEROSHOT_ROWS])})"
         )
     return c

@@ -19,10 +19,13 @@ Arguments (``configs/flickr.py:ARG``):
 - ``demo_raw``: JPEG files with planted visual concepts (coloured shapes), a
   Karpathy-style JSON and tiny random ViT + BERT checkpoints, written on first use
   into the cache folder; trains end to end through the backbones in minutes on a
-  2-core CPU (README for the numbers).
+  2-core CPU (README for the numbers). With ``--config.model.image_encoder=clip
+  --config.model.text_encoder=clip_text`` it trains through a tiny random CLIPModel.
+- ``clip_zeroshot_demo``: the zero-shot command on the same JPEGs and a tiny random
+  CLIPModel (``python -m cdds_jax.zeroshot``; random weights score near chance).
 
-The paper's rows: an image backbone and BERT-base fine-tuned at 0.1x the base lr on
-the LAPS files in ``data/f30k`` (``{split}_caps.txt``, ``{split}_ids.txt``,
+The paper's rows: an image backbone and BERT-base (CLIP: its own text tower)
+fine-tuned at 0.1x the base lr on the LAPS files in ``data/f30k`` (``{split}_caps.txt``, ``{split}_ids.txt``,
 ``id_mapping.json``) with the images in ``data/flickr30k-images`` (docs/cdds.md §13):
 
     python -m cdds_jax.train --config configs/flickr.py:vit224 --workdir runs/f30k_vit224
@@ -35,10 +38,16 @@ the LAPS files in ``data/f30k`` (``{split}_caps.txt``, ``{split}_ids.txt``,
   (microsoft/swin-base-patch4-window7-224); no number is known for this row.
 - ``swin384``: ``checkpoints/swin-base-patch4-window12-384``
   (microsoft/swin-base-patch4-window12-384); the paper reports rSum 552.5 (LAPS 545.3).
-- ``clip_vitl``: ``checkpoints/clip-vit-large-patch14`` (openai/clip-vit-large-patch14);
-  the paper reports i2t R@1 95.2 (previous best 94.6).
+- ``clip_vitl``: ``checkpoints/clip-vit-large-patch14`` (openai/clip-vit-large-patch14),
+  CLIP's vision and text towers from that one folder (docs/cdds.md §3.5); the paper
+  reports i2t R@1 95.2 (previous best 94.6).
+- ``clip_zeroshot``: the same pretrained CLIP scored without training
+  (``python -m cdds_jax.zeroshot --config configs/flickr.py:clip_zeroshot --workdir
+  runs/f30k_clip_zeroshot``; results table and results.json, no checkpoint); the
+  paper's zero-shot number is not known here.
 
-Every row also needs ``checkpoints/bert-base-uncased`` (google-bert/bert-base-uncased).
+Every row but the CLIP ones also needs ``checkpoints/bert-base-uncased``
+(google-bert/bert-base-uncased).
 A missing folder stops the run at start with one line saying what to put there. With
 the Karpathy JSON instead: ``--config.data.format=karpathy
 --config.data.root=data/dataset_flickr30k.json``.

@@ -13,14 +13,16 @@ grain sources of each split:
 - image files (``karpathy``, ``laps``; docs/cdds.md §12.7-12.8): JPEG bytes decoded
   and augmented by :class:`~cdds_jax.data.images.TrainImageTransform` in the input
   pipeline (its worker processes with ``data.worker_count`` > 0), evaluation images
-  resized once per unique image; captions tokenised ONCE per split by the BERT
-  tokenizer of ``model.text_backbone_path`` into ``data.max_words`` ids, and with
-  ``data.caption_augment`` the training captions augmented per epoch as LAPS does
+  resized once per unique image; captions tokenised ONCE per split by the tokenizer of
+  the text backbone's folder (``model.text_backbone_path``: BERT's WordPiece, CLIP's
+  BPE) into ``data.max_words`` ids, and with ``data.caption_augment`` (BERT only) the
+  training captions augmented per epoch as LAPS does
   (:class:`~cdds_jax.data.captions.CaptionAugment`, docs/cdds.md §12.8).
 
 ``data.synthetic`` writes demo data on first use into the cache folder
 (:func:`xmodal.files.cache_dir`): a feature store (``kind = "features"``) or JPEG files
-with a Karpathy JSON and tiny backbones (``kind = "images"``, :func:`demo_raw`).
+with a Karpathy JSON and tiny backbones of the configured kinds (``kind = "images"``,
+:func:`demo_raw`).
 """
 
 from __future__ import annotations
@@ -97,12 +99,13 @@ def demo_raw(
     syn = config.data.synthetic
     if not syn.enabled or syn.get("kind", "features") != "images":
         return None
-    image_kind = encoder_kinds(config)[0]
+    image_kind, text_kind = encoder_kinds(config)
     return synthetic_images.ensure_demo_raw(
         cache_dir() / "cdds",
         seed=int(syn.seed),
         num_images={"train": syn.num_train, "dev": syn.num_dev, "test": syn.num_test},
         image_kind="vit" if image_kind == "features" else image_kind,
+        text_kind=text_kind if text_kind in registry.kinds("text") else "bert",
         backbone_size=int(syn.backbone_size),
         image_size=int(syn.image_size),
         num_concepts=int(syn.num_concepts),
@@ -411,8 +414,9 @@ def load_data(
 
     The bigru vocabulary is ``workdir/vocab.json`` when it exists (resume, evaluate);
     otherwise it is built from the training captions and :func:`save_vocab` writes it.
-    With ``model.text_encoder = "bert"`` captions become ids of the text backbone's
-    tokenizer (``data.max_words`` of them, [CLS] and [SEP] included).
+    With a text backbone (``model.text_encoder = "bert"`` / ``"clip_text"``) captions
+    become ids of its folder's tokenizer (``data.max_words`` of them, the special
+    tokens included: [CLS] / [SEP], or CLIP's start / end of text).
     """
     from xmodal.backbones import load_tokenizer
 

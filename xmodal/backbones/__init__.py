@@ -1,5 +1,5 @@
-"""Pretrained backbones: Flax ViT, Swin, CLIP vision and BERT read from local Hugging
-Face folders, with outputs equal to ``transformers``' models (tested).
+"""Pretrained backbones: Flax ViT, Swin, CLIP vision, CLIP text and BERT read from
+local Hugging Face folders, with outputs equal to ``transformers``' models (tested).
 
     module, variables = from_pretrained("checkpoints/vit-base-patch16-224-in21k")
     tokens = module.apply(variables, images)          # [B, 197, 768]
@@ -7,6 +7,9 @@ Face folders, with outputs equal to ``transformers``' models (tested).
     module, variables = from_pretrained("checkpoints/bert-base-uncased")
     batch = load_tokenizer("checkpoints/bert-base-uncased").encode(texts, 50)
     tokens = module.apply(variables, batch.input_ids, batch.attention_mask)  # [B, 50, 768]
+
+    # The text tower of a CLIPModel folder (its vision tower is the default).
+    module, variables = from_pretrained("checkpoints/clip-vit-large-patch14", kind="clip_text")
 
 Modules take ``dtype`` (compute; parameters stay float32), ``remat`` (per block) and
 ``add_pooling_layer``; ``deterministic=False`` at call time turns dropout on.
@@ -19,6 +22,7 @@ derives from the one registry of architectures (``REGISTRY``,
 
 from xmodal.backbones.bert import Bert, BertConfig
 from xmodal.backbones.clip import CLIPVision, CLIPVisionConfig
+from xmodal.backbones.clip_text import CLIPText, CLIPTextConfig
 from xmodal.backbones.folders import (
     KNOWN_CHECKPOINTS,
     Backbone,
@@ -55,6 +59,8 @@ __all__ = [
     "Backbones",
     "Bert",
     "BertConfig",
+    "CLIPText",
+    "CLIPTextConfig",
     "CLIPVision",
     "CLIPVisionConfig",
     "CheckpointError",

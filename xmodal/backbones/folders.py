@@ -21,7 +21,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from xmodal.backbones.pretrained import from_config, from_pretrained, load_config
+from xmodal.backbones import hf_checkpoint as hc
+from xmodal.backbones.pretrained import (
+    folder_model_type,
+    from_config,
+    from_pretrained,
+    load_config,
+)
 from xmodal.backbones.registry import (
     IMAGENET_MEAN_STD,
     REGISTRY,
@@ -71,7 +77,8 @@ def check_folder(
     Args:
       path: the configured folder.
       field: the config field that names it (``model.bert_path``), for the message.
-      kind: ``vit`` | ``swin`` | ``clip`` | ``bert`` (:data:`MODEL_TYPES`).
+      kind: ``vit`` | ``swin`` | ``clip`` | ``bert`` | ``clip_text``
+        (:data:`MODEL_TYPES`).
       checkpoint: the Hugging Face checkpoint to name in the message; default the
         one :data:`KNOWN_CHECKPOINTS` gives for the folder's name.
 
@@ -103,12 +110,13 @@ def check_folder(
             f"config.{field}: {state}: put {what} there ({' + '.join(files)}; "
             f"nothing is downloaded), or pass --config.{field}=FOLDER"
         )
-    model_type = getattr(load_config(folder), "model_type", None)
+    model_type = folder_model_type(folder)
     if model_type not in MODEL_TYPES[kind]:
         raise ValueError(
             f"config.{field}: {str(folder)!r} holds a {model_type!r} model, expected "
             f"{' or '.join(MODEL_TYPES[kind])} for the {kind} encoder"
         )
+    load_config(folder, kind)  # the tower's fields are valid
     return folder
 
 
@@ -127,11 +135,47 @@ class Backbone:
     architecture: Architecture
     module: nn.Module
 
-    def load_params(self) -> dict[str, Any]:
-        """The folder's weights: a host float32 NumPy tree with the module's parameter
-        names (``from_pretrained``)."""
-        _, variables = from_pretrained(self.folder)
+    def load_params(self, *, add_pooling_layer: bool = False) -> dict[str, Any]:
+        """The folder's weights of this tower: a host float32 NumPy tree with the
+        module's parameter names (``from_pretrained``; with ``add_pooling_layer``
+        the pooler's too)."""
+        _, variables = from_pretrained(
+            self.folder,
+            kind=self.architecture.kind,
+            add_pooling_layer=add_pooling_layer,
+        )
         return variables["params"]
+
+    def load_projection(self) -> Any:
+        """The composite folder's projection of this tower's pooled output as a
+        ``nn.Dense`` kernel ``[D, E]`` (host float32; CLIP's ``visual_projection`` /
+        ``text_projection``, docs/cdds.md §3.5).
+
+        Raises:
+          CheckpointError: the tower has no projection, or the folder lacks it (a
+            ``CLIPVisionModel`` / ``CLIPTextModel`` folder): one line naming both.
+        """
+        composite = self.architecture.composite
+        if composite is None or not composite.projection:
+            raise hc.CheckpointError(
+                f"{self.folder}: a {self.architecture.name} tower has no projection"
+            )
+        checkpoint = hc.open_checkpoint(self.folder)
+        name = f"{composite.projection}.weight"
+        if name not in checkpoint.shapes:
+            raise hc.CheckpointError(
+                f"{checkpoint.label}: no tensor {name!r}: the projection is part of a "
+                f"full {composite.architecture} folder (config.json model_type "
+                f"{composite.model_type!r}), not of a single-tower one"
+            )
+        weight = checkpoint.read(name)
+        width = self.module.config.hidden_size
+        if weight.ndim != 2 or weight.shape[1] != width:
+            raise hc.CheckpointError(
+                f"{checkpoint.label}: tensor {name!r} has shape {weight.shape}, "
+                f"expected (projection_dim, {width})"
+            )
+        return weight.T.copy()
 
 
 def open_backbone(
@@ -145,7 +189,7 @@ def open_backbone(
     """:func:`check_folder`, then the module of the folder's ``config.json``, computing
     in ``dtype`` and rematerialising its blocks with ``remat``."""
     folder = check_folder(path, field, kind)
-    module = from_config(load_config(folder), dtype=dtype, remat=remat)
+    module = from_config(load_config(folder, kind), dtype=dtype, remat=remat)
     return Backbone(folder, REGISTRY[kind], module)
 
 

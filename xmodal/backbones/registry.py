@@ -1,14 +1,15 @@
 """The one registry of backbone architectures; every per-kind table is derived from it.
 
 An :class:`Architecture` is everything the project knows about one backbone family:
-its ``kind`` (the name configs use: ``vit``, ``swin``, ``clip``, ``bert``), how it is
-built (typed config, Flax module), how its Hugging Face folders look (``model_type``
-values, tensor-name map, prefixes, ignored tensors, the multi-tower folder it may sit
-in), a tiny random config (tests, demos), and how it is fed (image towers: pixel
-mean / std and the evaluation crop; text towers: their tokenizer files). The tables
-elsewhere are views of :data:`REGISTRY`: :data:`ARCHITECTURES` (``model_type`` ->
-architecture: ``load_config`` / ``from_pretrained`` dispatch), ``TINY`` and the kinds
-of ``write_random_checkpoint`` (``pretrained.py``), ``MODEL_TYPES`` /
+its ``kind`` (the name configs use: ``vit``, ``swin``, ``clip``, ``bert``,
+``clip_text``), how it is built (typed config, Flax module), how its Hugging Face
+folders look (``model_type`` values, tensor-name map, prefixes, ignored tensors, the
+multi-tower folder it may sit in), a tiny random config (tests, demos), and how it is
+fed (image towers: pixel mean / std and the evaluation crop; text towers: their
+tokenizer files). The tables elsewhere are views of :data:`REGISTRY`: :data:`TOWERS`
+/ :data:`ARCHITECTURES` (``model_type`` -> architectures: ``load_config`` /
+``from_pretrained`` dispatch through :func:`resolve`), ``TINY`` and the kinds of
+``write_random_checkpoint`` (``pretrained.py``), ``MODEL_TYPES`` /
 ``KNOWN_CHECKPOINTS`` (``folders.py``), and a method's list of image / text encoders
 (:func:`kinds`).
 
@@ -39,12 +40,17 @@ Then ``from_pretrained`` reads ConvNeXt folders, ``write_random_checkpoint(folde
 "convnext")`` writes them, ``check_folder`` names them, and CDDS accepts
 ``model.image_encoder = "convnext"`` with its normalisation and crop.
 
-A text tower is an entry like BERT's (``modality="text"``, its ``tokenizer`` files). A
-second tower of a multi-tower folder (CLIP's text tower, ``CLIPTextModel``) gets its
-own entry with its own ``Composite`` (``text_config``, ``text_model.``); as both
-entries then list ``"clip"``, :data:`ARCHITECTURES` (which refuses a ``model_type``
-claimed twice) has to learn which tower a ``"clip"`` folder is read as, e.g. from
-the kind the caller asks for.
+A text tower is an entry like BERT's (``modality="text"``, its ``tokenizer`` files).
+Each tower of a multi-tower folder has its own entry with its own :class:`Composite`:
+CLIP's vision tower (kind ``clip``: ``vision_config``, ``vision_model.``) and text
+tower (kind ``clip_text``: ``text_config``, ``text_model.``) both read a ``CLIPModel``
+folder (``model_type: "clip"``). Such a shared ``model_type`` is allowed only between
+the towers of one composite; the tower is picked by the kind the caller asks for
+(:func:`resolve`; ``load_config`` / ``from_pretrained`` / ``open_backbone`` take
+``kind``), and a folder read without one is read as the composite's first tower in
+registry order (CLIP vision, as before the text tower existed). Writing a random
+checkpoint of the composite's ``model_type`` writes every tower, its projection and
+the composite's scalars (``pretrained.write_random_checkpoint``).
 """
 
 from __future__ import annotations
@@ -57,11 +63,17 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from xmodal.backbones import clip_tokenizer
 from xmodal.backbones import hf_checkpoint as hc
 from xmodal.backbones.bert import Bert, BertConfig, bert_name_map
 from xmodal.backbones.clip import CLIPVision, CLIPVisionConfig, clip_vision_name_map
+from xmodal.backbones.clip_text import CLIPText, CLIPTextConfig, clip_text_name_map
 from xmodal.backbones.swin import Swin, SwinConfig, swin_name_map
-from xmodal.backbones.tokenizer import default_vocab, write_wordpiece_files
+from xmodal.backbones.tokenizer import (
+    DEFAULT_WORDS,
+    default_vocab,
+    write_wordpiece_files,
+)
 from xmodal.backbones.vit import ViT, ViTConfig, vit_name_map
 
 __all__ = [
@@ -69,6 +81,7 @@ __all__ = [
     "CLIP_MEAN_STD",
     "IMAGENET_MEAN_STD",
     "REGISTRY",
+    "TOWERS",
     "Architecture",
     "BackboneConfig",
     "Composite",
@@ -76,11 +89,12 @@ __all__ = [
     "TokenizerFiles",
     "architecture_of",
     "kinds",
+    "resolve",
 ]
 
 MeanStd = tuple[tuple[float, ...], tuple[float, ...]]
 #: The typed config of any registered architecture.
-BackboneConfig = ViTConfig | SwinConfig | CLIPVisionConfig | BertConfig
+BackboneConfig = ViTConfig | SwinConfig | CLIPVisionConfig | CLIPTextConfig | BertConfig
 
 #: Pixel mean / std of [0, 1] RGB: ImageNet's (ViT and Swin, as LAPS) and CLIP's.
 IMAGENET_MEAN_STD: MeanStd = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -104,7 +118,12 @@ class Composite:
       config_key: where the tower's config sits in it (``"vision_config"``).
       prefix: the tower's tensor-name prefix (``"vision_model."``).
       shared_fields: tower config fields also written at the top level
-        (``projection_dim``).
+        (``projection_dim``); every tower of the folder has the same value.
+      projection: the folder's bias-free projection of this tower's pooled output
+        (``visual_projection``: tensor ``visual_projection.weight [E, D]``, E =
+        ``projection_dim``), or "".
+      scalars: scalar tensors of the folder (name, value of a random checkpoint):
+        CLIP's ``logit_scale`` = log(1 / 0.07).
     """
 
     model_type: str
@@ -112,6 +131,8 @@ class Composite:
     config_key: str
     prefix: str
     shared_fields: tuple[str, ...] = ()
+    projection: str = ""
+    scalars: tuple[tuple[str, float], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,11 +143,17 @@ class TokenizerFiles:
       names: the files (for messages: what to put in a folder).
       default_vocab: ``() -> [token]``, the vocabulary of random checkpoints.
       write: ``(folder, vocab, vocab_size, max_length)`` writes them.
+      with_words: ``[word] -> [token]``, the default vocabulary extended so that
+        each word is one token (the demos' captions).
+      config_ids: ``[token] -> {field: id}``, the text-config fields a vocabulary
+        fixes (CLIP's ``bos_token_id`` / ``eos_token_id``).
     """
 
     names: tuple[str, ...]
     default_vocab: Callable[[], list[str]]
     write: Callable[[Path, Sequence[str], int, int], None]
+    with_words: Callable[[Sequence[str]], list[str]]
+    config_ids: Callable[[Sequence[str]], dict[str, int]] = lambda vocab: {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +161,8 @@ class Architecture:
     """One backbone family: how it is built, found on disk, sized and fed.
 
     Attributes:
-      kind: the name configs use (``vit``, ``swin``, ``clip``, ``bert``).
+      kind: the name configs use (``vit``, ``swin``, ``clip``, ``bert``,
+        ``clip_text``).
       name: for messages.
       modality: ``"image"`` or ``"text"`` (its inputs, see the module docstring).
       config_cls: the typed config (``from_hf`` / ``to_hf``, class variables
@@ -178,12 +206,13 @@ class Architecture:
     tokenizer: TokenizerFiles | None = None
 
     def dummy_inputs(self, config: Any) -> tuple[Any, ...]:
-        """Inputs of ``module.init`` (shapes only): one image or eight ids."""
+        """Inputs of ``module.init`` (shapes only): one image, or eight ids and their
+        mask."""
         if self.modality == "image":
             shape = (1, *config.image_size, config.num_channels)
             return (jnp.zeros(shape, jnp.float32),)
         ids = jnp.zeros((1, min(8, config.max_position_embeddings)), jnp.int32)
-        return (ids, jnp.ones_like(ids), jnp.zeros_like(ids))
+        return (ids, jnp.ones_like(ids))
 
 
 def _vit_scaled(
@@ -215,8 +244,34 @@ def _swin_scaled(hidden: int, layers: int, image_size: int) -> dict[str, Any]:
 
 
 _WORDPIECE = TokenizerFiles(
-    names=("vocab.txt",), default_vocab=default_vocab, write=write_wordpiece_files
+    names=("vocab.txt",),
+    default_vocab=default_vocab,
+    write=write_wordpiece_files,
+    with_words=lambda words: list(dict.fromkeys([*default_vocab(), *words])),
 )
+_CLIP_BPE = TokenizerFiles(
+    names=("vocab.json", "merges.txt"),
+    default_vocab=lambda: clip_tokenizer.clip_vocab(DEFAULT_WORDS),
+    write=clip_tokenizer.write_bpe_files,
+    with_words=lambda words: clip_tokenizer.clip_vocab(
+        list(dict.fromkeys([*DEFAULT_WORDS, *words]))
+    ),
+    config_ids=clip_tokenizer.special_ids,
+)
+
+
+def _clip_model(tower: str, projection: str) -> Composite:
+    """A tower of a ``CLIPModel`` folder (``tower`` = "vision" or "text")."""
+    return Composite(
+        model_type="clip",
+        architecture="CLIPModel",
+        config_key=f"{tower}_config",
+        prefix=f"{tower}_model.",
+        shared_fields=("projection_dim",),
+        projection=projection,
+        scalars=(("logit_scale", 2.6592),),  # log(1 / 0.07), CLIP's initial value
+    )
+
 
 #: Backbone kind -> architecture: the one place a kind is listed.
 REGISTRY: dict[str, Architecture] = {
@@ -304,13 +359,7 @@ REGISTRY: dict[str, Architecture] = {
                 patch_size=8,
             ),
             checkpoints=("openai/clip-vit-large-patch14",),
-            composite=Composite(
-                model_type="clip",
-                architecture="CLIPModel",
-                config_key="vision_config",
-                prefix="vision_model.",
-                shared_fields=("projection_dim",),
-            ),
+            composite=_clip_model("vision", "visual_projection"),
             pixel_mean_std=CLIP_MEAN_STD,
             center_crop=True,
             scaled=lambda hidden, layers, size: _vit_scaled(
@@ -340,25 +389,90 @@ REGISTRY: dict[str, Architecture] = {
             ),
             tokenizer=_WORDPIECE,
         ),
+        Architecture(
+            kind="clip_text",
+            name="CLIP text",
+            modality="text",
+            config_cls=CLIPTextConfig,
+            module_cls=CLIPText,
+            name_map=clip_text_name_map,
+            model_types=("clip", "clip_text_model"),
+            prefixes=("", "text_model."),
+            ignore=(
+                *_COMMON_IGNORE,
+                r"^vision_model\.",
+                r"^text_projection\.",
+                r"^visual_projection\.",
+                r"^logit_scale$",
+            ),
+            tiny=dict(
+                hidden_size=32,
+                intermediate_size=64,
+                projection_dim=16,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+            ),
+            composite=_clip_model("text", "text_projection"),
+            tokenizer=_CLIP_BPE,
+        ),
     )
 }
 
 
-def _by_model_type() -> dict[str, Architecture]:
-    out: dict[str, Architecture] = {}
+def _towers() -> dict[str, tuple[Architecture, ...]]:
+    out: dict[str, tuple[Architecture, ...]] = {}
     for arch in REGISTRY.values():
         for model_type in arch.model_types:
-            if model_type in out:
-                raise ValueError(
-                    f"model_type {model_type!r} is claimed by {out[model_type].name} "
-                    f"and {arch.name}"
+            claimed = out.get(model_type, ())
+            composite = arch.composite.model_type if arch.composite else None
+            if claimed and not (
+                composite == model_type
+                and all(
+                    a.composite and a.composite.model_type == model_type
+                    for a in claimed
                 )
-            out[model_type] = arch
+            ):
+                raise ValueError(
+                    f"model_type {model_type!r} is claimed by {claimed[0].name} and "
+                    f"{arch.name} (only the towers of one composite folder may share "
+                    "one)"
+                )
+            out[model_type] = (*claimed, arch)
     return out
 
 
-#: ``model_type`` of ``config.json`` -> architecture.
-ARCHITECTURES: dict[str, Architecture] = _by_model_type()
+#: ``model_type`` of ``config.json`` -> every architecture that reads it (several for
+#: a composite folder: ``"clip"`` -> CLIP vision, CLIP text), in registry order.
+TOWERS: dict[str, tuple[Architecture, ...]] = _towers()
+#: ``model_type`` -> the architecture a folder is read as when no kind is asked for
+#: (a composite's first tower).
+ARCHITECTURES: dict[str, Architecture] = {t: a[0] for t, a in TOWERS.items()}
+
+
+def resolve(model_type: str, kind: str | None = None) -> Architecture:
+    """The architecture a folder of ``model_type`` is read as for ``kind`` (None: the
+    default of :data:`ARCHITECTURES`).
+
+    Raises:
+      ValueError: an unknown ``model_type``, or one that ``kind`` does not read.
+    """
+    if model_type not in TOWERS:
+        raise ValueError(
+            f"model_type {model_type!r} is not supported "
+            f"(supported: {', '.join(sorted(TOWERS))})"
+        )
+    if kind is None:
+        return ARCHITECTURES[model_type]
+    for arch in TOWERS[model_type]:
+        if arch.kind == kind:
+            return arch
+    if kind not in REGISTRY:
+        raise ValueError(f"kind {kind!r}: expected one of {sorted(REGISTRY)}")
+    raise ValueError(
+        f"a {model_type!r} folder holds no {kind} model (expected "
+        f"{' or '.join(REGISTRY[kind].model_types)})"
+    )
 
 
 def kinds(modality: str) -> tuple[str, ...]:

@@ -25,9 +25,9 @@ import jax.numpy as jnp
 from xmodal.backbones import hf_checkpoint as hc
 from xmodal.backbones.blocks import (
     PatchEmbed,
-    TransformerBlock,
     activation,
     check_images,
+    encoder_layers,
 )
 from xmodal.backbones.hf_config import as_pair, fields_from_hf, to_hf_dict
 from xmodal.layers import Dropout
@@ -147,24 +147,15 @@ class ViT(nn.Module):
         cls = jnp.broadcast_to(cls.astype(self.dtype), (b, 1, d))
         x = jnp.concatenate([cls, x], axis=1) + pos.astype(self.dtype)
         x = Dropout(cfg.hidden_dropout_prob, deterministic=deterministic)(x)
-        block = nn.remat(TransformerBlock) if self.remat else TransformerBlock
-        for i in range(cfg.num_hidden_layers):
-            x = block(
-                num_heads=cfg.num_attention_heads,
-                mlp_dim=cfg.intermediate_size,
-                act=cfg.hidden_act,
-                layer_norm_eps=cfg.layer_norm_eps,
-                pre_norm=True,
-                qkv_bias=cfg.qkv_bias,
-                hidden_dropout=cfg.hidden_dropout_prob,
-                attention_dropout=cfg.attention_probs_dropout_prob,
-                deterministic=deterministic,
-                kernel_init=init,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                implementation=self.attention_implementation,
-                name=f"layer_{i}",
-            )(x)
+        x = encoder_layers(
+            self,
+            x,
+            pre_norm=True,
+            deterministic=deterministic,
+            hidden_dropout=cfg.hidden_dropout_prob,
+            attention_dropout=cfg.attention_probs_dropout_prob,
+            qkv_bias=cfg.qkv_bias,
+        )
         x = nn.LayerNorm(
             epsilon=cfg.layer_norm_eps,
             dtype=self.dtype,
