@@ -86,10 +86,10 @@ def _data(c: ml_collections.ConfigDict) -> None:
     c.data.synthetic.noise = 0.5  # token noise (both modalities)
     c.data.synthetic.colour_scale = 0.5  # image-level nuisance offset
     c.data.synthetic.syntax_scale = 0.5  # caption-level offset ("offsets": fillers)
-    c.data.synthetic.shape_share = 0.5  # "mixed": concept variance carried by shape
-    c.data.synthetic.spread_scale = 0.5  # "mixed": per-sample direction x token coeff
-    c.data.synthetic.token_scale = 0.5  # "mixed": per-token scalar offset
-    c.data.synthetic.gain_scale = 0.3  # "mixed": log per-sample per-column gain
+    c.data.synthetic.shape_share = 0.3  # "mixed": concept variance carried by shape
+    c.data.synthetic.spread_scale = 0.3  # "mixed": per-sample direction x token coeff
+    c.data.synthetic.token_scale = 0.3  # "mixed": per-token scalar offset
+    c.data.synthetic.gain_scale = 0.2  # "mixed": log per-sample per-column gain
     c.data.synthetic.image_size = 32  # kind "images": JPEG side (px)
     c.data.synthetic.backbone_size = 64  # kind "images": width of the tiny backbones
 

@@ -52,7 +52,7 @@ def test_mixed_store_is_read_by_the_reader_and_deterministic(tmp_path):
     assert split.num_images == 12 and split.num_captions == 60
     assert split.image(0).shape == (16, 64)
     assert split.meta["generator"]["generator"] == "mixed"
-    assert split.meta["generator"]["shape_share"] == 0.5
+    assert split.meta["generator"]["shape_share"] == 0.3
     # Adding a split leaves the others as they were.
     d = synthetic.write_feature_store(
         tmp_path / "d", seed=5, num_images={**SMALL, "test": 4}, generator="mixed"
@@ -82,34 +82,28 @@ def _draw(spec, seed=2, n=6):
 def test_mixed_concepts_sit_in_permuted_columns_with_location_and_shape():
     spec = _clean_spec(shape_share=0.36)
     world, data = _draw(spec)
-    images = data["images"]
-    off = np.setdiff1d(np.arange(spec.image_dim), world.cols_v)
-    np.testing.assert_array_equal(images[:, :, off], 0.0)  # no nuisance, no noise
-    # Each modality has its own permutation of the latent dimensions.
-    assert len(set(world.cols_v)) == len(set(world.cols_t)) == spec.latent_dim
-    assert not np.array_equal(world.cols_v, world.cols_t)
-    # Every image token is a e_c + b s h_c for one of the image's concepts.
+    k = spec.latent_dim
+    # Each modality's columns are its own permutation of the latent dimensions.
+    for src, dim in ((world.src_v, spec.image_dim), (world.src_t, spec.text_dim)):
+        np.testing.assert_array_equal(np.sort(src), np.sort(np.arange(dim) % k))
+    assert not np.array_equal(world.src_v[: spec.text_dim], world.src_t)
+    # Every image token is (a e_c + b s h_c)[src_v] for one concept (no nuisance).
     a, b = np.sqrt(1 - 0.36), np.sqrt(0.36)
-    values = images[:, :, world.cols_v]  # [N, P, k]
-    for token in values.reshape(-1, spec.latent_dim):
-        plus = a * world.concepts + b * world.shapes
-        minus = a * world.concepts - b * world.shapes
-        err = np.minimum(
-            np.abs(plus - token).max(axis=1), np.abs(minus - token).max(axis=1)
-        )
-        assert err.min() < 1e-9
-    # Caption content words carry their concept the same way, in the text columns.
-    text, words = data["captions"], data["text"]
-    first = words[0].split()
-    concept_positions = [
-        i for i, w in enumerate(first) if any(ch.isdigit() for ch in w)
-    ]
-    assert concept_positions
-    for i in concept_positions:
-        c = int("".join(ch for ch in first[i] if ch.isdigit()))
-        got = text[0, i, world.cols_t]
-        want = {s: a * world.concepts[c] + s * b * world.shapes[c] for s in (-1.0, 1.0)}
-        assert min(np.abs(got - w).max() for w in want.values()) < 1e-9
+    candidates = np.concatenate(
+        [a * world.concepts + b * world.shapes, a * world.concepts - b * world.shapes]
+    )[:, world.src_v]
+    for token in data["images"].reshape(-1, spec.image_dim):
+        assert np.abs(candidates - token).max(axis=1).min() < 1e-9
+    # Caption content words carry their own concept the same way, in the text columns.
+    words = data["text"][0].split()
+    positions = [i for i, w in enumerate(words) if any(ch.isdigit() for ch in w)]
+    assert positions
+    for i in positions:
+        c = int("".join(ch for ch in words[i] if ch.isdigit()))
+        got = data["captions"][0, i]
+        want = [(a * world.concepts[c] + sg * b * world.shapes[c])[world.src_t]
+                for sg in (-1.0, 1.0)]  # fmt: skip
+        assert min(np.abs(got - w).max() for w in want) < 1e-9
 
 
 def test_mixed_shape_part_is_invisible_to_the_token_mean():
@@ -118,9 +112,9 @@ def test_mixed_shape_part_is_invisible_to_the_token_mean():
     spec = synthetic.SyntheticSpec(
         **{**spec.__dict__, "num_tokens": 400, "concepts_per_image": 1}
     )
-    world, data = _draw(spec, n=3)
-    mean = data["images"][:, :, world.cols_v].mean(axis=1)  # [N, k]
-    spread = data["images"][:, :, world.cols_v].std(axis=1)
+    _, data = _draw(spec, n=3)
+    mean = data["images"].mean(axis=1)  # [N, D]
+    spread = data["images"].std(axis=1)
     assert np.abs(mean).max() < 0.25 * spread.mean()
 
 
@@ -167,6 +161,6 @@ def test_spec_errors_name_the_field():
     with pytest.raises(ValueError, match="generator"):
         synthetic.SyntheticSpec(generator="fancy")
     with pytest.raises(ValueError, match="latent_dim"):
-        synthetic.SyntheticSpec(generator="mixed", image_dim=8)
+        synthetic.SyntheticSpec(generator="mixed", latent_dim=0)
     with pytest.raises(ValueError, match="shape_share"):
         synthetic.SyntheticSpec(shape_share=1.5)

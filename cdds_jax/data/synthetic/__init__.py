@@ -38,41 +38,50 @@ Chance R@1 is 1/N_img.
 
 ``generator="mixed"``:
 
-    clean image token = a e_c + b s h_c   in the image columns cols_v (others 0)
-    clean content word = a e_c + b s h_c  in the text columns cols_t (others 0)
+    latent of a concept token / content word = a e_c + b s h_c    (background: N(0, I_k))
+    clean image token  = that latent, column j carrying latent dimension src_v[j]
+    clean content word = that latent, column j carrying latent dimension src_t[j]
     clean filler word  = F_word
-    token = gain_sample * (clean + offset_sample + r_token * u_sample + o_token) + noise
+    token = gain_sample * (clean + offset_sample + r_token u_sample + o_token) + noise
 
 with ``a = sqrt(1 - shape_share)``, ``b = sqrt(shape_share)``, a fresh sign ``s`` per
-token / word, and per sample ``offset`` ~ N(0, scale^2 I) (``colour_scale`` images,
-``syntax_scale`` captions), ``u`` ~ N(0, spread_scale^2 I), ``log gain`` ~
-N(0, gain_scale^2 I) (one gain per column), per token ``r`` ~ N(0, 1) and ``o`` ~
-N(0, token_scale^2) (one scalar for all columns).
+token / word; ``src_v``, ``src_t`` a random permutation of ``arange(D) % k`` per
+modality; per sample the offset ~ N(0, colour_scale^2 I) on every image token and
+N(0, syntax_scale^2 I) on a caption's filler words (the ``offsets`` nuisance, kept),
+``u`` ~ N(0, spread_scale^2 I) and ``log gain`` ~ N(0, gain_scale^2 I) (one gain per
+column); per token ``r`` ~ N(0, 1) and ``o`` ~ N(0, token_scale^2) (one scalar for all
+columns).
 
 - location ``a e_c``: visible to every score, mean pooling included;
 - shape ``b s h_c`` (a zero-mean +- pattern): its token mean is ~0, so mean pooling
   cannot see it while quantile tables can; rewards the distributional score over
   ``ablate.sampling=False``;
-- per-modality column permutations (``cols_v``, ``cols_t``: the k latent dimensions
-  sit in different random columns of each modality): the column correspondence that
-  related-semantics identification (W) looks for exists only up to a permutation; the
-  learnable projections can absorb it, so it rewards no reading by construction (it
-  would reward a learned W over ``w_source=identity`` if the projections were fixed);
+- per-modality column permutations (``src_v``, ``src_t``): each column carries one
+  latent dimension, so columns are semantic units whose cross-modal correspondence
+  exists only up to a permutation, which is what related-semantics identification (W)
+  looks for; the learnable projections can absorb it, so it rewards no reading by
+  construction (it would reward a learned W over ``w_source=identity`` if they were
+  fixed);
 - ``offset_sample``: cancelled by per-column centring, as in ``offsets`` (rewards
   ``centred``);
 - ``gain_sample`` (per sample, per column): not removed by ``centred``,
-  ``level_centred``, ``w2`` or mean pooling, nor by ``cosine`` (which removes one gain
-  shared by every column); removed by ``table_scale=True`` (each centred column divided
-  by its spread); rewards ``table_scale``;
-- ``r_token * u_sample`` (a per-sample direction each token takes with its own zero-mean
+  ``level_centred``, ``w2`` or mean pooling, nor by ``cosine`` (which removes only one
+  gain shared by every column); removed by ``table_scale=True`` (each centred column
+  divided by its spread); rewards ``table_scale``;
+- ``r_token u_sample`` (a per-sample direction each token takes with its own zero-mean
   coefficient): averages out in mean pooling and changes the shape of every column;
   rewards mean pooling over every table comparison;
-- ``o_token`` (a per-token scalar on all columns): removed by no comparison, attenuated
-  by pooling over tokens; rewards mean pooling mildly;
-- ``noise``: N(0, noise^2 I) per token and column.
+- ``o_token`` (a per-token scalar on all columns, varying within a sample): removed by
+  no comparison, attenuated by pooling over tokens; rewards mean pooling mildly;
+- ``noise``: N(0, noise^2 I) per token and column, as in ``offsets``.
 
-The scales (0.5 each, gain 0.3, shape share 0.5) were fixed before any run and not
-tuned on results.
+The scales (shape share 0.3, spread 0.3, token 0.3, gain 0.2) were set before the
+evidence table was measured. A first choice (0.5 each, gain 0.3, the caption offset
+on every word, half of the columns empty) left every reading at chance on the demo
+budget, mean pooling and the paper's reading alike (test rSum about 5-7 of 600), so
+this generator could rank nothing; the scales were lowered and the caption offset kept
+on the fillers (as in ``offsets``) once, checked only for learnability (mean pooling
+and the paper's reading, one seed), never against the other readings.
 
 Determinism: the same arguments give byte-identical files. Each split draws from its own
 streams ``(seed, crc32(split))``, so adding a split does not change the others.

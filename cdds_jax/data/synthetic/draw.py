@@ -7,9 +7,10 @@ which of them each caption mentions, in which words) and differ in the feature v
 * ``offsets``: ``image token = A_v^T e_c + colour_image + noise``, ``content word =
   A_t^T e_c + noise``, ``filler = F_w + syntax_caption + noise``, with dense random
   ``A_v``, ``A_t``.
-* ``mixed``: concepts carried by location and by a zero-mean shape, placed in
-  per-modality permuted columns, under five nuisances (per-sample offset, per-sample
-  per-column gain, per-sample spread direction, per-token offset, noise).
+* ``mixed``: concepts carried by location and by a zero-mean shape, their latent
+  dimensions placed in per-modality permuted columns, under the ``offsets`` nuisances
+  plus three more (per-sample per-column gain, per-sample spread direction taken by
+  each token with its own coefficient, per-token offset).
 
 Determinism: a split draws from streams keyed by ``(seed, crc32(split))``, so adding a
 split does not change the others; ``offsets`` keeps the draw order of the first
@@ -37,8 +38,10 @@ class World(NamedTuple):
       a_v, a_t: ``offsets``: ``[k, D]`` dense maps (N(0, 1/k)); ``mixed``: None.
       fillers: ``[n_fill, D_t]`` filler-word features ~ N(0, 1).
       shapes: ``mixed``: ``[C, k]`` concept shapes ``h_c`` ~ N(0, 1); else None.
-      cols_v, cols_t: ``mixed``: ``[k]`` distinct columns of each modality that
-        carry the k latent dimensions (a random permutation per modality); else None.
+      src_v, src_t: ``mixed``: ``[D]`` the latent dimension each column of the
+        modality carries (a random permutation of ``arange(D) % k`` per modality, so
+        every latent dimension sits in D / k columns, different ones per modality);
+        else None.
     """
 
     concepts: np.ndarray
@@ -46,8 +49,8 @@ class World(NamedTuple):
     a_t: np.ndarray | None
     fillers: np.ndarray
     shapes: np.ndarray | None = None
-    cols_v: np.ndarray | None = None
-    cols_t: np.ndarray | None = None
+    src_v: np.ndarray | None = None
+    src_t: np.ndarray | None = None
 
 
 def draw_world(seed: int, spec: SyntheticSpec, text_dim: int) -> World:
@@ -68,8 +71,8 @@ def draw_world(seed: int, spec: SyntheticSpec, text_dim: int) -> World:
         a_t=None,
         fillers=extra.standard_normal((len(FILLER_WORDS), text_dim)),
         shapes=extra.standard_normal((spec.num_concepts, k)),
-        cols_v=extra.permutation(dv)[:k],
-        cols_t=extra.permutation(text_dim)[:k],
+        src_v=extra.permutation(np.arange(dv) % k),
+        src_t=extra.permutation(np.arange(text_dim) % k),
     )
 
 
@@ -192,11 +195,12 @@ def _nuisances(
     rng: np.random.Generator,
     clean: np.ndarray,
     valid: np.ndarray,
+    offset_on: np.ndarray,
     spec: SyntheticSpec,
     offset_scale: float,
 ) -> np.ndarray:
     """``mixed``: the nuisances on ``clean`` ``[N, T, D]`` (``valid`` ``[N, T]``):
-    ``gain * (clean + offset + r spread + token_offset) + noise``."""
+    ``gain * (clean + offset [on offset_on tokens] + r u + o) + noise``."""
     n, t, d = clean.shape
     offset = offset_scale * rng.standard_normal((n, 1, d))
     direction = spec.spread_scale * rng.standard_normal((n, 1, d))
@@ -204,7 +208,8 @@ def _nuisances(
     token = spec.token_scale * rng.standard_normal((n, t, 1))
     gain = np.exp(spec.gain_scale * rng.standard_normal((n, 1, d)))
     noise = spec.noise * rng.standard_normal((n, t, d))
-    out = gain * (clean + offset + coeff * direction + token) + noise
+    shifted = clean + np.where(offset_on[..., None], offset, 0.0)
+    out = gain * (shifted + coeff * direction + token) + noise
     return np.where(valid[..., None], out, 0.0)
 
 
@@ -213,7 +218,7 @@ def _mixed_split(
 ) -> tuple[Structure, np.ndarray, np.ndarray]:
     """The ``mixed`` values: structure and values from separate streams."""
     assert world.shapes is not None
-    assert world.cols_v is not None and world.cols_t is not None
+    assert world.src_v is not None and world.src_t is not None
     rng = np.random.default_rng([seed, 3, split_key])
     values = np.random.default_rng([seed, 4, split_key])
     own, slots = _image_slots(rng, n_img, spec)
@@ -231,22 +236,20 @@ def _mixed_split(
     latent = concept_values(np.take_along_axis(own, np.maximum(slots, 0), axis=1))
     background = values.standard_normal((n_img, p, k))
     latent = np.where((slots < 0)[..., None], background, latent)
-    clean = np.zeros((n_img, p, spec.image_dim))
-    clean[:, :, world.cols_v] = latent
+    everywhere = np.ones((n_img, p), bool)
     images = _nuisances(
-        values, clean, np.ones((n_img, p), bool), spec, spec.colour_scale
-    )
+        values, latent[..., world.src_v], everywhere, everywhere, spec,
+        spec.colour_scale,
+    )  # fmt: skip
 
-    # --- captions: content words in the text's own columns, fillers dense ---------
-    n_cap, text_dim = c2i.size, world.fillers.shape[1]
+    # --- captions: content words in the text's own columns, fillers as they are ---
     valid = np.arange(spec.max_words)[None, :] < lengths[:, None]
     content = (words >= 0) & (words < spec.num_concepts)
-    clean = np.zeros((n_cap, spec.max_words, text_dim))
-    latent = concept_values(np.where(content, words, 0))
-    clean[:, :, world.cols_t] = np.where(content[..., None], latent, 0.0)
+    latent = concept_values(np.where(content, words, 0))[..., world.src_t]
     filler = np.clip(words - spec.num_concepts, 0, len(FILLER_WORDS) - 1)
-    clean = np.where((valid & ~content)[..., None], world.fillers[filler], clean)
-    text = _nuisances(values, clean, valid, spec, spec.syntax_scale)
+    clean = np.where(content[..., None], latent, world.fillers[filler])
+    fillers = valid & ~content
+    text = _nuisances(values, clean, valid, fillers, spec, spec.syntax_scale)
     return Structure(own, slots, c2i, words, lengths), images, text
 
 

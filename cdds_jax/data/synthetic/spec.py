@@ -86,11 +86,10 @@ class SyntheticSpec:
       text_dim: D_t.
       num_concepts: number of latent concepts (pseudo-words).
       concepts_per_image: concepts per image.
-      latent_dim: k, size of the concept embeddings (``mixed``: <= D_v and D_t).
+      latent_dim: k, size of the concept embeddings.
       noise: std of the per-token Gaussian noise (both modalities).
       colour_scale: std of the per-image constant offset (image nuisance).
-      syntax_scale: std of the per-caption constant offset (``offsets``: on the
-        filler words only; ``mixed``: on every word).
+      syntax_scale: std of the per-caption constant offset of the filler words.
       background_prob: probability that an image token is background clutter.
       dtype: "float16" or "float32" for the feature arrays.
       generator: one of ``GENERATORS``.
@@ -117,10 +116,10 @@ class SyntheticSpec:
     background_prob: float = 0.25
     dtype: str = "float16"
     generator: str = "offsets"
-    shape_share: float = 0.5
-    spread_scale: float = 0.5
-    token_scale: float = 0.5
-    gain_scale: float = 0.3
+    shape_share: float = 0.3
+    spread_scale: float = 0.3
+    token_scale: float = 0.3
+    gain_scale: float = 0.2
 
     def __post_init__(self) -> None:
         self.validate()
@@ -175,14 +174,6 @@ class SyntheticSpec:
         if self.generator not in GENERATORS:
             raise ValueError(
                 f"generator: expected one of {GENERATORS}, got {self.generator!r}"
-            )
-        if self.generator == "mixed" and self.latent_dim > min(
-            self.image_dim, self.text_dim
-        ):
-            raise ValueError(
-                f"latent_dim: the 'mixed' generator places the {self.latent_dim} "
-                "latent dimensions in distinct columns, so it needs latent_dim <= "
-                f"image_dim ({self.image_dim}) and text_dim ({self.text_dim})"
             )
 
     def record(self) -> dict[str, Any]:
