@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from cdds_jax import reading
 from cdds_jax.model import CDDSModel
 from xmodal import layers
 from xmodal.backbones.folders import Backbones, merge_pretrained
@@ -68,7 +69,7 @@ def build_model(
         alpha_init=config.semantics.alpha_init,
         log_tau_init=(
             float(np.log(config.semantics.tau))
-            if config.semantics.tau_mode == "learned"
+            if reading.of(config).tau_mode == "learned"
             else None
         ),
         remat=m.remat,

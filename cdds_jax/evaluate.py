@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from cdds_jax import evaluation, retrieval, train
+from cdds_jax import evaluation, reading, retrieval, train
 from cdds_jax.data import inputs
 from xmodal import run
 
@@ -37,6 +37,7 @@ def evaluate(
     split: str | None = None,
 ) -> dict[str, Any]:
     """Evaluates the ``checkpoint`` of ``workdir`` on ``split`` (default: the test split)."""
+    config = reading.fill(config)  # as the run stored it (docs/cdds.md §10.18)
     split_name = split or config.data.test_split
     protocols = (
         tuple(config.data.test_protocols)

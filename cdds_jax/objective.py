@@ -223,8 +223,9 @@ def compute_loss(
 
     ``extra`` holds the S statistics of the state (``init_extra``); ``epoch`` is the
     fractional epoch (step / steps_per_epoch), for the L_s ramp and the hinge switch.
-    Returns ``(loss, aux)``: aux holds the loss parts, the training score statistics
-    and the updated S statistics (``"stats"``, for the state).
+    Returns ``(loss, aux)``: aux holds the loss parts, the training score statistics,
+    the updated S statistics (``"stats"``, for the state) and the ``(W^v, W^t)`` the
+    scores used (``"weights"``; None without sampling).
     """
     options = scores_lib.ScoreOptions.from_config(config)
     img, txt, scalars = model.apply(
@@ -256,4 +257,5 @@ def compute_loss(
         tables=tables,
     )
     parts = {k: v for k, v in obj._asdict().items() if k != "total"}
-    return obj.total, {**parts, **scores_lib.score_statistics(score), "stats": stats}
+    aux = {**parts, **scores_lib.score_statistics(score), "stats": stats}
+    return obj.total, {**aux, "weights": weights}

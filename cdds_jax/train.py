@@ -21,7 +21,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cdds_jax import encoders, kl_statistics, retrieval, semantics
+from cdds_jax import (
+    dataset_statistics,
+    encoders,
+    kl_statistics,
+    reading,
+    retrieval,
+    semantics,
+)
 from cdds_jax import model as model_lib
 from cdds_jax.data import inputs
 from cdds_jax.evaluation import Evaluator
@@ -163,6 +170,7 @@ def train_step(
         steps_per_epoch=steps_per_epoch,
         extra=aux.pop("stats"),
     )
+    del aux["weights"]  # for tests of the W sources; not a metric
     metrics = {
         "loss": loss,
         **aux,
@@ -231,7 +239,13 @@ def train_seed(
     if on_test:
         log("WARNING: eval.select_on_test=True selects on the TEST split (LAPS)")
     c = config.collapse  # the guard watches the training score spread
-    collapse = loop_lib.CollapseGuard("score_std", c.floor, c.patience_steps)
+    collapse = loop_lib.CollapseGuard(
+        "score_std",
+        float(c.floor),
+        int(c.patience_steps),
+        relative_floor=float(c.get("relative_floor", 0.0)),
+        dev_metric="score_std",
+    )
     method = run.Method(
         name="CDDS" if not config.get("seeds") else f"CDDS seed {config.seed}",
         train_source=source,
@@ -258,6 +272,7 @@ def train_seed(
         select_metric="rsum",
         results_fields={
             "method": "CDDS",
+            "reading": reading.record(config),
             "selected_on": "test (LAPS protocol)" if on_test else "dev",
             "test_split": config.data.test_split,
         },
@@ -265,6 +280,10 @@ def train_seed(
         collapse=collapse,
         worker_count=int(config.data.worker_count),
         train_transform=data.train_transform(),
+        # The dataset sources of W recompute S over the training pairs each epoch.
+        on_epoch_start=dataset_statistics.make_refresh(
+            config, model, data.pair_eval_source(data.train), mesh, log=log
+        ),
     )
     return run.train(config, path, method, mesh, results_name=results_name)
 
@@ -286,6 +305,9 @@ def train_and_evaluate(
             "python -m cdds_jax.zeroshot (docs/cdds.md §3.5)"
         )
     workdir = pathlib.Path(workdir)
+    # The reading's values are written into the config, so config.json records what
+    # the run trains with (docs/cdds.md §10.18).
+    config = reading.fill(config)
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_sizes(config, mesh)
     data = load_data(config, workdir, splits=("train", "dev", "test"))
@@ -294,6 +316,7 @@ def train_and_evaluate(
         f"CDDS | {len(jax.devices())} devices, mesh {dict(mesh.shape)} | train "
         f"{data.train.num_images} images / {data.train.num_captions} captions"
     )
+    log(f"CDDS {reading.describe(config)}")
     return run.run_seeds(
         config,
         workdir,

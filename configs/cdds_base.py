@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -77,9 +78,18 @@ def _data(c: ml_collections.ConfigDict) -> None:
     c.data.synthetic.max_words = 12
     c.data.synthetic.num_concepts = 48
     c.data.synthetic.concepts_per_image = 3
+    # kind "features": "offsets" (per-sample constant offsets, the nuisance per-column
+    # centring cancels) | "mixed" (concepts by location and shape, per-modality column
+    # permutations, nuisances no single table comparison removes); what each planted
+    # effect rewards: cdds_jax/data/synthetic/__init__.py, docs/cdds.md §12.6.
+    c.data.synthetic.generator = "offsets"
     c.data.synthetic.noise = 0.5  # token noise (both modalities)
     c.data.synthetic.colour_scale = 0.5  # image-level nuisance offset
-    c.data.synthetic.syntax_scale = 0.5  # caption-level nuisance offset of fillers
+    c.data.synthetic.syntax_scale = 0.5  # caption-level offset ("offsets": fillers)
+    c.data.synthetic.shape_share = 0.3  # "mixed": concept variance carried by shape
+    c.data.synthetic.spread_scale = 0.3  # "mixed": per-sample direction x token coeff
+    c.data.synthetic.token_scale = 0.3  # "mixed": per-token scalar offset
+    c.data.synthetic.gain_scale = 0.2  # "mixed": log per-sample per-column gain
     c.data.synthetic.image_size = 32  # kind "images": JPEG side (px)
     c.data.synthetic.backbone_size = 64  # kind "images": width of the tiny backbones
 
@@ -110,30 +120,31 @@ def _semantics(c: ml_collections.ConfigDict) -> None:
     """The distribution sampling score (``c.semantics``)."""
     # ------------------------------------------------------------- semantics
     c.semantics = ml_collections.ConfigDict()
+    # The reading of the score (cdds_jax/reading.py, docs/cdds.md §10.18): "paper"
+    # (W from each training batch's S; tables compared by cosine; tau fixed) |
+    # "project" (the demo evidence table's choice, synthetic data only). The four
+    # fields below left unset (None) take the reading's value; set, they override it.
+    c.semantics.reading = "paper"
+    # Where S (and so W) comes from in training: "batch" | "ema" | "window" |
+    # "subset" | "precompute" | "identity" (W = I; docs/cdds.md §4.4, §10.3).
+    c.semantics.w_source = config_dict.placeholder(str)
+    # "cosine" | "centred" | "level_centred" | "w2" (docs/cdds.md §10.5).
+    c.semantics.table_compare = config_dict.placeholder(str)
+    c.semantics.table_scale = config_dict.placeholder(bool)  # centred: / spread
+    # "fixed" (tau) | "relative" (tau x each row's std of S) | "learned" (a learnable
+    # log-temperature, initialised at log tau).
+    c.semantics.tau_mode = config_dict.placeholder(str)
     c.semantics.kl = "histogram"  # "histogram" | "gaussian" column KL estimator
     c.semantics.num_bins = 16  # K soft histogram bins
     c.semantics.kl_chunk_size = 16  # pairs per chunk of the histogram KL (memory)
     c.semantics.tau = 1.0  # temperature of p(j|i) = softmax(-S / tau)
-    # "fixed" (tau) | "relative" (tau x each row's std of S) | "learned" (a learnable
-    # log-temperature, initialised at log tau)
-    c.semantics.tau_mode = "fixed"
     c.semantics.alpha_init = 1.0  # soft-threshold alpha (learnable per row)
     c.semantics.num_levels = 32  # G quantile levels
-    c.semantics.ema_momentum = 0.99  # EMA of S (evaluation builds W from it)
-    # Where training builds W from: "batch" (this batch's S, the paper's reading) |
-    # "ema" (the EMA of S, the first step the batch's) | "window" (mean S of the last
-    # window_steps batches, kept in the train state). Default "ema": the score trained
-    # is the one evaluated, and on the demo it gives test rSum 239.5 +- 8.0 against
-    # 130.7 +- 14.7 for "batch" (3 seeds each; docs/cdds.md §10.3).
-    c.semantics.w_source = "ema"
+    # EMA of the batch S ("ema"; evaluation builds W from it for "batch" and "ema").
+    c.semantics.ema_momentum = 0.99
     c.semantics.window_steps = 16  # batches of the "window" source
-    # Table comparison of the score: "cosine" (the paper's reading) | "centred" (each
-    # column minus its mean over the G levels) | "level_centred" (each level minus its
-    # mean over the d columns) | "w2" (minus the squared 1-D W2 distance per column).
-    # Default "centred": on the demo test rSum 334.7 +- 18.2 against 239.5 +- 8.0 for
-    # "cosine" and 280.9 +- 9.1 for mean pooling (3 seeds each; docs/cdds.md §10.5).
-    c.semantics.table_compare = "centred"
-    c.semantics.table_scale = False  # centred comparisons: also divide by the spread
+    # "subset": this fraction of the training pairs, drawn afresh each epoch.
+    c.semantics.subset_fraction = 0.1
 
 
 def _objective(c: ml_collections.ConfigDict) -> None:
@@ -151,13 +162,16 @@ def _objective(c: ml_collections.ConfigDict) -> None:
     c.loss.a_f = 0.5  # L_f weight; L_x gets 1 - a_f
 
     # ---------------------------------------------------------- collapse guard
-    # The training metric score_std (std of the B x B scores) below floor for
-    # patience_steps steps warns once; a dev evaluation whose score matrix has a std
-    # below floor (or whose positives all tie with most candidates) is "degenerate"
-    # and never selected. In score units: a healthy demo spreads ~0.1-0.2 (cosine
-    # scores in [-2, 2]), a collapsed one ~0.002; "w2" scores have their own scale.
+    # The training metric score_std (std of the B x B scores) below max(floor,
+    # relative_floor x its largest value so far in the run) for patience_steps steps
+    # warns once; a dev evaluation whose score std is below that floor (or whose
+    # positives all tie with most candidates) is "degenerate" and never selected.
+    # Relative because a healthy model's spread at initialisation depends on the
+    # sizes (cosine tables: ~1e-3 at paper sizes, ~0.05 on the demo); a collapse
+    # falls to ~1% of the run's peak (docs/cdds.md §10.11).
     c.collapse = ml_collections.ConfigDict()
-    c.collapse.floor = 0.01
+    c.collapse.floor = 1e-6
+    c.collapse.relative_floor = 0.05
     c.collapse.patience_steps = 100
 
     # -------------------------------------------------- ablations (Table 3)
@@ -219,6 +233,9 @@ def _demo_schedule(c: ml_collections.ConfigDict) -> None:
 def demo_overrides(c: ml_collections.ConfigDict, *, tiny: bool = False) -> None:
     """Shrinks ``c`` to the synthetic demo (few minutes on 2 CPU cores)."""
     c.data.synthetic.enabled = True
+    # The demo runs the project's reading (docs/cdds.md §10.18); the paper's reading
+    # is --config.semantics.reading=paper.
+    c.semantics.reading = "project"
     # Dev and test of 1,000 images x 5 captions, as Flickr30K's: with 100 test images
     # i2t R@1 varies by ~4.6 points from run to run, too much to rank variants.
     c.data.synthetic.num_dev = 1000

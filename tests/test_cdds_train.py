@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cdds_jax import evaluation, scores, train
+from cdds_jax.model import CDDSModel
 from xmodal import config as config_lib
 from xmodal import optim, sharding
 
@@ -240,3 +241,72 @@ def test_train_and_evaluate_then_resume_matches_straight_run(tmp_path):
     lines = (parted / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(x)["step"] for x in lines if '"train"' in x]
     assert steps == sorted(steps) and steps[-1] == 30
+
+
+def _paper_size_spread(img, txt, scalars, config) -> np.ndarray:
+    """The B x B score matrix of the paper's reading (batch S, cosine tables)."""
+    from cdds_jax import semantics
+
+    sc = config.semantics
+    s_v, s_t = (
+        semantics.kl_correlation(*args, num_bins=sc.num_bins)
+        for args in (
+            (img["s"], img["mask"], txt["s"], txt["mask"]),
+            (txt["s"], txt["mask"], img["s"], img["mask"]),
+        )
+    )
+    options = scores.ScoreOptions.from_config(config)
+    weights = scores.weights_from_scalars(scalars, s_v, s_t, options)
+    emb = scores.retrieval_embeddings(
+        img["s"], img["mask"], txt["s"], txt["mask"], weights, options=options
+    )
+    return np.asarray(scores.score_gemm(emb.image, emb.caption))
+
+
+def test_collapse_guard_leaves_healthy_paper_size_scores_alone():
+    # Paper sizes (d 512, G 32, 197 image tokens, up to 40 words, 16 bins), the
+    # paper's reading: (a) a model with random weights, (b) i.i.d. tokens as the
+    # semantic components, 40 words each (unrelated tables score ~0.99 there, docs/cdds.md
+    # §10.5).
+    # Their score spreads at the start are the runs' own peaks, so neither the
+    # training guard nor the dev check flags them; (b) is below the absolute floor
+    # (0.01) the guard used to have.
+    from cdds_jax import reading, retrieval
+    from xmodal import loop as loop_lib
+
+    config = reading.fill(config_lib.load_config("configs/flickr.py"))
+    assert reading.of(config).name == "paper" and config.model.dim == 512
+    rng = np.random.default_rng(0)
+    b = 8
+    images = rng.standard_normal((b, 197, 768)).astype(np.float32)
+    text = rng.standard_normal((b, 40, 768)).astype(np.float32)
+    mask = np.arange(40)[None, :] < rng.integers(12, 41, size=(b, 1))
+    model = CDDSModel(dim=512, num_heads=8, num_samples=1, sigma=0.0)
+    params = jax.jit(functools.partial(model.init, train=False))(
+        jax.random.PRNGKey(0), images[:1], text[:1], mask[:1]
+    )
+    img, txt, scalars = jax.jit(functools.partial(model.apply, train=False))(
+        params, images, text, mask
+    )
+    model_scores = _paper_size_spread(img, txt, scalars, config)
+    tokens = {
+        "s": rng.standard_normal((b, 197, 512)).astype(np.float32),
+        "mask": np.ones((b, 197), bool),
+    }
+    words = {
+        "s": rng.standard_normal((b, 40, 512)).astype(np.float32),
+        "mask": np.ones((b, 40), bool),
+    }
+    iid_scores = _paper_size_spread(tokens, words, scalars, config)
+    assert float(np.std(iid_scores)) < 0.01  # the former absolute floor flags it
+    c = config.collapse
+    guard = loop_lib.CollapseGuard(
+        "score_std", c.floor, c.patience_steps, relative_floor=c.relative_floor
+    )
+    for matrix in (model_scores, iid_scores):
+        spread = float(np.std(matrix))
+        assert spread > 0
+        assert spread >= guard.threshold(spread)  # its own peak: not collapsed
+        assert spread < guard.threshold(100 * spread)  # 1% of a peak: collapsed
+        dev = retrieval.degeneracy(matrix, np.arange(b), floor=c.floor)
+        assert dev["degenerate"] == 0.0

@@ -456,6 +456,75 @@ def test_loop_best_on_dev_early_stopping_and_rerun(tmp_path):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def _spread_step(state: TrainState, batch):
+    new, _ = state.apply_gradients({"w": jnp.zeros((3,)), "b": jnp.zeros(())})
+    return new, {"loss": jnp.asarray(1.0), "spread": batch["spread"]}
+
+
+def _collapse_run(tmp_path, spreads, guard, devs=None, hook=None):
+    values = iter(spreads)
+    dev_values = iter(devs or [])
+    seen = []
+    ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
+    result = loop_lib.train_loop(
+        _toy_state(),
+        train_step=jax.jit(_spread_step),
+        next_batch=lambda: {"spread": jnp.asarray(next(values), jnp.float32)},
+        options=loop_lib.LoopOptions(
+            total_steps=len(spreads),
+            steps_per_epoch=5,
+            log_every_steps=1,
+            eval_every_steps=5 if devs else 0,
+            select_metric="s" if devs else None,
+            collapse=guard,
+        ),
+        outputs=loop_lib.LoopOutputs(
+            writer=MetricWriter(tmp_path, tensorboard=False),
+            checkpointer=ckpt,
+            log=seen.append,
+        ),
+        evaluate=(lambda s: {"s": 1.0, "std": next(dev_values)}) if devs else None,
+        on_epoch_start=hook,
+    )
+    ckpt.close()
+    return result, seen
+
+
+def test_collapse_guard_is_relative_to_the_runs_own_peak(tmp_path):
+    guard = loop_lib.CollapseGuard(
+        "spread", 1e-6, patience_steps=3, relative_floor=0.05, dev_metric="std"
+    )
+    # A run whose spread is tiny from the start (paper sizes at initialisation) is
+    # not collapsed: the floor follows its own peak.
+    result, seen = _collapse_run(tmp_path / "a", [1e-3] * 10, guard)
+    assert not result.meta.get("collapse_warned_at") and not seen
+    assert result.meta["collapse_peak"] == pytest.approx(1e-3)
+    # The old absolute floor (0.01) would have flagged that run.
+    absolute = loop_lib.CollapseGuard("spread", 0.01, patience_steps=3)
+    result, seen = _collapse_run(tmp_path / "b", [1e-3] * 10, absolute)
+    assert result.meta["collapse_warned_at"] == 3
+    # A run that grows and then falls to 1% of its peak collapses; a dev evaluation
+    # at that spread is degenerate, one at a healthy spread is not.
+    spreads = [0.05, 0.1, 0.2, 0.2, 0.2, 0.002, 0.002, 0.002, 0.002, 0.002]
+    result, seen = _collapse_run(tmp_path / "c", spreads, guard, devs=[0.15, 0.003])
+    assert result.meta["collapse_warned_at"] == 8
+    assert any("collapsed" in line for line in seen)
+    assert result.meta["degenerate_steps"] == [10]
+    assert result.meta["best_step"] == 5
+
+
+def test_epoch_start_hook_runs_before_each_epoch(tmp_path):
+    calls = []
+
+    def hook(state, epoch):
+        calls.append((int(state.step), epoch))
+        return state
+
+    guard = loop_lib.CollapseGuard("spread", 0.0, patience_steps=100)
+    _collapse_run(tmp_path, [0.1] * 12, guard, hook=hook)
+    assert calls == [(0, 0), (5, 1), (10, 2)]
+
+
 def test_improved_and_progress_line():
     assert loop_lib.improved(1.0, None, "max")
     assert not loop_lib.improved(float("nan"), None, "max")

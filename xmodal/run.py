@@ -104,6 +104,10 @@ class Method(Scoring):
       pad_last_batch: each epoch is one pass with a padded, masked short last batch
         (``pipeline.PadEpochs``; batches carry ``valid``) instead of full batches
         running across epoch boundaries.
+      on_epoch_start: ``(state, epoch) -> state`` before the first step of every
+        epoch (also when a run resumes exactly at an epoch start); it must be a pure
+        function of the state, the epoch and the data, so a resumed run recomputes
+        what a straight run computed (e.g. statistics over the training set).
     """
 
     train_source: pipeline.Source
@@ -121,6 +125,7 @@ class Method(Scoring):
     worker_count: int = 0
     train_transform: pipeline.EpochTransform | None = None
     pad_last_batch: bool = False
+    on_epoch_start: Callable[[TrainState, int], TrainState] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,6 +303,7 @@ def train(
             ),
             evaluate=method.evaluate,
             on_eval=method.on_eval,
+            on_epoch_start=method.on_epoch_start,
             meta=meta,
         )
     except Exception as exc:

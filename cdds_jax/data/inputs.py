@@ -52,6 +52,7 @@ __all__ = [
     "IMAGE_ENCODERS",
     "TEXT_ENCODERS",
     "Data",
+    "EvalPairs",
     "Split",
     "demo_raw",
     "encoder_kinds",
@@ -117,6 +118,16 @@ def text_input(batch: Mapping[str, Any]) -> Any:
     return batch["text"] if "text" in batch else batch["tokens"]
 
 
+def _generator_fields(syn: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The synthetic generator and, for ``mixed``, its nuisance scales (the
+    ``offsets`` store is keyed without them, so its cache predates them)."""
+    generator = str(syn.get("generator", "offsets"))
+    if generator == "offsets":
+        return {}
+    names = ("shape_share", "spread_scale", "token_scale", "gain_scale")
+    return {"generator": generator, **{k: float(syn[k]) for k in names}}
+
+
 def _data_root(
     config: ml_collections.ConfigDict, demo: synthetic_images.DemoRaw | None
 ) -> pathlib.Path:
@@ -144,6 +155,7 @@ def _data_root(
             noise=syn.noise,
             colour_scale=syn.colour_scale,
             syntax_scale=syn.syntax_scale,
+            **_generator_fields(syn),
         )
     root = pathlib.Path(config.data.root).expanduser()
     if not root.exists():
@@ -363,13 +375,35 @@ class Data:
             return Chain(*transforms)
         return transforms[0] if transforms else None
 
+    def pair_eval_source(self, split: Split) -> PairSource | EvalPairs:
+        """The split's matched pairs prepared as for evaluation (no augmentation;
+        image files decoded and resized per item): what the dataset-level S of the
+        ``subset`` / ``precompute`` sources is computed over."""
+        pairs = self.pair_source(split)
+        if isinstance(split, RawSplit):
+            return EvalPairs(pairs, self._spec(split))
+        return pairs
+
     def example(self, split: Split) -> dict[str, np.ndarray]:
         """Item 0 of the split's training source as a batch of one (model init)."""
-        item = dict(self.pair_source(split)[0])
-        if "jpeg" in item:
-            item.pop("path")
-            item["image"] = eval_image(item.pop("jpeg"), self._spec(split))
+        item = self.pair_eval_source(split)[0]
         return {k: np.asarray(v)[None] for k, v in item.items()}
+
+
+class EvalPairs:
+    """Raw training pairs with the evaluation image transform (picklable)."""
+
+    def __init__(self, pairs: RawPairSource, spec: ImageSpec) -> None:
+        self.pairs, self.spec = pairs, spec
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = dict(self.pairs[i])
+        path = str(item.pop("path", ""))
+        item["image"] = eval_image(item.pop("jpeg"), self.spec, path)
+        return item
 
 
 def load_data(
