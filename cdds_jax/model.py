@@ -35,6 +35,7 @@ __all__ = [
     "CDDSModel",
     "Decoupler",
     "TextGRU",
+    "TokenEncoders",
     "model_rngs",
     "normalise_pixels",
 ]
@@ -161,17 +162,17 @@ class TextGRU(nn.Module):
         return out * mask[..., None].astype(out.dtype)
 
 
-class CDDSModel(nn.Module):
-    """Encoders and projections, one decoupler per modality, learned CDDS scalars.
+class TokenEncoders(nn.Module):
+    """The encoders of docs/cdds.md §3.1 / §3.4: images and captions to ``d``-wide
+    tokens (backbones, projections, the BiGRU), without a decoupler.
 
-    Parameters outside the encoders: ``alpha_v``, ``alpha_t`` ``[d]`` (soft-threshold
-    rows, init ``alpha_init``), ``w_s``, ``w_m`` (reconstruction weights, init 1) and,
-    with ``log_tau_init`` set (``semantics.tau_mode="learned"``), the scalar ``log_tau``.
-    Backbone parameters live under ``image_backbone/`` and ``text_backbone/`` (the
-    names the 0.1x learning-rate group matches).
+    The base of :class:`CDDSModel` (which adds the decoupler and the CDDS scalars) and
+    of the retrieval-head models (``cdds_jax.head_model``: the Table 4 heads score
+    these tokens). ``encode_image`` / ``encode_text`` return ``{"x", "s", "m",
+    "mask"}``; here ``s = x`` (no decoupling) and ``m = 0``.
 
     Attributes:
-      dim: d. num_heads, mlp_ratio: decoupler blocks.
+      dim: d.
       image_encoder: ``features`` (Dense on stored features) or the backbone kind
         (``vit``, ``swin``, ``clip``) of ``image_backbone``.
       text_encoder: ``features`` (Dense on stored features; ``precomputed`` is read as
@@ -183,15 +184,9 @@ class CDDSModel(nn.Module):
       backbone_dropout: the backbones' own dropout (their checkpoint's rates) in
         training, as LAPS fine-tunes them in train mode (rng stream ``dropout``).
       vocab_size, word_dim: for ``bigru``.
-      decouple: False = ablation "w/o Dec." (x^s = x, no UNet, no x^m).
-      num_samples, sigma: decoupler noise (z, sigma).
-      log_tau_init: initial learnable log-temperature of the soft threshold; None =
-        no such parameter (the temperature is not learned).
     """
 
     dim: int = 512
-    num_heads: int = 8
-    mlp_ratio: int = 4
     image_encoder: str = "features"
     text_encoder: str = "features"
     image_backbone: nn.Module | None = None
@@ -201,15 +196,13 @@ class CDDSModel(nn.Module):
     backbone_dropout: bool = False
     vocab_size: int = 0
     word_dim: int = 300
-    decouple: bool = True
-    num_samples: int = 4
-    sigma: float = 0.1
-    alpha_init: float = 1.0
-    log_tau_init: float | None = None
     remat: bool = False
     dtype: Any = jnp.float32
 
     def setup(self) -> None:
+        self._setup_encoders()
+
+    def _setup_encoders(self) -> None:
         if (self.image_encoder == "features") != (self.image_backbone is None):
             raise ValueError(
                 f"model.image_encoder={self.image_encoder!r} needs "
@@ -235,6 +228,74 @@ class CDDSModel(nn.Module):
                 f"model.text_encoder: unknown {self.text_encoder!r} "
                 f"(known: features, bigru, {', '.join(backbones)})"
             )
+
+    def _components(
+        self, side: str, x: Array, mask: Array, train: bool
+    ) -> dict[str, Array]:
+        """The token dict of one side (``side``: ``image`` / ``text``): no decoupler."""
+        del side, train
+        return {"x": x, "s": x, "m": jnp.zeros_like(x), "mask": mask}
+
+    def _dropout(self, train: bool) -> bool:
+        """``deterministic`` for the backbones."""
+        return not (train and self.backbone_dropout)
+
+    def encode_image(self, images: Array, *, train: bool) -> dict[str, Array]:
+        """``images [B, P, D_v]`` features or ``[B, S, S, 3]`` pixels (0-255) -> dict
+        of ``x``, ``s``, ``m`` ``[B, P, d]``, ``mask``."""
+        if self.image_backbone is not None:
+            pixels = normalise_pixels(images, self.pixel_mean, self.pixel_std)
+            images = self.image_backbone(
+                pixels.astype(self.dtype), deterministic=self._dropout(train)
+            )
+        x = self.image_proj(images.astype(self.dtype))
+        mask = jnp.ones(x.shape[:2], bool)
+        return self._components("image", x, mask, train)
+
+    def encode_text(self, text: Array, mask: Array, *, train: bool) -> dict[str, Array]:
+        """Features ``[B, L, D_t]`` or ids ``[B, L]`` + ``mask [B, L]`` -> token dict."""
+        mask = mask.astype(bool)
+        if self.text_encoder == "bigru":
+            x = self.text_gru(text, mask)
+        else:
+            if self.text_backbone is not None:
+                text = self.text_backbone(
+                    text.astype(jnp.int32),
+                    mask.astype(jnp.int32),
+                    deterministic=self._dropout(train),
+                )
+            x = self.text_proj(text.astype(self.dtype))
+        x = x * mask[..., None].astype(x.dtype)
+        return self._components("text", x, mask, train)
+
+
+class CDDSModel(TokenEncoders):
+    """Encoders and projections, one decoupler per modality, learned CDDS scalars.
+
+    Parameters outside the encoders: ``alpha_v``, ``alpha_t`` ``[d]`` (soft-threshold
+    rows, init ``alpha_init``), ``w_s``, ``w_m`` (reconstruction weights, init 1) and,
+    with ``log_tau_init`` set (``semantics.tau_mode="learned"``), the scalar ``log_tau``.
+    Backbone parameters live under ``image_backbone/`` and ``text_backbone/`` (the
+    names the 0.1x learning-rate group matches).
+
+    Attributes (besides those of :class:`TokenEncoders`):
+      num_heads, mlp_ratio: decoupler blocks.
+      decouple: False = ablation "w/o Dec." (x^s = x, no UNet, no x^m).
+      num_samples, sigma: decoupler noise (z, sigma).
+      log_tau_init: initial learnable log-temperature of the soft threshold; None =
+        no such parameter (the temperature is not learned).
+    """
+
+    num_heads: int = 8
+    mlp_ratio: int = 4
+    decouple: bool = True
+    num_samples: int = 4
+    sigma: float = 0.1
+    alpha_init: float = 1.0
+    log_tau_init: float | None = None
+
+    def setup(self) -> None:
+        self._setup_encoders()
         if self.decouple:
             kwargs = dict(
                 dim=self.dim,
@@ -256,49 +317,14 @@ class CDDSModel(nn.Module):
             tau0 = nn.initializers.constant(self.log_tau_init)
             self.log_tau = self.param("log_tau", tau0, (), jnp.float32)
 
-    def _decouple(
-        self, decoupler: Any, x: Array, mask: Array, train: bool
+    def _components(
+        self, side: str, x: Array, mask: Array, train: bool
     ) -> dict[str, Array]:
         if not self.decouple:
-            return {"x": x, "s": x, "m": jnp.zeros_like(x), "mask": mask}
+            return super()._components(side, x, mask, train)
+        decoupler = self.image_decoupler if side == "image" else self.text_decoupler
         s, m = decoupler(x, mask, train=train)
         return {"x": x, "s": s, "m": m, "mask": mask}
-
-    def _dropout(self, train: bool) -> bool:
-        """``deterministic`` for the backbones."""
-        return not (train and self.backbone_dropout)
-
-    def encode_image(self, images: Array, *, train: bool) -> dict[str, Array]:
-        """``images [B, P, D_v]`` features or ``[B, S, S, 3]`` pixels (0-255) -> dict
-        of ``x``, ``s``, ``m`` ``[B, P, d]``, ``mask``."""
-        if self.image_backbone is not None:
-            pixels = normalise_pixels(images, self.pixel_mean, self.pixel_std)
-            images = self.image_backbone(
-                pixels.astype(self.dtype), deterministic=self._dropout(train)
-            )
-        x = self.image_proj(images.astype(self.dtype))
-        mask = jnp.ones(x.shape[:2], bool)
-        return self._decouple(
-            self.image_decoupler if self.decouple else None, x, mask, train
-        )
-
-    def encode_text(self, text: Array, mask: Array, *, train: bool) -> dict[str, Array]:
-        """Features ``[B, L, D_t]`` or ids ``[B, L]`` + ``mask [B, L]`` -> token dict."""
-        mask = mask.astype(bool)
-        if self.text_encoder == "bigru":
-            x = self.text_gru(text, mask)
-        else:
-            if self.text_backbone is not None:
-                text = self.text_backbone(
-                    text.astype(jnp.int32),
-                    mask.astype(jnp.int32),
-                    deterministic=self._dropout(train),
-                )
-            x = self.text_proj(text.astype(self.dtype))
-        x = x * mask[..., None].astype(x.dtype)
-        return self._decouple(
-            self.text_decoupler if self.decouple else None, x, mask, train
-        )
 
     def scalars(self) -> dict[str, Array]:
         """The learned CDDS scalars: ``alpha_v``, ``alpha_t`` ``[d]``, ``w_s``, ``w_m``
