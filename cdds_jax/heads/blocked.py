@@ -12,7 +12,10 @@ block are copied to the host while the next one is computed, as the authors'
 ``shard_xattn`` / ``shard_attn_scores`` loops do block by block.
 
 `evaluate_head` feeds the blocks to the same rank counting and protocols as the
-embedding heads (``cdds_jax.retrieval.evaluate_score_protocols``).
+embedding heads (``cdds_jax.retrieval.evaluate_score_protocols``). With the
+distribution-sampling plug-in (docs/cdds.md §15.7) each block also adds ``lambda``
+times the GEMM of its rows' plug-in embeddings, so the evaluated score is the trained
+``s_head + lambda * s_DS``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 
 from cdds_jax import retrieval
 from cdds_jax.score_matrix import is_floating, positive_int
+from cdds_jax.scores import score_gemm
 
 __all__ = ["block_kernel", "block_memory_bytes", "evaluate_head", "head_score_matrix"]
 
@@ -38,10 +42,17 @@ def _apply_block(
     img_mask: jax.Array,
     cap: jax.Array,
     cap_mask: jax.Array,
+    image_emb: jax.Array | None = None,
+    caption_emb: jax.Array | None = None,
+    weight: jax.typing.ArrayLike = 0.0,
 ) -> jax.Array:
-    """One block's ``[Bi, Bt]`` float32 scores, in evaluation mode."""
+    """One block's ``[Bi, Bt]`` float32 scores, in evaluation mode; with embeddings,
+    ``+ weight * image_emb @ caption_emb.T`` (the plug-in's s_DS, docs/cdds.md §15.7)."""
     out = head.apply(variables, img, img_mask, cap, cap_mask, train=False)
-    return out.astype(jnp.float32)
+    out = out.astype(jnp.float32)
+    if image_emb is not None and caption_emb is not None:
+        out = out + weight * score_gemm(image_emb, caption_emb)
+    return out
 
 
 #: The jitted block kernel: one compile per (head configuration, block shapes), the
@@ -64,6 +75,28 @@ def _host_tokens(name: str, x: Any, mask: Any) -> tuple[np.ndarray, np.ndarray]:
     return arr, m
 
 
+def _host_embeddings(
+    image_emb: Any, caption_emb: Any, n_img: int, n_cap: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Both embeddings as host arrays with one row per item, or ``(None, None)``."""
+    if (image_emb is None) != (caption_emb is None):
+        raise ValueError("pass both `image_emb` and `caption_emb`, or neither")
+    if image_emb is None:
+        return None, None
+    ie, ce = np.asarray(image_emb), np.asarray(caption_emb)
+    if ie.ndim != 2 or ce.ndim != 2 or ie.shape[1] != ce.shape[1]:
+        raise ValueError(
+            f"`image_emb` and `caption_emb` must be [n, E] with one E; got {ie.shape} "
+            f"and {ce.shape}."
+        )
+    if ie.shape[0] != n_img or ce.shape[0] != n_cap:
+        raise ValueError(
+            f"the embeddings {ie.shape} / {ce.shape} must have one row per image "
+            f"({n_img}) / caption ({n_cap})."
+        )
+    return ie, ce
+
+
 def _padded(x: np.ndarray, start: int, size: int) -> np.ndarray:
     """Rows ``x[start:start + size]``, zero-padded (mask False) to ``size`` rows."""
     rows = np.asarray(x[start : start + size])
@@ -84,6 +117,9 @@ def head_score_matrix(
     *,
     image_block: int = 64,
     caption_block: int = 128,
+    image_emb: Any = None,
+    caption_emb: Any = None,
+    weight: float = 0.0,
 ) -> np.ndarray:
     """Scores of every image-caption pair of a split, block by block.
 
@@ -96,12 +132,18 @@ def head_score_matrix(
       image_block, caption_block: rows of each side per block (keyword-only). The
         device memory of the per-pair work is that of one block (`block_memory_bytes`);
         one kernel is compiled for any split size.
+      image_emb, caption_emb: optional ``[n_img, E]`` / ``[n_cap, E]`` per-item
+        embeddings (the distribution-sampling plug-in's, ``cdds_jax.plugin``): each
+        block's scores get ``weight * image_emb @ caption_emb.T`` of its rows added
+        (the score the plug-in trains, docs/cdds.md §15.7).
+      weight: lambda of the embeddings' scores.
 
     Returns:
       ``[n_img, n_cap]`` float32 NumPy array.
     """
     imgs, im = _host_tokens("images", images, image_mask)
     caps, cm = _host_tokens("captions", captions, caption_mask)
+    ie, ce = _host_embeddings(image_emb, caption_emb, imgs.shape[0], caps.shape[0])
     if imgs.shape[2] != caps.shape[2]:
         raise ValueError(
             f"images {imgs.shape} and captions {caps.shape} must share the width d."
@@ -109,13 +151,17 @@ def head_score_matrix(
     bi = positive_int("image_block", image_block)
     bt = positive_int("caption_block", caption_block)
     n_img, n_cap = imgs.shape[0], caps.shape[0]
+    w = np.float32(weight)
     out = np.empty((n_img, n_cap), np.float32)
     if n_img == 0 or n_cap == 0:
         return out
 
     image_starts = range(0, n_img, bi)
     image_blocks = [
-        (jax.device_put(_padded(imgs, s, bi)), jax.device_put(_padded(im, s, bi)))
+        tuple(
+            None if x is None else jax.device_put(_padded(x, s, bi))
+            for x in (imgs, im, ie)
+        )
         for s in image_starts
     ]
 
@@ -129,9 +175,12 @@ def head_score_matrix(
     for start in range(0, n_cap, bt):
         cap_block = jax.device_put(_padded(caps, start, bt))
         mask_block = jax.device_put(_padded(cm, start, bt))
+        emb_block = None if ce is None else jax.device_put(_padded(ce, start, bt))
         results = [
-            block_kernel(head, variables, img, mask, cap_block, mask_block)
-            for img, mask in image_blocks
+            block_kernel(
+                head, variables, img, mask, cap_block, mask_block, emb, emb_block, w
+            )
+            for img, mask, emb in image_blocks
         ]
         if pending is not None:  # fetch the previous block while this one computes
             write(*pending)
@@ -183,6 +232,9 @@ def evaluate_head(
     image_block: int = 64,
     caption_block: int = 128,
     collapse_floor: float | None = None,
+    image_emb: Any = None,
+    caption_emb: Any = None,
+    weight: float = 0.0,
 ) -> dict[str, dict[str, float]]:
     """Retrieval metrics of a head's scores under the named protocols.
 
@@ -197,12 +249,15 @@ def evaluate_head(
       protocols: names from ``retrieval.PROTOCOLS``.
       image_block, caption_block: block sizes.
       collapse_floor: as in ``retrieval.evaluate_protocols``.
+      image_emb, caption_emb, weight: the plug-in's embeddings and lambda, as in
+        `head_score_matrix` (the scores are ``s_head + weight * s_DS``).
 
     Returns:
       ``{protocol: metrics}`` as ``retrieval.evaluate_protocols`` returns them.
     """
     imgs, im = _host_tokens("images", images, image_mask)
     caps, cm = _host_tokens("captions", captions, caption_mask)
+    ie, ce = _host_embeddings(image_emb, caption_emb, imgs.shape[0], caps.shape[0])
 
     def scores(rows: slice, cols: slice | np.ndarray) -> np.ndarray:
         return head_score_matrix(
@@ -214,6 +269,9 @@ def evaluate_head(
             cm[cols],
             image_block=image_block,
             caption_block=caption_block,
+            image_emb=None if ie is None else ie[rows],
+            caption_emb=None if ce is None else ce[cols],
+            weight=weight,
         )
 
     return retrieval.evaluate_score_protocols(
