@@ -26,8 +26,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cdds_jax import kl_statistics, reading
+from cdds_jax import head_model, kl_statistics, plugin, reading
 from cdds_jax.arrays import as_mask
+from cdds_jax.head_model import HeadModel
 from cdds_jax.model import CDDSModel
 from xmodal import pipeline, sharding
 from xmodal.state import TrainState
@@ -70,13 +71,14 @@ def pair_sums(
     params: Any,
     batch: Mapping[str, jax.Array],
     *,
-    model: CDDSModel,
+    model: CDDSModel | HeadModel,
     config: ml_collections.ConfigDict,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(sum_a S^v_a, sum_a S^t_a, pairs)`` over the valid pairs of one batch.
 
     The model runs in evaluation mode (no bottleneck noise, no dropout): S describes
-    the semantic components the scores compare. ``batch`` holds ``image``, the text
+    the semantic components the scores compare (a head model's tokens, which its
+    plug-in samples, docs/cdds.md §15.7). ``batch`` holds ``image``, the text
     (``text`` features or ``tokens`` ids), ``text_mask`` and ``valid`` ``[B]``
     (padding rows are False).
     """
@@ -138,7 +140,7 @@ def correlation_over(
 
 def make_refresh(
     config: ml_collections.ConfigDict,
-    model: CDDSModel,
+    model: CDDSModel | HeadModel,
     pairs: pipeline.Source,
     mesh: jax.sharding.Mesh,
     *,
@@ -148,11 +150,16 @@ def make_refresh(
 
     ``pairs`` are the training pairs prepared as for evaluation (no augmentation);
     ``subset`` reads ``semantics.subset_fraction`` of them per epoch, ``precompute``
-    all. The hook returns the state with refreshed statistics.
+    all. The hook returns the state with refreshed statistics (CDDS's ``extra``, or a
+    head model's ``extra[plugin.STATS_KEY]``).
     """
     source = reading.of(config).w_source
-    if source not in kl_statistics.DATASET_SOURCES or not config.ablate.sampling:
+    if source not in kl_statistics.DATASET_SOURCES:
         return None
+    if not head_model.uses_sampling(config):
+        return None
+    # CDDS keeps its statistics as the state's extra, a head's plug-in under a key.
+    key = plugin.STATS_KEY if head_model.is_head(config) else None
     sums_fn = jax.jit(functools.partial(pair_sums, model=model, config=config))
 
     def hook(state: TrainState, epoch: int) -> TrainState:
@@ -182,7 +189,10 @@ def make_refresh(
         )
         # The statistics keep the shardings the jitted train step was built with.
         shardings = jax.tree_util.tree_map(lambda x: x.sharding, state.extra)
-        new = kl_statistics.refresh_statistics(state.extra, s_v, s_t)
+        stats = state.extra if key is None else state.extra[key]
+        new = kl_statistics.refresh_statistics(stats, s_v, s_t)
+        if key is not None:
+            new = {**state.extra, key: new}
         return state.replace(extra=jax.device_put(new, shardings))
 
     return hook

@@ -9,7 +9,8 @@ the backbone registry (``vit`` | ``swin`` | ``clip``, :mod:`xmodal.backbones.reg
 backbone modules once per run (``Data.backbones``); this module takes them: the model
 (:func:`build_model`: the backbones' pixel normalisation, the ablation switches) and
 the weights that enter the train state when it is created (:func:`pretrained_params`),
-checkpointed with it from then on.
+checkpointed with it from then on. With ``model.head`` set to a Table 4 head the same
+encoders feed that head (``cdds_jax.head_model``, docs/cdds.md §15.7).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cdds_jax import reading
+from cdds_jax import head_model, plugin, reading
+from cdds_jax.head_model import HeadModel
 from cdds_jax.model import CDDSModel
 from xmodal import layers
 from xmodal.backbones.folders import Backbones, merge_pretrained
@@ -43,17 +45,16 @@ def pretrained_params(backbones: Backbones) -> dict[str, Any]:
 
 def build_model(
     config: ml_collections.ConfigDict, backbones: Backbones, vocab_size: int = 0
-) -> CDDSModel:
-    """The CDDS model of ``config`` with the ``backbones`` its data resolved
-    (``Data.backbones``; ablation switches applied, docs/cdds.md §3.4)."""
+) -> CDDSModel | HeadModel:
+    """The model of ``config`` with the ``backbones`` its data resolved
+    (``Data.backbones``): CDDS (ablation switches applied, docs/cdds.md §3.4), or for
+    ``model.head`` one of the Table 4 heads on the same encoders, with the
+    distribution-sampling plug-in when ``plugin.enabled`` (docs/cdds.md §15.7)."""
     m = config.model
-    sigma = m.sigma if config.ablate.noise else 0.0
     layers.warn_if_remat_ineffective(m.remat)
     mean, std = backbones.pixel_mean_std
-    return CDDSModel(
+    encoders = dict(
         dim=m.dim,
-        num_heads=m.num_heads,
-        mlp_ratio=m.mlp_ratio,
         image_encoder=backbones.image_kind,
         text_encoder=backbones.text_kind,
         image_backbone=None if backbones.image is None else backbones.image.module,
@@ -63,6 +64,20 @@ def build_model(
         backbone_dropout=bool(m.backbone_dropout),
         vocab_size=vocab_size,
         word_dim=m.word_dim,
+        remat=m.remat,
+        dtype=jnp.dtype(m.dtype),
+    )
+    if head_model.is_head(config):
+        return HeadModel(
+            **encoders,
+            head=head_model.build_head(config, backbones.image_kind),
+            plugin=plugin.from_config(config),
+        )
+    sigma = m.sigma if config.ablate.noise else 0.0
+    return CDDSModel(
+        **encoders,
+        num_heads=m.num_heads,
+        mlp_ratio=m.mlp_ratio,
         decouple=config.ablate.decouple,
         num_samples=m.num_samples if sigma > 0 else 1,
         sigma=sigma,
@@ -72,6 +87,4 @@ def build_model(
             if reading.of(config).tau_mode == "learned"
             else None
         ),
-        remat=m.remat,
-        dtype=jnp.dtype(m.dtype),
     )

@@ -6,6 +6,12 @@ r"""CDDS training driver.
 Flat, in sections: data -> model & state -> loss & step -> the run (the harness,
 xmodal/run.py, resumes from ``workdir/checkpoints`` else starts from scratch; the
 evaluator is cdds_jax/evaluation.py).
+
+``--config.model.head=vse|scan|sgr|chan|laps`` trains that Table 4 head on the same
+encoders instead of CDDS, and ``--config.plugin.enabled=True`` adds the
+distribution-sampling plug-in to it (docs/cdds.md §15.7): the model, its initial state,
+the loss and the evaluation are the head's (cdds_jax/head_model.py,
+cdds_jax/head_objective.py); the step, the data and the run are shared.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import numpy as np
 from cdds_jax import (
     dataset_statistics,
     encoders,
+    head_model,
+    head_objective,
     kl_statistics,
     reading,
     retrieval,
@@ -32,6 +40,7 @@ from cdds_jax import (
 from cdds_jax import model as model_lib
 from cdds_jax.data import inputs
 from cdds_jax.evaluation import Evaluator
+from cdds_jax.head_model import HeadModel
 from cdds_jax.model import CDDSModel
 from cdds_jax.objective import compute_loss
 from xmodal import loop as loop_lib
@@ -49,6 +58,7 @@ __all__ = [
     "create_train_state",
     "jit_train_step",
     "load_data",
+    "loss_fn",
     "make_init",
     "model_rngs",
     "save_vocab",
@@ -82,7 +92,7 @@ build_model, model_rngs = encoders.build_model, model_lib.model_rngs
 
 def make_init(
     config: ml_collections.ConfigDict,
-    model: CDDSModel,
+    model: CDDSModel | HeadModel,
     example: Mapping[str, np.ndarray],
     *,
     steps_per_epoch: int,
@@ -94,33 +104,30 @@ def make_init(
     text = jnp.zeros((1, *text.shape[1:]), text.dtype)
     text_mask = jnp.ones((1, example["text_mask"].shape[1]), bool)
 
+    heads = head_model.is_head(config)
+
     def init(weights: Mapping[str, Any] | None = None) -> TrainState:
         rng = jax.random.PRNGKey(config.seed)
         params_rng, noise_rng, state_rng = jax.random.split(rng, 3)
-        variables = model.init(
-            {"params": params_rng, **model_rngs(noise_rng)},
-            images,
-            text,
-            text_mask,
-            train=True,
-        )
+        rngs = {"params": params_rng, **model_rngs(noise_rng)}
+        if heads:  # a Table 4 head (+ the plug-in): every variable, eval mode
+            variables = model.init(rngs, images, text, text_mask, method="initialize")
+            extra = head_objective.init_extra(config, variables)
+        else:
+            variables = model.init(rngs, images, text, text_mask, train=True)
+            extra = kl_statistics.init_from_config(config)
         params = variables["params"]
         if weights:
             params = encoders.merge_pretrained(params, dict(weights))
         tx = optim.make_optimizer(config.optim, params, steps_per_epoch=steps_per_epoch)
-        return TrainState.create(
-            params=params,
-            tx=tx,
-            rng=state_rng,
-            extra=kl_statistics.init_from_config(config),
-        )
+        return TrainState.create(params=params, tx=tx, rng=state_rng, extra=extra)
 
     return init
 
 
 def create_train_state(
     config: ml_collections.ConfigDict,
-    model: CDDSModel,
+    model: CDDSModel | HeadModel,
     example: Mapping[str, np.ndarray],
     mesh: jax.sharding.Mesh,
     *,
@@ -142,14 +149,33 @@ def create_train_state(
 
 
 # The loss of a global batch (the model applied, the S statistics, the scores and the
-# objective's terms): cdds_jax/objective.py.
+# objective's terms): cdds_jax/objective.py; for a Table 4 head (+ the plug-in):
+# cdds_jax/head_objective.py.
+
+
+def loss_fn(config: ml_collections.ConfigDict) -> Callable[..., Any]:
+    """The run's ``compute_loss``: CDDS's, or the Table 4 head's (``model.head``)."""
+    return head_objective.compute_loss if head_model.is_head(config) else compute_loss
+
+
+def _scalar_metrics(params: Mapping[str, Any]) -> dict[str, jax.Array]:
+    """The learned scalars worth logging: alpha (CDDS's or the plug-in's), w_s, w_m,
+    the learned temperature."""
+    ds = params if "alpha_v" in params else params.get("plugin", {})
+    out = {}
+    if "alpha_v" in ds:
+        out["alpha_v"] = jnp.mean(ds["alpha_v"])
+    out.update({k: params[k] for k in ("w_s", "w_m") if k in params})
+    if "log_tau" in ds:
+        out["tau"] = jnp.exp(jnp.clip(ds["log_tau"], *semantics.LOG_TAU_RANGE))
+    return out
 
 
 def train_step(
     state: TrainState,
     batch: Mapping[str, jax.Array],
     *,
-    model: CDDSModel,
+    model: CDDSModel | HeadModel,
     config: ml_collections.ConfigDict,
     steps_per_epoch: int,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -159,7 +185,7 @@ def train_step(
     rng = jax.random.fold_in(state.rng, state.step)
     epoch = state.step.astype(jnp.float32) / steps_per_epoch
     grad_fn = jax.value_and_grad(
-        functools.partial(compute_loss, model=model, config=config, epoch=epoch),
+        functools.partial(loss_fn(config), model=model, config=config, epoch=epoch),
         has_aux=True,
     )
     (loss, aux), grads = grad_fn(state.params, state.extra, batch, rng)
@@ -170,25 +196,14 @@ def train_step(
         steps_per_epoch=steps_per_epoch,
         extra=aux.pop("stats"),
     )
-    del aux["weights"]  # for tests of the W sources; not a metric
-    metrics = {
-        "loss": loss,
-        **aux,
-        **update_metrics,
-        "alpha_v": jnp.mean(state.params["alpha_v"]),
-        "w_s": state.params["w_s"],
-        "w_m": state.params["w_m"],
-    }
-    if "log_tau" in state.params:
-        metrics["tau"] = jnp.exp(
-            jnp.clip(state.params["log_tau"], *semantics.LOG_TAU_RANGE)
-        )
+    aux.pop("weights", None)  # for tests of the W sources; not a metric
+    metrics = {"loss": loss, **aux, **update_metrics, **_scalar_metrics(state.params)}
     return new_state, metrics
 
 
 def jit_train_step(
     config: ml_collections.ConfigDict,
-    model: CDDSModel,
+    model: CDDSModel | HeadModel,
     state_shardings: Any,
     mesh: jax.sharding.Mesh,
     *,
@@ -211,9 +226,10 @@ def summarize_seeds(
 ) -> dict[str, Any]:
     """The workdir results of several seeds: mean and std per protocol and metric."""
     summary, table = retrieval.summarize_runs([r["test"] for r in per_seed])
-    log(f"\nCDDS test, {len(seeds)} seeds {list(seeds)}:\n{table}")
+    name = per_seed[0].get("method", "CDDS")
+    log(f"\n{name} test, {len(seeds)} seeds {list(seeds)}:\n{table}")
     return {
-        "method": "CDDS",
+        "method": name,
         "seeds": list(seeds),
         "test_mean_std": summary,
         "per_seed": list(per_seed),
@@ -228,9 +244,10 @@ def train_seed(
     data: Data,
     mesh: jax.sharding.Mesh,
 ) -> dict[str, Any]:
-    """One CDDS run (one seed) in ``path``: the method's pieces for the harness."""
+    """One run (one seed) in ``path``: the method's pieces for the harness."""
     assert data.train is not None and data.dev is not None and data.test is not None
     model = build_model(config, data.backbones, len(data.vocab) if data.vocab else 0)
+    name = head_model.method_name(config)
     source = data.pair_source(data.train)
     example = data.example(data.train)
     evaluator = Evaluator(config, model, mesh, data)
@@ -247,7 +264,7 @@ def train_seed(
         dev_metric="score_std",
     )
     method = run.Method(
-        name="CDDS" if not config.get("seeds") else f"CDDS seed {config.seed}",
+        name=name if not config.get("seeds") else f"{name} seed {config.seed}",
         train_source=source,
         # Fresh runs start from the checkpoint weights of the backbones; a resumed run
         # overwrites them with its own checkpoint.
@@ -271,12 +288,18 @@ def train_seed(
         format_test=retrieval.format_table,
         select_metric="rsum",
         results_fields={
-            "method": "CDDS",
+            "method": name,
+            "head": head_model.head_name(config),
+            "plugin": head_model.plugin_record(config),
             "reading": reading.record(config),
             "selected_on": "test (LAPS protocol)" if on_test else "dev",
             "test_split": config.data.test_split,
         },
-        curve_keys=("loss", "l_s", "l_m", "l_f", "l_x"),
+        curve_keys=(
+            ("loss", "l_s")
+            if head_model.is_head(config)
+            else ("loss", "l_s", "l_m", "l_f", "l_x")
+        ),
         collapse=collapse,
         worker_count=int(config.data.worker_count),
         train_transform=data.train_transform(),
@@ -294,7 +317,8 @@ def train_and_evaluate(
     *,
     accept_config_changes: bool = False,
 ) -> dict[str, Any]:
-    """Trains CDDS, selects on dev, evaluates the test protocols; returns the results.
+    """Trains CDDS (or ``model.head``, with the plug-in when ``plugin.enabled``),
+    selects on dev, evaluates the test protocols; returns the results.
 
     ``config.seeds`` (if set) trains one run per seed in ``workdir/seed_<s>/`` and
     reports mean ± std.
@@ -312,11 +336,13 @@ def train_and_evaluate(
     sharding.check_batch_sizes(config, mesh)
     data = load_data(config, workdir, splits=("train", "dev", "test"))
     assert data.train is not None
+    name = head_model.method_name(config)
     log(
-        f"CDDS | {len(jax.devices())} devices, mesh {dict(mesh.shape)} | train "
+        f"{name} | {len(jax.devices())} devices, mesh {dict(mesh.shape)} | train "
         f"{data.train.num_images} images / {data.train.num_captions} captions"
     )
-    log(f"CDDS {reading.describe(config)}")
+    if head_model.uses_sampling(config):
+        log(f"{name} {reading.describe(config)}")
     return run.run_seeds(
         config,
         workdir,

@@ -5,7 +5,8 @@ evaluation').
 objective, schedule); ``get_config(dataset, arg)`` applies a dataset's facts
 (:data:`DATASETS`: its folders, test split and protocols) and the argument: ``demo`` /
 ``tiny`` (a synthetic feature store written on first use into ``$XMODAL_CACHE`` or
-``~/.cache/xmodal``), ``scan`` (the SCAN precomp layout with the BiGRU), a paper row of
+``~/.cache/xmodal``), ``scan`` (the SCAN precomp layout with the BiGRU), ``scan_demo`` /
+``scan_tiny`` (a synthetic store in that layout, the Table 4 demo), a paper row of
 :data:`PAPER_ROWS` (an image backbone and BERT-base, or CLIP's two towers, fine-tuned
 end to end on the LAPS files, docs/cdds.md §13), a zero-shot row of
 :data:`ZEROSHOT_ROWS` (pretrained CLIP, no training), or ``demo_raw`` /
@@ -32,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
     _model(c)
     _semantics(c)
     _objective(c)
+    _heads(c)
     _schedule(c)
 
     # Data-parallel mesh; param sharding rules (regex, partition) - replicated here.
@@ -98,6 +100,10 @@ def _model(c: ml_collections.ConfigDict) -> None:
     """The encoders and the decoupler (``c.model``)."""
     # ----------------------------------------------------------------- model
     c.model = ml_collections.ConfigDict()
+    # The score: "cdds" (the decoupler + distribution sampling) | a Table 4 head on the
+    # same encoders, without the decoupler: "vse" | "scan" | "sgr" | "chan" | "laps"
+    # (settings in c.heads.<name>; plug-in: c.plugin; docs/cdds.md §15.7).
+    c.model.head = "cdds"
     # "features" (stored token features -> Dense(d)) | "vit" | "swin" | "clip"
     c.model.image_encoder = "features"
     c.model.text_encoder = "features"  # "features" | "bigru" | "bert" | "clip_text"
@@ -183,6 +189,85 @@ def _objective(c: ml_collections.ConfigDict) -> None:
     c.ablate.sampling = True  # False: mean-pooled cosine of V^s, T^s, same hinge
 
 
+def _heads(c: ml_collections.ConfigDict) -> None:
+    """The Table 4 heads (``model.head``) and the distribution-sampling plug-in
+    (docs/cdds.md §15.7)."""
+    # ---------------------------------------------------------------- plug-in
+    c.plugin = ml_collections.ConfigDict()
+    # Add distribution sampling to model.head's score: s_head + weight * s_DS, with
+    # the reading of c.semantics (not with the "cdds" head, whose score it is).
+    c.plugin.enabled = False
+    c.plugin.weight = 1.0  # lambda: the paper gives none; 0 = the head alone
+
+    # ------------------------------------------------------------------ heads
+    # One section per head: its module fields (cdds_jax/heads, docs/cdds.md §15.1-15.5)
+    # and its published loss (the VSE++ hinge of losses.hinge_loss): margin, the epoch
+    # from which only the hardest negative counts (0 = from the start; -1 = never),
+    # the linear ramp of the loss over the first epochs (0 = none).
+    c.heads = ml_collections.ConfigDict()
+    # VSE++ (fartashf/vsepp README: --max_violation, margin 0.2).
+    c.heads.vse = ml_collections.ConfigDict(
+        dict(
+            text_pool="mean",  # "mean" | "last" (the GRU's last state) | "first"
+            margin=0.2,
+            max_violation_after_epochs=0,
+            ramp_epochs=0,
+        )
+    )
+    # SCAN t-i LSE, the README's Flickr30K row (kuanghuei/SCAN: --max_violation).
+    c.heads.scan = ml_collections.ConfigDict(
+        dict(
+            direction="t2i",  # "t2i" | "i2t" | "both"
+            agg="lse",  # "lse" | "mean" | "max" | "sum"
+            smooth_t2i=9.0,  # lambda_softmax of t2i
+            smooth_i2t=4.0,  # lambda_softmax of i2t
+            lambda_lse=6.0,  # the i2t rows: 5 (Flickr30K) / 20 (COCO)
+            raw_feature_norm="clipped_l2norm",
+            margin=0.2,
+            max_violation_after_epochs=0,
+            ramp_epochs=0,
+        )
+    )
+    # SGRAF's SGR (Paranioar/SGRAF opts.py: max_violation on, margin 0.2).
+    c.heads.sgr = ml_collections.ConfigDict(
+        dict(
+            module="SGR",  # "SGR" | "SAF"
+            sim_dim=256,  # width of the similarity vectors
+            sgr_step=3,  # graph reasoning steps
+            smooth=9.0,  # lambda_softmax of the t2i attention
+            dropout_rate=0.4,
+            margin=0.2,
+            max_violation_after_epochs=0,
+            ramp_epochs=0,
+        )
+    )
+    # CHAN (ppanzx/CHAN scripts/train.sh: VHACoding, LSEPooling --belta 0.1,
+    # --margin 0.05, --vse_mean_warmup_epochs 1).
+    c.heads.chan = ml_collections.ConfigDict(
+        dict(
+            coding="vha",  # "vha" | "tha"
+            pooling="lse",  # "lse" | "mean" | "max" | "sum"
+            beta=0.1,  # LSE pooling temperature
+            margin=0.05,
+            max_violation_after_epochs=1,
+            ramp_epochs=0,
+        )
+    )
+    # LAPS cross_net (CrossmodalGroup/LAPS: hardest negative after one epoch, ramp).
+    c.heads.laps = ml_collections.ConfigDict(
+        dict(
+            # None: by image backbone, Swin 0.8 / 0.6, otherwise (ViT) 0.5 / 0.4.
+            sparse_ratio=config_dict.placeholder(float),
+            aggr_ratio=config_dict.placeholder(float),
+            dim_ratio=0.2,  # hidden width of the aggregation MLP / d
+            num_patches=0,  # num_patches of N_s; 0 = the spatial tokens
+            margin=0.2,
+            max_violation_after_epochs=1,
+            ramp_epochs=1,
+        )
+    )
+
+
 def _schedule(c: ml_collections.ConfigDict) -> None:
     """Optimiser, training length and evaluation (``c.optim``, ``c.train``, ``c.eval``)."""
     # ----------------------------------------------------------------- optim
@@ -217,6 +302,9 @@ def _schedule(c: ml_collections.ConfigDict) -> None:
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 128  # items per encoding batch (global)
     c.eval.block_size = 1024  # score matrix block (images and captions)
+    # A head's all-pairs scores in blocks of images x captions (device memory, §15.6).
+    c.eval.head_image_block = 64
+    c.eval.head_caption_block = 128
     c.eval.select_on_test = False  # True = LAPS protocol (selects on TEST; flagged)
 
 
@@ -276,6 +364,18 @@ def demo_overrides(c: ml_collections.ConfigDict, *, tiny: bool = False) -> None:
         c.train.checkpoint_every_steps = 10
         c.eval.batch_size = 16
         c.eval.block_size = 32
+
+
+def scan_demo_overrides(c: ml_collections.ConfigDict, *, tiny: bool = False) -> None:
+    """The demo on the SCAN precomp layout: synthetic region features and caption text
+    (``{split}_ims.npy`` + ``{split}_caps.txt``, written on first use into the cache)
+    through the BiGRU, the setting the Table 4 heads' papers ran (docs/cdds.md §15.7).
+    Any ``model.head``; the demo's sizes and schedule."""
+    demo_overrides(c, tiny=tiny)
+    c.data.format = "scan_precomp"
+    c.data.test_split = "test"
+    c.model.text_encoder = "bigru"
+    c.data.max_words = 8 if tiny else 16  # <start> + up to 12 words + <end>
 
 
 @dataclasses.dataclass(frozen=True)
@@ -449,6 +549,11 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
         if arg == "tiny":
             c.data.synthetic.num_test = d.tiny_test_images
         c.data.test_protocols = d.test_protocols
+    elif arg in ("scan_demo", "scan_tiny"):
+        scan_demo_overrides(c, tiny=arg == "scan_tiny")
+        if arg == "scan_tiny":
+            c.data.synthetic.num_test = d.tiny_test_images
+        c.data.test_protocols = d.test_protocols
     elif arg == "scan":
         c.data.format = "scan_precomp"
         c.data.root = d.scan_root
@@ -469,7 +574,7 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
             c.model.text_encoder = "clip_text"
             zeroshot_overrides(c)
     elif arg:
-        known = ["demo", "tiny", "scan"]
+        known = ["demo", "tiny", "scan", "scan_demo", "scan_tiny"]
         known += ["demo_raw", "clip_zeroshot_demo"] if d.demo_raw else []
         raise ValueError(
             f"configs/{dataset}.py: unknown argument {arg!r} "

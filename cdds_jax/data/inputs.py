@@ -138,8 +138,7 @@ def _data_root(
     if syn.enabled:
         from cdds_jax.data import synthetic
 
-        return synthetic.ensure_demo_store(
-            cache_dir() / "cdds",
+        fields = dict(
             seed=syn.seed,
             num_images={
                 "train": syn.num_train,
@@ -148,7 +147,6 @@ def _data_root(
             },
             num_tokens=syn.num_tokens,
             image_dim=syn.image_dim,
-            text_dim=syn.text_dim,
             max_words=syn.max_words,
             num_concepts=syn.num_concepts,
             concepts_per_image=syn.concepts_per_image,
@@ -156,6 +154,13 @@ def _data_root(
             colour_scale=syn.colour_scale,
             syntax_scale=syn.syntax_scale,
             **_generator_fields(syn),
+        )
+        if config.data.format == "scan_precomp":  # regions + caption text (BiGRU)
+            return synthetic.ensure_demo_store(
+                cache_dir() / "cdds", layout="scan_precomp", **fields
+            )
+        return synthetic.ensure_demo_store(
+            cache_dir() / "cdds", text_dim=syn.text_dim, **fields
         )
     root = pathlib.Path(config.data.root).expanduser()
     if not root.exists():

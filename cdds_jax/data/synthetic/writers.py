@@ -176,18 +176,27 @@ def ensure_cached(
     return final
 
 
-def ensure_demo_store(cache_dir: str | os.PathLike, **kwargs: Any) -> pathlib.Path:
-    """Writes :func:`write_feature_store` ``(**kwargs)`` once and returns its root.
+def ensure_demo_store(
+    cache_dir: str | os.PathLike, *, layout: str = "features", **kwargs: Any
+) -> pathlib.Path:
+    """Writes :func:`write_feature_store` ``(**kwargs)`` once and returns its root
+    (``layout="scan_precomp"``: :func:`write_scan_precomp`, the SCAN precomp files of
+    the same draw).
 
-    The store lives in ``cache_dir/synthetic-<hash>``, keyed by a hash of the arguments
-    and :data:`GENERATOR_VERSION` (:func:`ensure_cached`); for the ``offsets``
-    generator the ``mixed``-only arguments are left out of the key, so a store
-    written before they existed is still found.
+    The store lives in ``cache_dir/synthetic-<hash>`` (``synthetic-scan_precomp-<hash>``),
+    keyed by a hash of the arguments and :data:`GENERATOR_VERSION`
+    (:func:`ensure_cached`); for the ``offsets`` generator the ``mixed``-only
+    arguments are left out of the key, so a store written before they existed is
+    still found.
 
     Args:
       cache_dir: folder for cached stores (created).
-      **kwargs: keyword arguments of :func:`write_feature_store` (``seed`` required).
+      layout: ``"features"`` or ``"scan_precomp"``.
+      **kwargs: keyword arguments of the writer (``seed`` required).
     """
+    writers = {"features": write_feature_store, "scan_precomp": write_scan_precomp}
+    if layout not in writers:
+        raise ValueError(f"layout: expected one of {list(writers)}, got {layout!r}")
     if "seed" not in kwargs:
         raise ValueError("seed: ensure_demo_store needs seed=..., got none")
     spec = dict(kwargs)
@@ -196,9 +205,10 @@ def ensure_demo_store(cache_dir: str | os.PathLike, **kwargs: Any) -> pathlib.Pa
     if spec.get("generator", "offsets") == "offsets":
         for name in MIXED_ONLY:
             spec.pop(name, None)
+    name = "synthetic" if layout == "features" else f"synthetic-{layout}"
     return ensure_cached(
         cache_dir,
-        "synthetic",
+        name,
         {"version": GENERATOR_VERSION, **spec},
-        lambda folder: write_feature_store(folder, **kwargs),
+        lambda folder: writers[layout](folder, **kwargs),
     )
