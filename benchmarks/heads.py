@@ -1,4 +1,4 @@
-"""Section ``heads`` (stub, not yet in ``runner.SECTION_MODULES``): pairs/s per head.
+"""Section ``heads``: pairs/s per Table 4 head in the blocked all-pairs evaluation.
 
 For each Table 4 head (``cdds_jax.heads.HEADS``) and each token layout (36 BUTD regions
 at d 1024 as the SCAN precomp runs; 197 ViT patches at d 512 as LAPS), one
@@ -9,10 +9,9 @@ FLOP floor = `flops_per_pair` (docs/cdds.md §15.6) x pairs at the measured f32
 XLA's memory analysis (``heads.block_memory_bytes``), plus the time a whole
 Flickr30K 1K x 5K / COCO 5K x 25K matrix would take at that rate.
 
-Not measured yet: it has never been run, so BENCHMARKS.md has no rows for it. To add
-it, put ``heads`` in ``benchmarks.runner.SECTION_MODULES`` (after ``cdds_eval``) and
-its title in ``tests/test_benchmark.py``'s ``SECTION_TITLES``, then run
-``python scripts/benchmark.py --sections ceilings,heads``.
+Registered in ``benchmarks.runner.SECTION_MODULES`` (after ``cdds_eval``) but not
+measured yet, so BENCHMARKS.md has no rows for it: ``python scripts/benchmark.py
+--sections ceilings,heads`` adds them.
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ SECTION_TITLES = (
     "## CDDS train step",
     "### Model FLOPs per (image, caption) pair",
     "## CDDS evaluation",
+    "## Retrieval heads (Table 4): all-pairs evaluation",
     "## DecAlign train step",
     "### With BERT fine-tuned on the token ids",
     "## Naive forms vs library kernels",
@@ -198,6 +199,12 @@ def test_every_section_is_written(tmp_path, monkeypatch):
     assert ev["gemm_flops"] == 2.0 * 16 * 48 * 32
     # Both sides are padded to one block of eval.block_size (1024) rows.
     assert ev["block_padding"] == pytest.approx(1024 * 1024 / (16 * 48))
+
+    head_rows = data["heads"]["rows"]  # real: one tiny block per head
+    assert [r["head"] for r in head_rows] == ["vse", "scan", "sgr", "chan", "laps"]
+    for row in head_rows:
+        assert row["pairs_per_s"] > 0 and row["block_memory_bytes"] > 0
+        assert row["floor_share"] is not None and row["flops_per_pair"] > 0
 
     assert [r["name"] for r in data["decalign"]["rows"]] == ["MOSI", "MOSEI"]
     for row in data["decalign"]["rows"]:
