@@ -10,7 +10,12 @@ caption -> image index (25,010 captions, or 25,000 in the SCAN/LAPS files); both
 5-fold 1K protocol and the 5K protocol are reported.
 
 Arguments: ``demo`` (synthetic store, minutes on a CPU), ``tiny`` (tests),
-``scan`` (SCAN precomp layout: ``testall_ims.npy`` / ``testall_caps.txt``, BiGRU text).
+``scan`` (SCAN precomp layout: ``testall_ims.npy`` / ``testall_caps.txt``, BiGRU text),
+``scan_demo`` / ``scan_tiny`` (a synthetic store in that layout).
+
+Any argument takes ``--config.model.head=vse|scan|sgr|chan|laps`` (a Table 4 head in
+place of the CDDS score) and ``--config.plugin.enabled=True`` (distribution sampling
+added to that head; docs/cdds.md §15.7).
 
 The paper's rows (fine-tuned image backbone + BERT-base, or CLIP's two towers, on the
 LAPS files in ``data/coco`` with the images under

@@ -16,6 +16,17 @@ Arguments (``configs/flickr.py:ARG``):
 - ``tiny``: the demo shrunk further, for tests.
 - ``scan``: the SCAN/VSE precomp layout (``{split}_ims.npy`` + ``{split}_caps.txt``,
   bottom-up regions 36 x 2048) with the BiGRU text encoder.
+- ``scan_demo``: the demo's synthetic data written in that layout (16 regions of 64
+  dims, caption text) into the cache folder, through the BiGRU; the Table 4 analogue
+  (``scripts/cdds_heads.py``) runs on it. ``scan_tiny``: shrunk for the tests.
+
+Every argument takes ``--config.model.head=vse|scan|sgr|chan|laps`` (a Table 4 head
+on the same encoders in place of the CDDS score, with its published loss settings,
+``config.heads.<name>``) and ``--config.plugin.enabled=True`` (distribution sampling
+added to that head, ``plugin.weight`` x its score; docs/cdds.md §15.7):
+
+    python -m cdds_jax.train --config configs/flickr.py:scan --workdir runs/f30k_scan_ds \
+        --config.model.head=scan --config.plugin.enabled=True
 - ``demo_raw``: JPEG files with planted visual concepts (coloured shapes), a
   Karpathy-style JSON and tiny random ViT + BERT checkpoints, written on first use
   into the cache folder; trains end to end through the backbones in minutes on a

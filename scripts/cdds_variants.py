@@ -118,7 +118,7 @@ def _command(row: dict, generator: str, workdir: pathlib.Path, seeds: str) -> li
         "-m",
         "cdds_jax.train",
         "--config",
-        "configs/flickr.py:demo",
+        row.get("config", "configs/flickr.py:demo"),
         "--workdir",
         str(workdir),
         f"--config.seeds={seeds}",

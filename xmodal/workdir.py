@@ -82,6 +82,8 @@ EXTEND_KEYS: tuple[str, ...] = ("train.num_steps", "train.num_epochs")
 EVAL_KEYS: tuple[str, ...] = (
     "eval.batch_size",
     "eval.block_size",
+    "eval.head_image_block",
+    "eval.head_caption_block",
     "data.test_split",
     "data.test_protocols",
 )
