@@ -19,6 +19,7 @@ by the driver, returning device scalars), fetches metrics only at log points, an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -29,7 +30,7 @@ import jax
 import numpy as np
 
 from xmodal import faults
-from xmodal.checkpoint import Checkpointer
+from xmodal.checkpoint import Checkpointer, saved_steps
 from xmodal.errors import UserError
 from xmodal.writer import MetricWriter, Progress
 
@@ -200,7 +201,11 @@ class _Run:
         for (s, _), values in zip(self.pending, fetched, strict=True):
             loss = float(np.asarray(values[o.loss_key]))
             if not math.isfinite(loss):
-                last = self.out.checkpointer.latest_step()
+                # The last save still being written counts once it is on disk.
+                with contextlib.suppress(Exception):
+                    self.out.checkpointer.wait()
+                saved = saved_steps(self.out.checkpointer.directory)
+                last = saved[-1] if saved else None
                 where = (
                     f"the last good checkpoint is step {last} "
                     f"({self.out.checkpointer.directory}/{last}); rerunning resumes "

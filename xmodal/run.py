@@ -216,7 +216,7 @@ def _disk_error(exc: BaseException, ckpt: Checkpointer) -> errors.DiskError:
         else "no checkpoint saved yet"
     )
     return errors.DiskError(
-        f"cannot write {cause.filename or ckpt.directory}: "
+        f"cannot write {cause.filename or ckpt.directory.parent}: "
         f"{os.strerror(cause.errno or 0)}; {saved}. Free space or fix permissions, "
         "then rerun the same command to resume"
     )
