@@ -187,6 +187,42 @@ def acquire(path: pathlib.Path, *, break_lock: bool = False) -> Lock:
     return Lock(lock, fd=fd)
 
 
+def check_free(path: pathlib.Path) -> None:
+    """Raises :class:`WorkdirBusyError` if a live run holds the lock of ``path``;
+    reads only (no lock file is created). Lets a second run on a live workdir be
+    told so before anything else about the workdir is compared."""
+    lock = path / LOCK_NAME
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _busy(
+                path, _owner(lock.read_text(errors="replace").strip())
+            ) from None
+        except OSError as e:
+            if e.errno not in _NO_FLOCK:
+                raise
+            info = _owner(lock.read_text(errors="replace").strip())
+            age = time.time() - os.fstat(fd).st_mtime
+            if (
+                info
+                and age < STALE_S
+                and (
+                    info.get("host") != socket.gethostname()
+                    or _pid_alive(info.get("pid"))
+                )
+            ):
+                raise _busy(path, info, f", last heartbeat {age:.0f} s ago") from None
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def _warn(message: str) -> None:
     """``warnings.warn`` pointing at the code that opened the workdir (not at this
     module, :mod:`xmodal.workdir` or ``contextlib``)."""

@@ -229,6 +229,8 @@ def open_workdir(
     path = pathlib.Path(path)
     new = config_lib.config_to_dict(config)
     writer = jax.process_index() == 0
+    if writer:
+        lock_lib.check_free(path)  # a live run is named before any config difference
     diff, eval_changes = _check_config(path, new, accept=accept_config_changes)
     held = None
     if writer:
