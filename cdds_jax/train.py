@@ -316,6 +316,7 @@ def train_and_evaluate(
     workdir: str | os.PathLike,
     *,
     accept_config_changes: bool = False,
+    break_lock: bool = False,
 ) -> dict[str, Any]:
     """Trains CDDS (or ``model.head``, with the plug-in when ``plugin.enabled``),
     selects on dev, evaluates the test protocols; returns the results.
@@ -350,6 +351,7 @@ def train_and_evaluate(
         summarize_seeds,
         always_subdirs=False,
         accept_config_changes=accept_config_changes,
+        break_lock=break_lock,
         on_open=lambda wd: save_vocab(data, wd.path),
     )
 

@@ -250,6 +250,7 @@ def train_and_evaluate(
     workdir: str | os.PathLike,
     *,
     accept_config_changes: bool = False,
+    break_lock: bool = False,
 ) -> dict[str, Any]:
     """Trains every seed of ``config.seeds``; returns (and writes) results.json."""
     workdir = pathlib.Path(workdir)
@@ -274,6 +275,7 @@ def train_and_evaluate(
         functools.partial(summarize_seeds, config=config, splits=splits),
         always_subdirs=True,
         accept_config_changes=accept_config_changes,
+        break_lock=break_lock,
     )
 
 

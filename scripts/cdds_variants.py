@@ -15,7 +15,7 @@ reading it rewards). Two groups of rows:
   / identity); each row sets all four reading fields, so it does not depend on the
   default.
 * ``switches``: the base reading (``BASE``: the project preset when the table was
-  measured) with one more override each: Table 3's five switches, the temperature
+  measured; its own numbers are its grid row) with one more override each: Table 3's five switches, the temperature
   modes, ``table_scale``, the hardest-negative switch.
 
 One run folder per (generator, row), one sub-folder per seed; a rerun resumes or reuses
@@ -96,12 +96,10 @@ def rows() -> dict[str, dict]:
     base_name = (
         f"{BASE['semantics.table_compare']}, {_WORDS[BASE['semantics.w_source']]}"
     )
-    out["base"] = {
-        "group": "switches",
-        "overrides": base,
-        "what": "the base reading",
-        "base": base_name,
-    }
+    # The base itself is the grid row with the same four fields (trained once).
+    base_row = f"{BASE['semantics.table_compare']}-{BASE['semantics.w_source']}"
+    assert out[base_row]["overrides"] == base, "BASE must be one of the grid rows"
+    out[base_row]["what"] += " (**the base**)"
     for name, (override, what) in SWITCHES.items():
         out[name] = {
             "group": "switches",
@@ -218,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated row names or groups (grid, switches)",
+        help="comma-separated row names or groups (grid, switches), run in this order",
     )
     parser.add_argument("--generators", default=",".join(GENERATORS))
     parser.add_argument("--jobs", type=int, default=1, help="rows trained at a time")
@@ -227,9 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     spec = rows()
     wanted = [n for n in args.only.split(",") if n]
-    names = [
-        n for n, r in spec.items() if not wanted or n in wanted or r["group"] in wanted
-    ]
+    # Rows named in --only run in the order given (groups in table order), so a
+    # partial campaign measures the rows it names first.
+    names: list[str] = []
+    for w in wanted or ["grid", "switches"]:
+        names += [n for n, r in spec.items() if n == w or r["group"] == w]
+    names = list(dict.fromkeys(names))
     generators = [g for g in args.generators.split(",") if g]
     unknown = sorted(set(wanted) - set(spec) - {"grid", "switches"})
     unknown += sorted(set(generators) - set(GENERATORS))

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from xmodal import checkpoint, optim, pipeline, sharding
+from xmodal import checkpoint, errors, optim, pipeline, sharding
 from xmodal import config as config_lib
 from xmodal import loop as loop_lib
 from xmodal.state import TrainState
@@ -378,9 +378,12 @@ def _loop_step(state: TrainState, batch):
     return new, {"loss": loss}
 
 
-def test_loop_stops_on_nonfinite_loss_and_keeps_last_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("bad_step", [5, 2])
+def test_loop_stops_on_nonfinite_loss_and_keeps_last_good_checkpoint(
+    bad_step, tmp_path
+):
     state = _toy_state()
-    scales = iter([1.0, 1.0, 1.0, 1.0, float("nan"), 1.0, 1.0, 1.0])
+    scales = iter([1.0] * (bad_step - 1) + [float("nan")] + [1.0] * 8)
     writer = MetricWriter(tmp_path, tensorboard=False)
     ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
     with pytest.raises(loop_lib.NonFiniteLossError) as err:
@@ -396,10 +399,17 @@ def test_loop_stops_on_nonfinite_loss_and_keeps_last_good_checkpoint(tmp_path):
             ),
             outputs=loop_lib.LoopOutputs(writer=writer, checkpointer=ckpt),
         )
-    assert err.value.step == 5
-    assert "step 5" in str(err.value) and "step 3" in str(err.value)
+    assert err.value.step == bad_step
+    # One line, a known outcome (exit status 2), not "unexpected".
+    line, code = errors.describe(err.value)
+    assert code == 2 and "unexpected" not in line and "\n" not in line
+    assert f"training loss is nan at step {bad_step}" in line
+    if bad_step == 5:
+        assert f"last good checkpoint is step 3 ({tmp_path / 'ckpt'}/3)" in line
+    else:
+        assert "no checkpoint yet" in line and "None" not in line
     ckpt.wait()
-    assert ckpt.latest_step() == 3
+    assert ckpt.latest_step() == (3 if bad_step == 5 else None)
     ckpt.close()
     writer.close()
 

@@ -93,7 +93,8 @@ def apply_overrides(
     """Applies ``["a.b=value", ...]`` to ``config`` in place and returns it.
 
     Values are parsed to the type of the field they replace; unknown keys raise
-    ``KeyError`` naming the key.
+    ``KeyError`` naming the key, unparsable values ``ValueError`` naming the key, its
+    type and the value.
     """
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -107,8 +108,17 @@ def apply_overrides(
             node = node[name]
         if leaf not in node:
             raise KeyError(f"override {item!r}: config has no field {key!r}")
+        current = node[leaf]
+        try:
+            value = _parse_value(text, current)
+        except (ValueError, SyntaxError, TypeError):
+            kind = "a value" if current is None else type(current).__name__
+            raise ValueError(
+                f"override {item!r}: config field {key!r} takes {kind} (now "
+                f"{current!r}), got {text!r}"
+            ) from None
         with node.ignore_type():
-            node[leaf] = _parse_value(text, node[leaf])
+            node[leaf] = value
     return config
 
 

@@ -155,7 +155,8 @@ def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> pathlib.Path:
 
     The bytes go to a hidden file beside ``path`` that is then renamed over it
     (``os.replace``), so readers see the old file or the new one, never a part. The
-    temporary file is removed if writing fails.
+    temporary file is removed if writing fails; an ``OSError`` that names no file
+    (a full disk fails ``write``) is raised again naming ``path``.
     """
     return _atomic(path, lambda f: f.write(data))
 
@@ -183,6 +184,11 @@ def _atomic(path: os.PathLike | str, write: Any) -> pathlib.Path:
         with open(tmp, "xb") as f:
             write(f)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:  # a failed write() names no file: name the target
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -19,6 +19,7 @@ by the driver, returning device scalars), fetches metrics only at log points, an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -29,7 +30,8 @@ import jax
 import numpy as np
 
 from xmodal import faults
-from xmodal.checkpoint import Checkpointer
+from xmodal.checkpoint import Checkpointer, saved_steps
+from xmodal.errors import UserError
 from xmodal.writer import MetricWriter, Progress
 
 __all__ = [
@@ -43,8 +45,11 @@ __all__ = [
 ]
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN/Inf; ``step`` is the first bad step (1-based)."""
+class NonFiniteLossError(UserError, RuntimeError):
+    """The training loss became NaN/Inf; ``step`` is the first bad step (1-based).
+
+    A known outcome of training (divergence, bad data), not a bug: one line, exit
+    status 2 (:mod:`xmodal.errors`)."""
 
     def __init__(self, step: int, message: str) -> None:
         super().__init__(message)
@@ -213,11 +218,23 @@ class _Run:
         for (s, _), values in zip(self.pending, fetched, strict=True):
             loss = float(np.asarray(values[o.loss_key]))
             if not math.isfinite(loss):
-                last = self.out.checkpointer.latest_step()
+                # The last save still being written counts once it is on disk.
+                with contextlib.suppress(Exception):
+                    self.out.checkpointer.wait()
+                saved = saved_steps(self.out.checkpointer.directory)
+                last = saved[-1] if saved else None
+                where = (
+                    f"the last good checkpoint is step {last} "
+                    f"({self.out.checkpointer.directory}/{last}); rerunning resumes "
+                    "there and meets the same step"
+                    if last is not None
+                    else "no checkpoint yet"
+                )
                 raise NonFiniteLossError(
                     s,
-                    f"training loss is {loss} at step {s}; stopping. The last good "
-                    f"checkpoint is step {last} in {self.out.checkpointer.directory}",
+                    f"training loss is {loss} at step {s}; stopped before saving "
+                    f"it: {where}. Lower optim.lr or check the data "
+                    "(--accept_config_changes continues with a changed config)",
                 )
             self._watch_collapse(s, values)
         keys = fetched[0].keys()

@@ -45,7 +45,7 @@ import ml_collections
 from xmodal import errors, pipeline, sharding
 from xmodal import loop as loop_lib
 from xmodal import workdir as workdir_lib
-from xmodal.checkpoint import Checkpointer, restore_for_eval
+from xmodal.checkpoint import Checkpointer, restore_for_eval, saved_steps
 from xmodal.config import config_to_dict
 from xmodal.state import TrainState
 from xmodal.writer import MetricWriter, log, write_json
@@ -152,6 +152,10 @@ def step_counts(
     ``log_every_steps``, ``eval_every_steps`` (0 = every ``eval_every_epochs`` epochs,
     default 1) and ``checkpoint_every_steps`` (0 or absent = at each evaluation).
     An epoch is ``ceil(num_examples / batch)`` steps with ``pad_last_batch``.
+
+    Raises:
+      ValueError: a batch size < 1 or larger than the training set (also with
+        ``pad_last_batch``), or a run of no step.
     """
     t = config.train
     batch = int(t.batch_size)
@@ -160,7 +164,8 @@ def step_counts(
     per_epoch = pipeline.steps_per_epoch(
         num_examples, batch, pad_last_batch=pad_last_batch
     )
-    if per_epoch == 0:
+    # Padded epochs would make one batch of mostly padding: refused like full ones.
+    if per_epoch == 0 or batch > num_examples:
         raise ValueError(
             f"the training split has {num_examples} examples, fewer than one batch of "
             f"train.batch_size = {batch}"
@@ -208,14 +213,15 @@ def _evaluate_best(
 def _disk_error(exc: BaseException, ckpt: Checkpointer) -> errors.DiskError:
     cause = errors.disk_cause(exc)
     assert cause is not None
-    latest = ckpt.latest_step()
+    # From the disk: the manager already lists a step whose save has just failed.
+    steps = saved_steps(ckpt.directory)
     saved = (
-        f"last checkpoint saved: {ckpt.directory}/{latest}"
-        if latest is not None
+        f"last checkpoint saved: {ckpt.directory}/{steps[-1]}"
+        if steps
         else "no checkpoint saved yet"
     )
     return errors.DiskError(
-        f"cannot write {cause.filename or ckpt.directory}: "
+        f"cannot write {cause.filename or ckpt.directory.parent}: "
         f"{os.strerror(cause.errno or 0)}; {saved}. Free space or fix permissions, "
         "then rerun the same command to resume"
     )
@@ -417,12 +423,14 @@ def run_seeds(
     *,
     always_subdirs: bool,
     accept_config_changes: bool = False,
+    break_lock: bool = False,
     on_open: Callable[[workdir_lib.Workdir], None] | None = None,
 ) -> dict[str, Any]:
     """Opens ``workdir`` and runs ``train_seed`` for each seed of ``config.seeds``.
 
-    The workdir is locked and its config checked (:func:`xmodal.workdir.open_workdir`)
-    before anything is written; ``on_open(workdir)`` then writes what the method
+    The workdir is locked (``break_lock``: also when its lock names another host) and
+    its config checked (:func:`xmodal.workdir.open_workdir`) before anything is
+    written; ``on_open(workdir)`` then writes what the method
     keeps beside its runs (e.g. a vocabulary). With no ``config.seeds`` and
     ``always_subdirs`` False, one run trains directly in the workdir. Otherwise each
     seed trains in ``workdir/seed_<s>/`` and ``summarize(per_seed_results, seeds)``
@@ -430,7 +438,10 @@ def run_seeds(
     every unfinished seed.
     """
     with workdir_lib.open_workdir(
-        workdir, config, accept_config_changes=accept_config_changes
+        workdir,
+        config,
+        accept_config_changes=accept_config_changes,
+        break_lock=break_lock,
     ) as wd:
         if on_open is not None:
             on_open(wd)

@@ -124,8 +124,11 @@ class MetricWriter:
             {k: (v if math.isfinite(v) else repr(v)) for k, v in values.items()}
         )
         assert self._jsonl is not None
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        try:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        except OSError as e:  # a full disk fails write() without naming the file
+            raise OSError(e.errno, e.strerror, self._jsonl.name) from e
         if self._tb is not None:
             for name, value in values.items():
                 self._tb.add_scalar(f"{split}/{name}", value, int(step))

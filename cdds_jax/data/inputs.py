@@ -10,8 +10,9 @@ grain sources of each split:
 
 - stored features (``features``, ``scan_precomp``, ``arrayrecord``): image features
   from the split, captions as features, BiGRU word ids or backbone ids;
-- image files (``karpathy``, ``laps``; docs/cdds.md §12.7-12.8): JPEG bytes decoded
-  and augmented by :class:`~cdds_jax.data.images.TrainImageTransform` in the input
+- image files (``karpathy``, ``laps``; docs/cdds.md §12.7-12.8), each checked to
+  decode when its split is opened (:mod:`~cdds_jax.data.image_check`): JPEG bytes
+  decoded and augmented by :class:`~cdds_jax.data.images.TrainImageTransform` in the input
   pipeline (its worker processes with ``data.worker_count`` > 0), evaluation images
   resized once per unique image; captions tokenised ONCE per split by the tokenizer of
   the text backbone's folder (``model.text_backbone_path``: BERT's WordPiece, CLIP's
@@ -28,6 +29,7 @@ with a Karpathy JSON and tiny backbones of the configured kinds (``kind = "image
 from __future__ import annotations
 
 import pathlib
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,6 +40,7 @@ import numpy as np
 
 from cdds_jax.data import synthetic_images
 from cdds_jax.data.captions import CaptionAugment, rate_threshold
+from cdds_jax.data.image_check import check_images
 from cdds_jax.data.images import ImageSpec, TrainImageTransform, eval_image
 from cdds_jax.data.raw import RawImageSource, RawPairSource, RawSplit
 from cdds_jax.data.sources import CaptionSource, ImageSource, PairSource
@@ -189,12 +192,15 @@ def _read_split(
 ) -> Split:
     from cdds_jax.data import read_split
 
-    return read_split(
+    split = read_split(
         config.data.format,
         _data_root(config, demo),
         name,
         image_root=_image_root(config, demo),
     )
+    if isinstance(split, RawSplit):  # every image decodes, before any training step
+        check_images(split.image_paths, f"the {name} split of {split.root}")
+    return split
 
 
 def read_config_split(config: ml_collections.ConfigDict, name: str) -> Split:
@@ -312,6 +318,7 @@ class Data:
                     "that long)",
                     flush=True,
                 )
+            _warn_empty_captions(split, table, self.tokenizer)
         return self._tables[key]
 
     def word_pieces(self, split: Split) -> WordPieces:
@@ -409,6 +416,22 @@ class EvalPairs:
         path = str(item.pop("path", ""))
         item["image"] = eval_image(item.pop("jpeg"), self.spec, path)
         return item
+
+
+def _warn_empty_captions(split: Split, table: TokenTable, tokenizer: Any) -> None:
+    """One line (process 0) when captions tokenise to nothing but the special tokens
+    (characters the tokenizer drops): the text tower then sees no word of them."""
+    specials = int(tokenizer.encode([""], table.max_length).attention_mask.sum())
+    empty = np.flatnonzero(table.lengths <= specials)
+    if empty.size and jax.process_index() == 0:
+        first = int(empty[0])
+        print(
+            f"warning: {split.split}: {empty.size} of {len(table)} captions are empty "
+            f"after tokenisation by {table.source} (first, caption {first}: "
+            f"{split.captions[first]!r}); they train and are scored as empty text",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def load_data(
