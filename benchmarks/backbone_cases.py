@@ -24,13 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.settings import Settings
-from xmodal.backbones import (
-    BertConfig,
-    CLIPVisionConfig,
-    SwinConfig,
-    ViTConfig,
-    from_config,
-)
+from xmodal.backbones import REGISTRY, from_config
 
 __all__ = [
     "CONFIG_CLASSES",
@@ -45,13 +39,8 @@ __all__ = [
     "torch_step",
 ]
 
-#: ``BackboneCase.kind`` -> the typed config of ``xmodal.backbones``.
-CONFIG_CLASSES: dict[str, type] = {
-    "vit": ViTConfig,
-    "swin": SwinConfig,
-    "clip": CLIPVisionConfig,
-    "bert": BertConfig,
-}
+#: ``BackboneCase.kind`` -> the typed config of ``xmodal.backbones`` (the registry's).
+CONFIG_CLASSES: dict[str, type] = {k: a.config_cls for k, a in REGISTRY.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,14 +293,6 @@ def jax_step(
     return jax.jit(grads), (variables, *args)
 
 
-_TORCH_CLASSES = {
-    "vit": "ViTModel",
-    "swin": "SwinModel",
-    "clip": "CLIPVisionModel",
-    "bert": "BertModel",
-}
-
-
 def torch_model(case: BackboneCase) -> Any:
     """``transformers``' PyTorch model of the same config, random init, ``eval()``."""
     import transformers
@@ -320,7 +301,8 @@ def torch_model(case: BackboneCase) -> Any:
     model_type = hf.pop("model_type")
     hf.pop("architectures", None)
     config = transformers.AutoConfig.for_model(model_type, **hf)
-    cls = getattr(transformers, _TORCH_CLASSES[case.kind])
+    # The transformers class of the config (ViTModel, CLIPVisionModel, ...).
+    cls = getattr(transformers, CONFIG_CLASSES[case.kind].architecture)
     kwargs = {} if case.kind == "clip" else {"add_pooling_layer": False}
     return cls(config, **kwargs).eval()
 

@@ -86,6 +86,22 @@ def _finish(
     return entry
 
 
+def _entry(
+    case: BackboneCase, batch: int, variant: str, jx: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The result row of one shape and variant, with its compilation's numbers."""
+    return {
+        "backbone": case.name,
+        "kind": case.kind,
+        "batch": batch,
+        "variant": variant,
+        "forward_only": case.forward_only,
+        "compile_s": jx["compile_s"],
+        "memory_bytes": jx["memory_bytes"],
+        "memory_analysis": jx["memory_analysis"],
+    }
+
+
 def _measure_pair(
     case: BackboneCase, batch: int, settings: Settings, rate: float | None
 ) -> dict[str, Any]:
@@ -93,16 +109,7 @@ def _measure_pair(
     label = f"{NAME} {case.name} B={batch}"
     log(f"{label}: compiling")
     jx = _compile(case, batch)
-    entry: dict[str, Any] = {
-        "backbone": case.name,
-        "kind": case.kind,
-        "batch": batch,
-        "variant": "float32",
-        "forward_only": case.forward_only,
-        "compile_s": jx["compile_s"],
-        "memory_bytes": jx["memory_bytes"],
-        "memory_analysis": jx["memory_analysis"],
-    }
+    entry = _entry(case, batch, "float32", jx)
     if "skipped" in jx:
         entry["skipped"] = jx["skipped"]
         log(f"{label}: SKIPPED, {jx['skipped']}")
@@ -136,16 +143,7 @@ def _measure_option(
     """A JAX option alone (PyTorch has its row at this shape already)."""
     log(f"{NAME} {case.name} B={batch} {label}: compiling")
     jx = _compile(case, batch, **options)
-    entry: dict[str, Any] = {
-        "backbone": case.name,
-        "kind": case.kind,
-        "batch": batch,
-        "variant": label,
-        "forward_only": case.forward_only,
-        "compile_s": jx["compile_s"],
-        "memory_bytes": jx["memory_bytes"],
-        "memory_analysis": jx["memory_analysis"],
-    }
+    entry = _entry(case, batch, label, jx)
     if "skipped" in jx:
         entry["skipped"] = jx["skipped"]
         return _finish(entry, case, batch, rate)

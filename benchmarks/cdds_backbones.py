@@ -34,7 +34,6 @@ from benchmarks import cdds_flops, cdds_setup, ceilings, markdown, memory, steps
 from benchmarks.markdown import Target, Targets
 from benchmarks.settings import CddsSizes, Settings
 from benchmarks.timing import log
-from xmodal import sharding
 
 __all__ = [
     "NAME",
@@ -166,16 +165,10 @@ def _measure_step(
     batch_np = cdds_setup.random_pixels_batch(
         batch_size, b.image_size, b.text_tokens, b.vocab
     )
-    mesh = steps.single_device_mesh()
-    state, shardings = cdds_setup.create_state(
-        config, model_, {k: v[:1] for k, v in batch_np.items()}, mesh
-    )
-    n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
-    step = cdds_setup.jit_step(config, model_, shardings, mesh)
-    batch = sharding.global_batch(batch_np, mesh)
     label = f"{NAME} B={batch_size}" + (f" {name}" if name else "")
-    entry = steps.run_step(step, state, batch, settings, label=label)
-    del state, batch
+    entry, n_params, _ = cdds_setup.measure_step(
+        config, model_, batch_np, steps.single_device_mesh(), settings, label=label
+    )
     per_pair = sum(backbone_flops(b).values()) + sum(
         c["train_per_pair"] for c in cdds_flops.cdds_flops(head, batch_size)
     )

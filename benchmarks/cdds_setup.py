@@ -9,6 +9,7 @@ donation), on random inputs in the driver's batch format.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,9 +17,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from benchmarks.settings import CddsSizes
+from benchmarks import steps
+from benchmarks.settings import CddsSizes, Settings
 from cdds_jax import train as cdds_train
+from cdds_jax.data import inputs
 from configs import flickr
+from xmodal import sharding
 
 __all__ = [
     "BUILT_BY",
@@ -30,6 +34,7 @@ __all__ = [
     "eval_block_size",
     "jit_step",
     "kl_chunk_size",
+    "measure_step",
     "random_batch",
     "random_pixels_batch",
 ]
@@ -88,8 +93,9 @@ def random_batch(s: CddsSizes, batch: int, seed: int = 0) -> dict[str, np.ndarra
 
 
 def build_model(config: ml_collections.ConfigDict) -> Any:
-    """The driver's model for ``config`` (no BiGRU vocabulary)."""
-    return cdds_train.build_model(config)
+    """The driver's model for ``config`` with the backbones its data layer resolves
+    (no BiGRU vocabulary)."""
+    return cdds_train.build_model(config, inputs.resolve_backbones(config))
 
 
 def create_state(
@@ -114,6 +120,30 @@ def jit_step(
     return cdds_train.jit_train_step(
         config, model, shardings, mesh, steps_per_epoch=STEPS_PER_EPOCH
     )
+
+
+def measure_step(
+    config: ml_collections.ConfigDict,
+    model: Any,
+    batch: Mapping[str, np.ndarray],
+    mesh: jax.sharding.Mesh,
+    settings: Settings,
+    *,
+    label: str,
+) -> tuple[dict[str, Any], int, float]:
+    """The driver's state for ``batch`` (timed), then its train step on ``batch``
+    (:func:`benchmarks.steps.run_step`): ``(entry, parameter count, init seconds)``."""
+    t0 = time.perf_counter()
+    state, shardings = create_state(
+        config, model, {k: v[:1] for k, v in batch.items()}, mesh
+    )
+    jax.block_until_ready(state)
+    init_s = time.perf_counter() - t0
+    n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
+    step = jit_step(config, model, shardings, mesh)
+    global_batch = sharding.global_batch(batch, mesh)
+    entry = steps.run_step(step, state, global_batch, settings, label=label)
+    return entry, n_params, init_s
 
 
 # -- With backbones (section cdds_backbones) -------------------------------------------

@@ -12,7 +12,6 @@ share of the CPU time. Then the two memory / compute options that are off by def
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +21,6 @@ from benchmarks import cdds_flops, cdds_setup, markdown, memory, steps
 from benchmarks.markdown import Target, Targets
 from benchmarks.settings import CddsSizes, Settings
 from benchmarks.timing import log
-from xmodal import sharding
 
 __all__ = ["NAME", "OPTIONS", "measure", "measure_batch", "render", "targets"]
 
@@ -65,17 +63,10 @@ def measure_batch(
     config = cdds_setup.config(s, batch_size, model)
     model_ = cdds_setup.build_model(config)
     batch_np = cdds_setup.random_batch(s, batch_size)
-    example = {k: v[:1] for k, v in batch_np.items()}
-    t0 = time.perf_counter()
-    state, shardings = cdds_setup.create_state(config, model_, example, mesh)
-    jax.block_until_ready(state)
-    init_s = time.perf_counter() - t0
-    n_params = int(sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
-    step = cdds_setup.jit_step(config, model_, shardings, mesh)
-    batch = sharding.global_batch(batch_np, mesh)
     label = f"{NAME} B={batch_size}" + (f" {name}" if name else "")
-    entry = steps.run_step(step, state, batch, settings, label=label)
-    del state, batch
+    entry, n_params, init_s = cdds_setup.measure_step(
+        config, model_, batch_np, mesh, settings, label=label
+    )
     flops = batch_size * sum(
         c["train_per_pair"] for c in cdds_flops.cdds_flops(s, batch_size)
     )

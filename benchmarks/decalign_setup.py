@@ -1,7 +1,7 @@
 """Every call the benchmark makes into the DecAlign driver, its configs and its losses.
 
 The sections (``decalign``, ``kernels``) reach ``decalign_jax.train``,
-``decalign_jax.text``, ``decalign_jax.losses.hetero_loss`` and
+``decalign_jax.encoders``, ``decalign_jax.losses.hetero_loss`` and
 ``configs/decalign_base.py`` only through this module, so a change of the driver's
 signatures is followed here, in one place. The train step measured is the driver's own
 (``build_model`` / ``create_train_state`` / ``jit_train_step``), on random inputs in
@@ -22,8 +22,8 @@ import numpy as np
 
 from benchmarks.settings import DecAlignCase, Settings
 from configs import decalign_base
+from decalign_jax import encoders as decalign_encoders
 from decalign_jax import losses as decalign_losses
-from decalign_jax import text as decalign_text
 from decalign_jax import train as decalign_train
 from xmodal import backbones
 
@@ -67,7 +67,7 @@ SOLVER_FORMS: dict[str, str] = {
 #: The variant with BERT fine-tuned on token ids (``model.text_encoder = "bert"``).
 BERT = "bert"
 #: The train state's parameter subtree of the BERT.
-BERT_PARAMS = decalign_text.BERT_PARAMS
+BERT_PARAMS = decalign_encoders.BERT_PARAMS
 #: The random BERT of the ``bert`` variant per mode (Hugging Face ``BertConfig``
 #: fields): BERT-base in the full run, the quick mode's small backbone BERT (as
 #: ``cdds_backbones``), a tiny one in smoke. Every mode keeps BERT-base's vocabulary.
@@ -172,7 +172,7 @@ def write_bert(folder: str | pathlib.Path, mode: str, seed: int = 0) -> pathlib.
 
 def bert_folder(config: ml_collections.ConfigDict) -> pathlib.Path | None:
     """The checkpoint folder ``config``'s BERT is read from (None: stored features)."""
-    return decalign_text.bert_folder(config)
+    return decalign_encoders.bert_folder(config)
 
 
 def bert_setup(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -182,7 +182,7 @@ def bert_setup(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if folder is None:
         raise ValueError("bert_setup: config.model.text_encoder is not 'bert'")
     lr, bert_lr = float(config.optim.lr), float(config.optim.bert_lr)
-    groups = decalign_text.optimizer_config(config).lr_groups
+    groups = decalign_encoders.optimizer_config(config).lr_groups
     return {
         "bert_config": backbones.load_config(folder).to_hf(),
         "lr": lr,

@@ -16,7 +16,6 @@ import dataclasses
 from typing import Any
 
 __all__ = [
-    "MODES",
     "CddsSizes",
     "DecAlignCase",
     "EvalCase",
@@ -24,9 +23,6 @@ __all__ = [
     "mode_settings",
     "paper_cdds",
 ]
-
-#: The run modes, largest first.
-MODES: tuple[str, ...] = ("full", "quick", "smoke")
 
 
 @dataclasses.dataclass(frozen=True)

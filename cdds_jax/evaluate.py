@@ -8,23 +8,23 @@ Restores ``best/`` (or ``checkpoints/`` with ``--checkpoint=latest``) of the run
 every seed's run when ``config.seeds`` is set), encodes every unique image and caption
 of the split once, prints the results table and writes
 ``workdir/results__evaluate-<checkpoint>__split-<split>.json`` (never the training
-run's ``results.json``). The config must match the run's in every training key.
+run's ``results.json``). The config must match the run's in every training key. The
+loop over the runs is :func:`xmodal.run.evaluate`'s; this module is the method's part.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 
-from cdds_jax import evaluation, retrieval, train
+from cdds_jax import evaluation, reading, retrieval, train
 from cdds_jax.data import inputs
-from xmodal import run, sharding
-from xmodal.checkpoint import restore_for_eval
-from xmodal.workdir import check_trained_with, evaluation_name
+from xmodal import run
 
 __all__ = ["evaluate"]
 
@@ -37,50 +37,43 @@ def evaluate(
     split: str | None = None,
 ) -> dict[str, Any]:
     """Evaluates the ``checkpoint`` of ``workdir`` on ``split`` (default: the test split)."""
-    workdir = pathlib.Path(workdir)
-    check_trained_with(workdir, config)
+    config = reading.fill(config)  # as the run stored it (docs/cdds.md §10.18)
     split_name = split or config.data.test_split
-    mesh = sharding.make_mesh(config.mesh)
-    run.check_batch_sizes(config, mesh)
-    data = train.load_data(config, workdir, splits=())
-    target_split = inputs.read_config_split(config, split_name)
-    model = train.build_model(config, len(data.vocab) if data.vocab else 0)
-    example = data.example(target_split)
-    evaluator = evaluation.Evaluator(config, model, mesh, data)
     protocols = (
         tuple(config.data.test_protocols)
         if split_name == config.data.test_split
         else ("full",)
     )
-    seeds = [int(s) for s in config.get("seeds") or ()]
-    folders = [workdir / f"seed_{s}" for s in seeds] or [workdir]
-    per_run = []
-    for folder, seed in zip(folders, seeds or [int(config.seed)], strict=True):
-        run_config = ml_collections.ConfigDict(config.to_dict())
-        run_config.seed = seed
-        target, _ = train.create_train_state(
-            run_config, model, example, mesh, steps_per_epoch=1
+
+    def prepare(
+        mesh: jax.sharding.Mesh,
+    ) -> Callable[[ml_collections.ConfigDict], run.Scoring]:
+        data = train.load_data(config, pathlib.Path(workdir), splits=())
+        target_split = inputs.read_config_split(config, split_name)
+        model = train.build_model(
+            config, data.backbones, len(data.vocab) if data.vocab else 0
         )
-        state, meta, which = restore_for_eval(folder, target, which=checkpoint)
-        per_run.append(
-            {
-                "method": "CDDS",
-                "checkpoint": which,
-                "selected_step": meta.get("best_step"),
-                "dev": meta.get("dev"),
-                "test_split": split_name,
-                "test": evaluator(state, target_split, protocols),
-                "steps": int(jax.device_get(state.step)),
-            }
+        example = data.example(target_split)
+        evaluator = evaluation.Evaluator(config, model, mesh, data)
+        return lambda run_config: run.Scoring(
+            name="CDDS",
+            init_state=lambda spe: train.create_train_state(
+                run_config, model, example, mesh, steps_per_epoch=spe
+            ),
+            test=lambda state: evaluator(state, target_split, protocols),
+            format_test=retrieval.format_table,
+            results_fields={"method": "CDDS", "test_split": split_name},
         )
-    results = train.summarize_seeds(per_run, seeds) if seeds else per_run[0]
-    if not seeds:
-        run.log(f"Split '{split_name}', checkpoint {per_run[0]['checkpoint']}:")
-        run.log(retrieval.format_table(results["test"]))
-    path = workdir / evaluation_name(checkpoint, split_name)
-    run.write_json(path, results)
-    run.log(f"results written to {path}")
-    return results
+
+    return run.evaluate(
+        config,
+        workdir,
+        prepare,
+        train.summarize_seeds,
+        checkpoint=checkpoint,
+        split=split_name,
+        always_subdirs=False,
+    )
 
 
 if __name__ == "__main__":

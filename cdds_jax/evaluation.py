@@ -2,8 +2,8 @@
 retrieval protocols on the score GEMM (docs/cdds.md §9 Evaluation).
 
 The correlation weights W come from the S statistics kept in the train state (the EMA,
-or the window mean when training used ``semantics.w_source="window"``), never from the
-evaluated pairs; the score function is the training one (``ScoreOptions``), so a
+the window mean, or the refreshed dataset S, by the reading's ``w_source``; W = I for
+``identity``), never from the evaluated pairs; the score function is the training one (``ScoreOptions``), so a
 checkpoint is scored as it was trained.
 """
 
@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from cdds_jax import kl_statistics, retrieval, scores
+from cdds_jax import kl_statistics, reading, retrieval, scores
 from cdds_jax.data import inputs
 from cdds_jax.model import CDDSModel
 from xmodal import sharding
@@ -37,7 +37,7 @@ def eval_weights(
     sampling."""
     scalars = model.apply({"params": params}, method="scalars")
     s_v, s_t = kl_statistics.evaluation_correlation(
-        extra, source=config.semantics.w_source
+        extra, source=reading.of(config).w_source
     )
     return scores.weights_from_scalars(
         scalars, s_v, s_t, scores.ScoreOptions.from_config(config)

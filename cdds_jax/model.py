@@ -3,8 +3,8 @@
 Shapes: images ``[B, P, D_v]`` (stored features) or ``[B, S, S, 3]`` uint8 pixels
 (``vit`` / ``swin`` / ``clip`` backbones, which give the ``[B, P, D_v]`` tokens) ->
 tokens ``[B, P, d]``; captions ``[B, L, D_t]`` (stored features), ``[B, L]`` word ids
-(``bigru``) or ``[B, L]`` WordPiece ids (``bert``) -> ``[B, L, d]`` with a ``[B, L]``
-mask. Backbone tokens go through the same projections as stored features
+(``bigru``) or ``[B, L]`` tokenizer ids of a text backbone (``bert`` WordPiece,
+``clip_text`` BPE) -> ``[B, L, d]`` with a ``[B, L]`` mask. Backbone tokens go through the same projections as stored features
 (``image_proj``, ``text_proj``; docs/cdds.md §3.4). Each modality has its own decoupler
 (separate weights):
 
@@ -28,7 +28,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Block", "CDDSModel", "Decoupler", "TextGRU", "model_rngs"]
+from xmodal.backbones import registry
+
+__all__ = [
+    "Block",
+    "CDDSModel",
+    "Decoupler",
+    "TextGRU",
+    "model_rngs",
+    "normalise_pixels",
+]
 
 Array = jax.Array
 
@@ -166,7 +175,8 @@ class CDDSModel(nn.Module):
       image_encoder: ``features`` (Dense on stored features) or the backbone kind
         (``vit``, ``swin``, ``clip``) of ``image_backbone``.
       text_encoder: ``features`` (Dense on stored features; ``precomputed`` is read as
-        ``features``), ``bigru`` or ``bert`` (``text_backbone``).
+        ``features``), ``bigru``, or a text kind of the backbone registry (``bert``,
+        ``clip_text``: ``text_backbone``).
       image_backbone, text_backbone: the backbone modules (:mod:`cdds_jax.encoders`).
       pixel_mean, pixel_std: per-channel normalisation of [0, 1] pixels (the image
         backbone's: ImageNet or CLIP).
@@ -205,13 +215,14 @@ class CDDSModel(nn.Module):
                 f"model.image_encoder={self.image_encoder!r} needs "
                 f"{'no' if self.image_encoder == 'features' else 'an'} image backbone"
             )
-        if (self.text_encoder == "bert") != (self.text_backbone is not None):
+        backbones = registry.kinds("text")
+        if (self.text_encoder in backbones) != (self.text_backbone is not None):
             raise ValueError(
                 f"model.text_encoder={self.text_encoder!r}: a text backbone goes with "
-                "'bert' only"
+                f"{' / '.join(backbones)} only"
             )
         self.image_proj = nn.Dense(self.dim, dtype=self.dtype)
-        if self.text_encoder in ("features", "precomputed", "bert"):
+        if self.text_encoder in ("features", "precomputed", *backbones):
             self.text_proj = nn.Dense(self.dim, dtype=self.dtype)
         elif self.text_encoder == "bigru":
             if self.vocab_size <= 0:
@@ -222,7 +233,7 @@ class CDDSModel(nn.Module):
         else:
             raise ValueError(
                 f"model.text_encoder: unknown {self.text_encoder!r} "
-                "(known: features, bigru, bert)"
+                f"(known: features, bigru, {', '.join(backbones)})"
             )
         if self.decouple:
             kwargs = dict(
@@ -261,9 +272,7 @@ class CDDSModel(nn.Module):
         """``images [B, P, D_v]`` features or ``[B, S, S, 3]`` pixels (0-255) -> dict
         of ``x``, ``s``, ``m`` ``[B, P, d]``, ``mask``."""
         if self.image_backbone is not None:
-            mean = jnp.asarray(self.pixel_mean, jnp.float32) * 255.0
-            std = jnp.asarray(self.pixel_std, jnp.float32) * 255.0
-            pixels = (images.astype(jnp.float32) - mean) / std
+            pixels = normalise_pixels(images, self.pixel_mean, self.pixel_std)
             images = self.image_backbone(
                 pixels.astype(self.dtype), deterministic=self._dropout(train)
             )
@@ -311,6 +320,16 @@ class CDDSModel(nn.Module):
         img = self.encode_image(images, train=train)
         txt = self.encode_text(text, text_mask, train=train)
         return img, txt, self.scalars()
+
+
+def normalise_pixels(
+    images: Array, mean: tuple[float, ...], std: tuple[float, ...]
+) -> Array:
+    """uint8 (0-255) ``images [B, S, S, 3]`` -> float32 ``(x / 255 - mean) / std``
+    per channel (the image backbone's normalisation, docs/cdds.md §3.4)."""
+    m = jnp.asarray(mean, jnp.float32) * 255.0
+    s = jnp.asarray(std, jnp.float32) * 255.0
+    return (images.astype(jnp.float32) - m) / s
 
 
 def model_rngs(rng: jax.Array) -> dict[str, jax.Array]:

@@ -38,7 +38,7 @@ stored (scores in float64 are rounded to float32 first unless ``jax_enable_x64``
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -59,9 +59,11 @@ __all__ = [
     "DEGENERATE_TIE_FRACTION",
     "METRIC_KEYS",
     "PROTOCOLS",
+    "ScoreFn",
     "block_scores_kernel",
     "degeneracy",
     "evaluate_protocols",
+    "evaluate_score_protocols",
     "format_table",
     "rank_metrics",
     "retrieval_ranks",
@@ -447,20 +449,71 @@ def evaluate_protocols(
     Returns:
       ``{protocol: metrics}`` with metrics as in `rank_metrics`.
     """
-    names = _validate_protocols(protocols)
+    _validate_protocols(protocols)
     images = host_embeddings("image_emb", image_emb)
     captions = host_embeddings("caption_emb", caption_emb)
-    n_img, n_cap = images.shape[0], captions.shape[0]
+
+    def scores(rows: slice, cols: slice | np.ndarray) -> np.ndarray:
+        return score_matrix(images[rows], captions[cols], block_size=block_size)
+
+    return evaluate_score_protocols(
+        scores,
+        caption_to_image,
+        num_images=images.shape[0],
+        num_captions=captions.shape[0],
+        protocols=protocols,
+        collapse_floor=collapse_floor,
+    )
+
+
+#: ``score_fn(image_rows, caption_rows) -> [n_rows, n_cols]`` scores, for
+#: `evaluate_score_protocols`: image rows are a slice, caption rows a slice or an index
+#: array into the split.
+ScoreFn = Callable[[slice, Any], Any]
+
+
+def evaluate_score_protocols(
+    score_fn: ScoreFn,
+    caption_to_image: Any,
+    *,
+    num_images: int,
+    num_captions: int,
+    protocols: Sequence[str],
+    collapse_floor: float | None = None,
+) -> dict[str, dict[str, float]]:
+    """`evaluate_protocols` for any score function (cross-attention heads).
+
+    The same protocols, rank counting and fold rules as `evaluate_protocols`, with the
+    scores of a block of the split asked from `score_fn` instead of an embedding GEMM
+    (``cdds_jax.heads.evaluate_head`` passes a blocked head evaluation): once for all
+    pairs with ``"full"``, else once per COCO 1K fold (its images against their
+    captions only).
+
+    Args:
+      score_fn: ``score_fn(image_rows, caption_rows)`` -> ``[n_rows, n_cols]``
+        finite floating scores (host or device array); ``image_rows`` is a slice of
+        the split's images, ``caption_rows`` a slice or an int index array of its
+        captions.
+      caption_to_image: ``[n_cap]`` integer image id of each caption.
+      num_images, num_captions: ``n_img`` and ``n_cap`` of the split (keyword-only).
+      protocols: names from `PROTOCOLS` (keyword-only; repeats are ignored).
+      collapse_floor: as in `evaluate_protocols`.
+
+    Returns:
+      ``{protocol: metrics}`` with metrics as in `rank_metrics`.
+    """
+    names = _validate_protocols(protocols)
+    n_img, n_cap = int(num_images), int(num_captions)
     c2i = _validate_index(caption_to_image, n_img, n_cap)
     if "1k_5fold" in names and n_img % _NUM_FOLDS:
         raise ValueError(
             f"protocol '1k_5fold' needs a number of images divisible by {_NUM_FOLDS}, "
-            f"got image_emb of shape {images.shape}"
+            f"got {n_img} images"
         )
 
     full_scores = None
     if "full" in names:
-        full_scores = score_matrix(images, captions, block_size=block_size)
+        full_scores = score_fn(slice(0, n_img), slice(0, n_cap))
 
     results: dict[str, dict[str, float]] = {}
     for name in names:
@@ -477,9 +530,7 @@ def evaluate_protocols(
             if full_scores is not None:
                 scores = full_scores[lo:hi][:, caps]
             else:
-                scores = score_matrix(
-                    images[lo:hi], captions[caps], block_size=block_size
-                )
+                scores = score_fn(slice(lo, hi), caps)
             per_fold.append(
                 rank_metrics(scores, c2i[caps] - lo, collapse_floor=collapse_floor)
             )

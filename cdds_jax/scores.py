@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cdds_jax import semantics
+from cdds_jax import reading, semantics
 from cdds_jax.arrays import as_mask, check_tokens, f32, safe_norm, safe_sqrt
 
 __all__ = [
@@ -88,6 +88,8 @@ class ScoreOptions(NamedTuple):
         ``level_centred`` only).
       tau_mode: ``semantics.TAU_MODES`` entry of the soft-threshold temperature.
       tau: the fixed temperature, or the multiplier of the ``relative`` one.
+      identity_weights: ``semantics.w_source="identity"``: W = I on both sides (the
+        control without related-semantics identification); S and alpha are unused.
     """
 
     sampling: bool = True
@@ -96,19 +98,22 @@ class ScoreOptions(NamedTuple):
     table_scale: bool = False
     tau_mode: str = "fixed"
     tau: float = 1.0
+    identity_weights: bool = False
 
     @classmethod
     def from_config(cls, config: Any) -> ScoreOptions:
-        """The score function of a CDDS config (``semantics.*``, ``ablate.sampling``),
-        shared by the train step and the evaluation; validated."""
+        """The score function of a CDDS config (``semantics.*`` through its reading,
+        ``ablate.sampling``), shared by the train step and the evaluation; validated."""
         sc = config.semantics
+        r = reading.of(sc)
         return cls(
             sampling=bool(config.ablate.sampling),
             num_levels=int(sc.num_levels),
-            table_compare=str(sc.table_compare),
-            table_scale=bool(sc.table_scale),
-            tau_mode=str(sc.tau_mode),
+            table_compare=r.table_compare,
+            table_scale=r.table_scale,
+            tau_mode=r.tau_mode,
             tau=float(sc.tau),
+            identity_weights=r.w_source == "identity",
         ).validate()
 
     def validate(self) -> ScoreOptions:
@@ -378,9 +383,13 @@ def weights_from_scalars(
     options: ScoreOptions,
 ) -> tuple[jax.Array, jax.Array] | None:
     """``(W^v, W^t)`` from S and the model's learned scalars (``alpha_v``,
-    ``alpha_t``, optional ``log_tau``); None without sampling (no tables, no W)."""
+    ``alpha_t``, optional ``log_tau``); ``(I, I)`` with ``identity_weights``; None
+    without sampling (no tables, no W)."""
     if not options.sampling:
         return None
+    if options.identity_weights:
+        eye = jnp.eye(jnp.shape(s_v)[0], dtype=jnp.float32)
+        return eye, eye
     return correlation_weights(
         s_v,
         s_t,

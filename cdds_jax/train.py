@@ -21,16 +21,26 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cdds_jax import encoders, kl_statistics, losses, retrieval, scores, semantics
+from cdds_jax import (
+    dataset_statistics,
+    encoders,
+    kl_statistics,
+    reading,
+    retrieval,
+    semantics,
+)
 from cdds_jax import model as model_lib
 from cdds_jax.data import inputs
 from cdds_jax.evaluation import Evaluator
 from cdds_jax.model import CDDSModel
+from cdds_jax.objective import compute_loss
 from xmodal import loop as loop_lib
 from xmodal import optim, run, sharding
 from xmodal import step as step_lib
+from xmodal.errors import UserError
 from xmodal.state import TrainState, create_sharded
 from xmodal.step import apply_update
+from xmodal.writer import log
 
 __all__ = [
     "Data",
@@ -64,8 +74,9 @@ Data, load_data, save_vocab = inputs.Data, inputs.load_data, inputs.save_vocab
 # =====================================================================================
 
 
-# The model of a config (ablation switches, backbones from their checkpoint folders):
-# cdds_jax/encoders.py; the PRNG streams it draws are the model's own.
+# The model of a config with the backbones its data resolved (``Data.backbones``;
+# ablation switches): cdds_jax/encoders.py; the PRNG streams it draws are the model's
+# own.
 build_model, model_rngs = encoders.build_model, model_lib.model_rngs
 
 
@@ -130,56 +141,8 @@ def create_train_state(
 # =====================================================================================
 
 
-def compute_loss(
-    params: Any,
-    extra: Mapping[str, jax.Array],
-    batch: Mapping[str, jax.Array],
-    rng: jax.Array,
-    *,
-    model: CDDSModel,
-    config: ml_collections.ConfigDict,
-    epoch: jax.Array,
-) -> tuple[jax.Array, dict[str, Any]]:
-    """The CDDS objective on a global batch of B (image, caption) pairs.
-
-    ``extra`` holds the S statistics of the state (``init_extra``); ``epoch`` is the
-    fractional epoch (step / steps_per_epoch), for the L_s ramp and the hinge switch.
-    Returns ``(loss, aux)``: aux holds the loss parts, the training score statistics
-    and the updated S statistics (``"stats"``, for the state).
-    """
-    options = scores.ScoreOptions.from_config(config)
-    img, txt, scalars = model.apply(
-        {"params": params},
-        batch["image"],
-        inputs.text_input(batch),
-        batch["text_mask"],
-        train=True,
-        rngs=model_rngs(rng),
-    )
-    w_s_v, w_s_t, stats = kl_statistics.step_correlation(
-        img, txt, extra, config.semantics, sampling=options.sampling
-    )
-    weights = scores.weights_from_scalars(scalars, w_s_v, w_s_t, options)
-    emb = scores.retrieval_embeddings(
-        img["s"], img["mask"], txt["s"], txt["mask"], weights, options=options
-    )
-    score = scores.score_gemm(emb.image, emb.caption)
-    tables = (
-        None if weights is None else losses.SampledTables(emb.q_v, emb.q_t, *weights)
-    )
-    obj = losses.objective(
-        score,
-        batch["image_id"],
-        img,
-        txt,
-        w_s=scalars["w_s"],
-        w_m=scalars["w_m"],
-        epoch=epoch,
-        options=losses.ObjectiveOptions.from_config(config),
-        tables=tables,
-    )
-    parts = {k: v for k, v in obj._asdict().items() if k != "total"}
-    return obj.total, {**parts, **scores.score_statistics(score), "stats": stats}
+# The loss of a global batch (the model applied, the S statistics, the scores and the
+# objective's terms): cdds_jax/objective.py.
 
 
 def train_step(
@@ -207,6 +170,7 @@ def train_step(
         steps_per_epoch=steps_per_epoch,
         extra=aux.pop("stats"),
     )
+    del aux["weights"]  # for tests of the W sources; not a metric
     metrics = {
         "loss": loss,
         **aux,
@@ -247,7 +211,7 @@ def summarize_seeds(
 ) -> dict[str, Any]:
     """The workdir results of several seeds: mean and std per protocol and metric."""
     summary, table = retrieval.summarize_runs([r["test"] for r in per_seed])
-    run.log(f"\nCDDS test, {len(seeds)} seeds {list(seeds)}:\n{table}")
+    log(f"\nCDDS test, {len(seeds)} seeds {list(seeds)}:\n{table}")
     return {
         "method": "CDDS",
         "seeds": list(seeds),
@@ -266,16 +230,22 @@ def train_seed(
 ) -> dict[str, Any]:
     """One CDDS run (one seed) in ``path``: the method's pieces for the harness."""
     assert data.train is not None and data.dev is not None and data.test is not None
-    model = build_model(config, len(data.vocab) if data.vocab else 0)
+    model = build_model(config, data.backbones, len(data.vocab) if data.vocab else 0)
     source = data.pair_source(data.train)
     example = data.example(data.train)
     evaluator = Evaluator(config, model, mesh, data)
     on_test = bool(config.eval.select_on_test)
     select_split = data.test if on_test else data.dev
     if on_test:
-        run.log("WARNING: eval.select_on_test=True selects on the TEST split (LAPS)")
+        log("WARNING: eval.select_on_test=True selects on the TEST split (LAPS)")
     c = config.collapse  # the guard watches the training score spread
-    collapse = loop_lib.CollapseGuard("score_std", c.floor, c.patience_steps)
+    collapse = loop_lib.CollapseGuard(
+        "score_std",
+        float(c.floor),
+        int(c.patience_steps),
+        relative_floor=float(c.get("relative_floor", 0.0)),
+        dev_metric="score_std",
+    )
     method = run.Method(
         name="CDDS" if not config.get("seeds") else f"CDDS seed {config.seed}",
         train_source=source,
@@ -287,7 +257,7 @@ def train_seed(
             example,
             mesh,
             steps_per_epoch=spe,
-            pretrained=encoders.pretrained_params(encoders.load_backbones(config)),
+            pretrained=encoders.pretrained_params(data.backbones),
         ),
         make_step=lambda shardings, spe: jit_train_step(
             config, model, shardings, mesh, steps_per_epoch=spe
@@ -302,6 +272,7 @@ def train_seed(
         select_metric="rsum",
         results_fields={
             "method": "CDDS",
+            "reading": reading.record(config),
             "selected_on": "test (LAPS protocol)" if on_test else "dev",
             "test_split": config.data.test_split,
         },
@@ -309,6 +280,10 @@ def train_seed(
         collapse=collapse,
         worker_count=int(config.data.worker_count),
         train_transform=data.train_transform(),
+        # The dataset sources of W recompute S over the training pairs each epoch.
+        on_epoch_start=dataset_statistics.make_refresh(
+            config, model, data.pair_eval_source(data.train), mesh, log=log
+        ),
     )
     return run.train(config, path, method, mesh, results_name=results_name)
 
@@ -318,21 +293,31 @@ def train_and_evaluate(
     workdir: str | os.PathLike,
     *,
     accept_config_changes: bool = False,
+    break_lock: bool = False,
 ) -> dict[str, Any]:
     """Trains CDDS, selects on dev, evaluates the test protocols; returns the results.
 
     ``config.seeds`` (if set) trains one run per seed in ``workdir/seed_<s>/`` and
     reports mean ± std.
     """
+    if config.eval.get("zeroshot", False):  # configs/*.py:clip_zeroshot
+        raise UserError(
+            "a zero-shot config evaluates pretrained CLIP without training: "
+            "python -m cdds_jax.zeroshot (docs/cdds.md §3.5)"
+        )
     workdir = pathlib.Path(workdir)
+    # The reading's values are written into the config, so config.json records what
+    # the run trains with (docs/cdds.md §10.18).
+    config = reading.fill(config)
     mesh = sharding.make_mesh(config.mesh)
-    run.check_batch_sizes(config, mesh)
+    sharding.check_batch_sizes(config, mesh)
     data = load_data(config, workdir, splits=("train", "dev", "test"))
     assert data.train is not None
-    run.log(
+    log(
         f"CDDS | {len(jax.devices())} devices, mesh {dict(mesh.shape)} | train "
         f"{data.train.num_images} images / {data.train.num_captions} captions"
     )
+    log(f"CDDS {reading.describe(config)}")
     return run.run_seeds(
         config,
         workdir,
@@ -340,6 +325,7 @@ def train_and_evaluate(
         summarize_seeds,
         always_subdirs=False,
         accept_config_changes=accept_config_changes,
+        break_lock=break_lock,
         on_open=lambda wd: save_vocab(data, wd.path),
     )
 

@@ -12,9 +12,10 @@ caption -> image index (25,010 captions, or 25,000 in the SCAN/LAPS files); both
 Arguments: ``demo`` (synthetic store, minutes on a CPU), ``tiny`` (tests),
 ``scan`` (SCAN precomp layout: ``testall_ims.npy`` / ``testall_caps.txt``, BiGRU text).
 
-The paper's rows (fine-tuned image backbone + BERT-base on the LAPS files in
-``data/coco`` with the images under ``data/coco-images/{train2014,val2014}``; each
-names its checkpoint folder, docs/cdds.md §13):
+The paper's rows (fine-tuned image backbone + BERT-base, or CLIP's two towers, on the
+LAPS files in ``data/coco`` with the images under
+``data/coco-images/{train2014,val2014}``; each names its checkpoint folder,
+docs/cdds.md §13):
 
     python -m cdds_jax.train --config configs/coco.py:swin384 --workdir runs/coco_swin384
 
@@ -27,44 +28,29 @@ names its checkpoint folder, docs/cdds.md §13):
 - ``swin384``: ``checkpoints/swin-base-patch4-window12-384``
   (microsoft/swin-base-patch4-window12-384); the paper reports rSum 548.6 on COCO 1K
   (5-fold mean) and 472.1 on COCO 5K (LAPS 544.1 / 470.1).
-- ``clip_vitl``: ``checkpoints/clip-vit-large-patch14`` (openai/clip-vit-large-patch14);
-  a leaderboard entry (backbone attribution uncertain) gives COCO 5K R@1 73.3 (i2t) /
+- ``clip_vitl``: ``checkpoints/clip-vit-large-patch14`` (openai/clip-vit-large-patch14),
+  CLIP's vision and text towers from that one folder (docs/cdds.md §3.5); a
+  leaderboard entry (backbone attribution uncertain) gives COCO 5K R@1 73.3 (i2t) /
   57.6 (t2i).
+- ``clip_zeroshot``: the same pretrained CLIP scored without training
+  (``python -m cdds_jax.zeroshot --config configs/coco.py:clip_zeroshot --workdir
+  runs/coco_clip_zeroshot``); the paper's zero-shot number is not known here.
 
-Every row also needs ``checkpoints/bert-base-uncased`` (google-bert/bert-base-uncased).
+Every row but the CLIP ones also needs ``checkpoints/bert-base-uncased``
+(google-bert/bert-base-uncased).
 With the Karpathy JSON instead of the LAPS files: ``--config.data.format=karpathy
 --config.data.root=data/coco/dataset_coco.json`` (``testall`` reads as ``test``; dev
 is then Karpathy's 5,000-image ``val``).
+
+The defaults and what each argument changes live in ``configs/cdds_base.py``.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from configs import flickr
+from configs import cdds_base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = flickr.base_config()
-    c.data.root = "data/coco"
-    c.data.test_protocols = ("1k_5fold", "full")  # COCO 1K (5 folds) and COCO 5K
-    if arg in ("demo", "tiny"):
-        flickr.demo_overrides(c, tiny=arg == "tiny")
-        # 5 folds of the synthetic test images, as COCO 1K (demo: 5 x 200).
-        if arg == "tiny":
-            c.data.synthetic.num_test = 20
-        c.data.test_protocols = ("1k_5fold", "full")
-    elif arg == "scan":
-        c.data.format = "scan_precomp"
-        c.data.root = "data/coco_precomp"
-        c.data.test_split = "testall"
-        c.model.text_encoder = "bigru"
-    elif arg in flickr.PAPER_ROWS:
-        c.data.test_split = "testall"  # COCO 5K in the LAPS files
-        flickr.paper_row_overrides(c, arg, image_root="data/coco-images")
-    elif arg:
-        raise ValueError(
-            f"configs/coco.py: unknown argument {arg!r} (demo, tiny, scan, "
-            f"{', '.join(flickr.PAPER_ROWS)})"
-        )
-    return c
+    return cdds_base.get_config("coco", arg)

@@ -58,6 +58,22 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     c.seed = 1111  # init, shuffling and dropout derive from it
     c.seeds = (1111,)  # several (--config.seeds=1111,1112,1113): mean and std each
 
+    _data(c, dataset, h)
+    _model(c, h)
+    _loss(c, h)
+    _optim(c, h)
+    _train(c, h)
+    _eval(c, dataset, h)
+
+    c.mesh = (("data", -1),)
+    c.sharding_rules = ()
+
+    _variant(c, arg)
+    return c
+
+
+def _data(c: ml_collections.ConfigDict, dataset: str, h: dict) -> None:
+    """Which data set, where it is and how it is read (``c.data``)."""
     # ------------------------------------------------------------------ data
     c.data = ml_collections.ConfigDict()
     c.data.dataset = dataset  # mosi | mosei | sims | iemocap
@@ -74,6 +90,9 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     c.data.synthetic.num_valid = 229
     c.data.synthetic.num_test = 686
 
+
+def _model(c: ml_collections.ConfigDict, h: dict) -> None:
+    """The encoders, the cross-modal transformers and the text input (``c.model``)."""
     # ----------------------------------------------------------------- model
     c.model = ml_collections.ConfigDict()
     c.model.dim = h["dim"]  # d
@@ -98,6 +117,9 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     # The local Hugging Face folder of that BERT (read only, never downloaded).
     c.model.bert_path = f"checkpoints/{h['bert']}" if h["bert"] else ""
 
+
+def _loss(c: ml_collections.ConfigDict, h: dict) -> None:
+    """The five loss terms and their options (``c.loss``)."""
     # ------------------------------------------------------------------ loss
     c.loss = ml_collections.ConfigDict()
     c.loss.task = h["task"]  # "mse" (regression) | "ce" (classification)
@@ -117,6 +139,9 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     c.loss.local_mahalanobis = False
     c.loss.mmd_bandwidth = 1.0
 
+
+def _optim(c: ml_collections.ConfigDict, h: dict) -> None:
+    """Adam with L2 decay, clipping and BERT's lr group (``c.optim``)."""
     # ----------------------------------------------------------------- optim
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = h["lr"]
@@ -133,6 +158,9 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     c.optim.lr_groups = ()  # (regex on parameter path, lr multiplier)
     c.optim.bert_lr = h["bert_lr"]  # BERT's lr (text_encoder=bert); 0 = optim.lr
 
+
+def _train(c: ml_collections.ConfigDict, h: dict) -> None:
+    """Batch, epochs, early stopping and the plateau rule (``c.train``)."""
     # ----------------------------------------------------------------- train
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = h["batch"]
@@ -149,6 +177,9 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     # running across epoch boundaries.
     c.train.epoch_mode = "official"
 
+
+def _eval(c: ml_collections.ConfigDict, dataset: str, h: dict) -> None:
+    """Evaluation batches and the selection rule (``c.eval``)."""
     # ------------------------------------------------------------------ eval
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 256
@@ -158,9 +189,9 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
     # Selection on the valid split: decalign_jax.metrics.SELECTION per dataset.
     c.eval.select_metric, c.eval.select_mode = SELECTION[dataset]
 
-    c.mesh = (("data", -1),)
-    c.sharding_rules = ()
 
+def _variant(c: ml_collections.ConfigDict, arg: str | None) -> None:
+    """The config argument: ``paper``, ``demo``, ``tiny`` (None: the HEAD defaults)."""
     if arg == "paper":
         c.loss.alpha = 0.05
         c.loss.beta = 0.05
@@ -186,4 +217,3 @@ def get_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
             c.eval.loss_batch_size = 16
     elif arg:
         raise ValueError(f"unknown config argument {arg!r} (paper, demo, tiny)")
-    return c

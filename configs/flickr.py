@@ -19,10 +19,13 @@ Arguments (``configs/flickr.py:ARG``):
 - ``demo_raw``: JPEG files with planted visual concepts (coloured shapes), a
   Karpathy-style JSON and tiny random ViT + BERT checkpoints, written on first use
   into the cache folder; trains end to end through the backbones in minutes on a
-  2-core CPU (README for the numbers).
+  2-core CPU (README for the numbers). With ``--config.model.image_encoder=clip
+  --config.model.text_encoder=clip_text`` it trains through a tiny random CLIPModel.
+- ``clip_zeroshot_demo``: the zero-shot command on the same JPEGs and a tiny random
+  CLIPModel (``python -m cdds_jax.zeroshot``; random weights score near chance).
 
-The paper's rows: an image backbone and BERT-base fine-tuned at 0.1x the base lr on
-the LAPS files in ``data/f30k`` (``{split}_caps.txt``, ``{split}_ids.txt``,
+The paper's rows: an image backbone and BERT-base (CLIP: its own text tower)
+fine-tuned at 0.1x the base lr on the LAPS files in ``data/f30k`` (``{split}_caps.txt``, ``{split}_ids.txt``,
 ``id_mapping.json``) with the images in ``data/flickr30k-images`` (docs/cdds.md §13):
 
     python -m cdds_jax.train --config configs/flickr.py:vit224 --workdir runs/f30k_vit224
@@ -35,344 +38,29 @@ the LAPS files in ``data/f30k`` (``{split}_caps.txt``, ``{split}_ids.txt``,
   (microsoft/swin-base-patch4-window7-224); no number is known for this row.
 - ``swin384``: ``checkpoints/swin-base-patch4-window12-384``
   (microsoft/swin-base-patch4-window12-384); the paper reports rSum 552.5 (LAPS 545.3).
-- ``clip_vitl``: ``checkpoints/clip-vit-large-patch14`` (openai/clip-vit-large-patch14);
-  the paper reports i2t R@1 95.2 (previous best 94.6).
+- ``clip_vitl``: ``checkpoints/clip-vit-large-patch14`` (openai/clip-vit-large-patch14),
+  CLIP's vision and text towers from that one folder (docs/cdds.md §3.5); the paper
+  reports i2t R@1 95.2 (previous best 94.6).
+- ``clip_zeroshot``: the same pretrained CLIP scored without training
+  (``python -m cdds_jax.zeroshot --config configs/flickr.py:clip_zeroshot --workdir
+  runs/f30k_clip_zeroshot``; results table and results.json, no checkpoint); the
+  paper's zero-shot number is not known here.
 
-Every row also needs ``checkpoints/bert-base-uncased`` (google-bert/bert-base-uncased).
+Every row but the CLIP ones also needs ``checkpoints/bert-base-uncased``
+(google-bert/bert-base-uncased).
 A missing folder stops the run at start with one line saying what to put there. With
 the Karpathy JSON instead: ``--config.data.format=karpathy
 --config.data.root=data/dataset_flickr30k.json``.
+
+The defaults and what each argument changes live in ``configs/cdds_base.py``.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-
-def base_config() -> ml_collections.ConfigDict:
-    """Paper defaults shared by Flickr30K and COCO (docs/cdds.md)."""
-    c = ml_collections.ConfigDict()
-    c.seed = 0  # parameter init, shuffling and noise all derive from it
-    # Several seeds (--config.seeds=0,1,2): one run per seed, mean and std per metric;
-    # empty = the single run of c.seed.
-    c.seeds = ()
-
-    _data(c)
-    _model(c)
-    _semantics(c)
-    _objective(c)
-    _schedule(c)
-
-    # Data-parallel mesh; param sharding rules (regex, partition) - replicated here.
-    c.mesh = (("data", -1),)
-    c.sharding_rules = ()
-    return c
-
-
-def _data(c: ml_collections.ConfigDict) -> None:
-    """Where the data is and how it is read (``c.data``)."""
-    # ------------------------------------------------------------------ data
-    c.data = ml_collections.ConfigDict()
-    # "features" (our store) | "scan_precomp" | "arrayrecord" | "karpathy" (split
-    # JSON + images) | "laps" ({split}_caps/ids.txt + images)
-    c.data.format = "features"
-    c.data.root = "data/f30k"  # folder holding the splits (unused by data.synthetic)
-    # image folder of "karpathy" / "laps" ("" = beside data.root)
-    c.data.image_root = ""
-    c.data.train_split = "train"
-    c.data.dev_split = "dev"  # model selection (rSum on the "full" protocol)
-    c.data.test_split = "test"  # reported at the end with the best-on-dev state
-    c.data.test_protocols = ("full",)  # "full" (F30K 1K, COCO 5K), "1k_5fold" (COCO 1K)
-    c.data.max_words = 32  # caption length L: bigru words / bert ids, incl. start + end
-    c.data.vocab_min_count = 4  # words seen fewer times in train -> <unk> (SCAN: 4)
-    c.data.num_threads = 4  # grain read threads
-    c.data.worker_count = 0  # grain worker processes (0 = read in the main process)
-    # Synthetic feature store (the :demo configs): empty = use data.root.
-    c.data.synthetic = ml_collections.ConfigDict()
-    c.data.synthetic.enabled = False
-    # "features" (a feature store) | "images" (JPEGs + Karpathy JSON + tiny ViT / BERT)
-    c.data.synthetic.kind = "features"
-    c.data.synthetic.seed = 0
-    c.data.synthetic.num_train = 1000  # images; 5 captions each
-    c.data.synthetic.num_dev = 100
-    c.data.synthetic.num_test = 100
-    c.data.synthetic.num_tokens = 16  # P
-    c.data.synthetic.image_dim = 64  # D_v
-    c.data.synthetic.text_dim = 48  # D_t
-    c.data.synthetic.max_words = 12
-    c.data.synthetic.num_concepts = 48
-    c.data.synthetic.concepts_per_image = 3
-    c.data.synthetic.noise = 0.5  # token noise (both modalities)
-    c.data.synthetic.colour_scale = 0.5  # image-level nuisance offset
-    c.data.synthetic.syntax_scale = 0.5  # caption-level nuisance offset of fillers
-    c.data.synthetic.image_size = 32  # kind "images": JPEG side (px)
-    c.data.synthetic.backbone_size = 64  # kind "images": width of the tiny backbones
-
-
-def _model(c: ml_collections.ConfigDict) -> None:
-    """The encoders and the decoupler (``c.model``)."""
-    # ----------------------------------------------------------------- model
-    c.model = ml_collections.ConfigDict()
-    # "features" (stored token features -> Dense(d)) | "vit" | "swin" | "clip"
-    c.model.image_encoder = "features"
-    c.model.text_encoder = "features"  # "features" | "bigru" | "bert"
-    # Hugging Face checkpoint folders of the backbones (read only, never downloaded).
-    c.model.image_backbone_path = ""
-    c.model.text_backbone_path = ""
-    c.model.backbone_dropout = True  # the checkpoints' dropout in training (LAPS)
-    c.model.dim = 512  # d
-    c.model.num_heads = 8
-    c.model.mlp_ratio = 4
-    c.model.word_dim = 300  # bigru word embeddings
-    c.model.num_samples = 4  # z noisy bottleneck copies
-    c.model.sigma = 0.1  # bottleneck noise scale
-    c.model.dtype = "float32"  # compute dtype of the encoders ("bfloat16"); params f32
-    # recompute block activations in backward (memory), backbones too
-    c.model.remat = False
-
-
-def _semantics(c: ml_collections.ConfigDict) -> None:
-    """The distribution sampling score (``c.semantics``)."""
-    # ------------------------------------------------------------- semantics
-    c.semantics = ml_collections.ConfigDict()
-    c.semantics.kl = "histogram"  # "histogram" | "gaussian" column KL estimator
-    c.semantics.num_bins = 16  # K soft histogram bins
-    c.semantics.kl_chunk_size = 16  # pairs per chunk of the histogram KL (memory)
-    c.semantics.tau = 1.0  # temperature of p(j|i) = softmax(-S / tau)
-    # "fixed" (tau) | "relative" (tau x each row's std of S) | "learned" (a learnable
-    # log-temperature, initialised at log tau)
-    c.semantics.tau_mode = "fixed"
-    c.semantics.alpha_init = 1.0  # soft-threshold alpha (learnable per row)
-    c.semantics.num_levels = 32  # G quantile levels
-    c.semantics.ema_momentum = 0.99  # EMA of S (evaluation builds W from it)
-    # Where training builds W from: "batch" (this batch's S, the paper's reading) |
-    # "ema" (the EMA of S, the first step the batch's) | "window" (mean S of the last
-    # window_steps batches, kept in the train state). Default "ema": the score trained
-    # is the one evaluated, and on the demo it gives test rSum 239.5 +- 8.0 against
-    # 130.7 +- 14.7 for "batch" (3 seeds each; docs/cdds.md §10.3).
-    c.semantics.w_source = "ema"
-    c.semantics.window_steps = 16  # batches of the "window" source
-    # Table comparison of the score: "cosine" (the paper's reading) | "centred" (each
-    # column minus its mean over the G levels) | "level_centred" (each level minus its
-    # mean over the d columns) | "w2" (minus the squared 1-D W2 distance per column).
-    # Default "centred": on the demo test rSum 334.7 +- 18.2 against 239.5 +- 8.0 for
-    # "cosine" and 280.9 +- 9.1 for mean pooling (3 seeds each; docs/cdds.md §10.5).
-    c.semantics.table_compare = "centred"
-    c.semantics.table_scale = False  # centred comparisons: also divide by the spread
-
-
-def _objective(c: ml_collections.ConfigDict) -> None:
-    """The loss terms, the collapse guard and the Table 3 switches."""
-    # ------------------------------------------------------------------ loss
-    c.loss = ml_collections.ConfigDict()
-    c.loss.contrastive = "hinge"  # "hinge" (VSE++, LAPS) | "infonce"
-    c.loss.margin = 0.2
-    c.loss.temperature = 0.05  # infonce only
-    # All violations before this epoch, the hardest negative after; -1 never.
-    c.loss.max_violation_after_epochs = 1
-    c.loss.ramp_epochs = 1  # L_s x (step / steps) over the first epoch(s), LAPS
-    c.loss.a_s = 1.0
-    c.loss.a_m = 1.0
-    c.loss.a_f = 0.5  # L_f weight; L_x gets 1 - a_f
-
-    # ---------------------------------------------------------- collapse guard
-    # The training metric score_std (std of the B x B scores) below floor for
-    # patience_steps steps warns once; a dev evaluation whose score matrix has a std
-    # below floor (or whose positives all tie with most candidates) is "degenerate"
-    # and never selected. In score units: a healthy demo spreads ~0.1-0.2 (cosine
-    # scores in [-2, 2]), a collapsed one ~0.002; "w2" scores have their own scale.
-    c.collapse = ml_collections.ConfigDict()
-    c.collapse.floor = 0.01
-    c.collapse.patience_steps = 100
-
-    # -------------------------------------------------- ablations (Table 3)
-    c.ablate = ml_collections.ConfigDict()
-    c.ablate.decouple = True  # False: V^s = V, no UNet, no L_m / L_f / L_x
-    c.ablate.modality = True  # False: a_m = 0
-    c.ablate.integrity = True  # False: no L_f, L_x
-    c.ablate.noise = True  # False: sigma = 0 in training too
-    c.ablate.sampling = True  # False: mean-pooled cosine of V^s, T^s, same hinge
-
-
-def _schedule(c: ml_collections.ConfigDict) -> None:
-    """Optimiser, training length and evaluation (``c.optim``, ``c.train``, ``c.eval``)."""
-    # ----------------------------------------------------------------- optim
-    c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 2e-4
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 1e-4
-    c.optim.decoupled_weight_decay = True  # AdamW
-    c.optim.clip_norm = 2.0
-    c.optim.clip_rule = "optax"  # "optax" (clip_by_global_norm) | "official" (torch)
-    c.optim.schedule = "step"
-    c.optim.decay_epochs = (9, 15, 20)
-    c.optim.decay_factor = 0.3
-    c.optim.warmup_steps = 0
-    # (regex on parameter path, lr multiplier): image_backbone/, text_backbone/ at 0.1x.
-    c.optim.lr_groups = (("backbone", 0.1),)
-
-    # ----------------------------------------------------------------- train
-    c.train = ml_collections.ConfigDict()
-    c.train.batch_size = 64  # global, in captions
-    c.train.num_epochs = 25
-    c.train.num_steps = -1  # > 0 overrides num_epochs (tests, smoke runs)
-    c.train.log_every_steps = 100
-    c.train.eval_every_epochs = 1
-    c.train.eval_every_steps = 0  # > 0 overrides eval_every_epochs
-    c.train.checkpoint_every_steps = 1000
-    c.train.keep_checkpoints = 2
-
-    # ------------------------------------------------------------------ eval
-    c.eval = ml_collections.ConfigDict()
-    c.eval.batch_size = 128  # items per encoding batch (global)
-    c.eval.block_size = 1024  # score matrix block (images and captions)
-    c.eval.select_on_test = False  # True = LAPS protocol (selects on TEST; flagged)
-
-
-def demo_overrides(c: ml_collections.ConfigDict, *, tiny: bool = False) -> None:
-    """Shrinks ``c`` to the synthetic demo (few minutes on 2 CPU cores)."""
-    c.data.synthetic.enabled = True
-    # Dev and test of 1,000 images x 5 captions, as Flickr30K's: with 100 test images
-    # i2t R@1 varies by ~4.6 points from run to run, too much to rank variants.
-    c.data.synthetic.num_dev = 1000
-    c.data.synthetic.num_test = 1000
-    c.data.test_protocols = ("full",)
-    c.model.dim = 64
-    c.model.num_heads = 4
-    c.model.num_samples = 2
-    c.model.word_dim = 32
-    c.semantics.num_levels = 8
-    c.semantics.num_bins = 8
-    c.semantics.kl_chunk_size = 0
-    c.optim.lr = 5e-4  # a choice, not a stability limit (docs/cdds.md §10.13)
-    # From-scratch features: the hardest-negative hinge collapses every score to one
-    # value unless R@1 is already high (VSE++'s known failure; LAPS switches after one
-    # epoch because its backbones are pretrained), so the demo keeps all violations.
-    c.loss.max_violation_after_epochs = -1
-    c.optim.decay_epochs = (6,)
-    c.train.batch_size = 64
-    c.train.num_epochs = 8
-    c.train.log_every_steps = 20
-    c.train.checkpoint_every_steps = 200
-    c.eval.batch_size = 100
-    c.eval.block_size = 256
-    if tiny:
-        c.data.synthetic.num_train = 48
-        c.data.synthetic.num_dev = 16
-        c.data.synthetic.num_test = 16
-        c.data.synthetic.num_tokens = 6
-        c.data.synthetic.image_dim = 12
-        c.data.synthetic.text_dim = 10
-        c.data.synthetic.max_words = 6
-        c.data.synthetic.num_concepts = 12
-        c.data.max_words = 8
-        c.model.dim = 16
-        c.model.num_heads = 2
-        c.model.word_dim = 8
-        c.semantics.num_levels = 4
-        c.semantics.num_bins = 4
-        c.train.batch_size = 16
-        c.train.num_epochs = 2
-        c.train.log_every_steps = 5
-        c.train.checkpoint_every_steps = 10
-        c.eval.batch_size = 16
-        c.eval.block_size = 32
-
-
-#: The paper's rows (docs/cdds.md §13): argument -> (image encoder, checkpoint folder
-#: name under checkpoints/, the Hugging Face checkpoint to put there).
-PAPER_ROWS: dict[str, tuple[str, str, str]] = {
-    "vit224": (
-        "vit",
-        "vit-base-patch16-224-in21k",
-        "google/vit-base-patch16-224-in21k",
-    ),
-    "vit384": ("vit", "vit-base-patch16-384", "google/vit-base-patch16-384"),
-    "swin224": (
-        "swin",
-        "swin-base-patch4-window7-224",
-        "microsoft/swin-base-patch4-window7-224",
-    ),
-    "swin384": (
-        "swin",
-        "swin-base-patch4-window12-384",
-        "microsoft/swin-base-patch4-window12-384",
-    ),
-    "clip_vitl": ("clip", "clip-vit-large-patch14", "openai/clip-vit-large-patch14"),
-}
-#: The text backbone of every row: google-bert/bert-base-uncased.
-TEXT_CHECKPOINT = "checkpoints/bert-base-uncased"
-
-
-def paper_row_overrides(
-    c: ml_collections.ConfigDict, row: str, *, image_root: str
-) -> None:
-    """An image backbone + BERT-base fine-tuned end to end at 0.1x the base lr on the
-    LAPS data files (docs/cdds.md §3.4, §12.7, §13.3)."""
-    kind, folder, _ = PAPER_ROWS[row]
-    c.data.format = "laps"  # {split}_caps.txt / _ids.txt / id_mapping.json in data.root
-    c.data.image_root = image_root
-    c.data.max_words = 40  # BERT ids incl. [CLS] / [SEP] (LAPS pads per batch)
-    c.data.worker_count = 8  # decoding + augmentation processes (feed the step)
-    c.model.image_encoder = kind
-    c.model.image_backbone_path = f"checkpoints/{folder}"
-    c.model.text_encoder = "bert"
-    c.model.text_backbone_path = TEXT_CHECKPOINT
-    c.eval.batch_size = 64
-
-
-def demo_raw_overrides(c: ml_collections.ConfigDict) -> None:
-    """JPEG files + tiny random ViT / BERT end to end, minutes on 2 CPU cores."""
-    c.data.format = "karpathy"
-    c.data.synthetic.enabled = True
-    c.data.synthetic.kind = "images"
-    c.data.synthetic.num_train = 1000
-    c.data.synthetic.num_dev = 100
-    c.data.synthetic.num_test = 100
-    c.data.synthetic.num_concepts = 32  # 8 colours x 4 shapes
-    c.data.synthetic.image_size = 32
-    c.data.synthetic.backbone_size = 64
-    c.data.max_words = 20
-    c.data.test_protocols = ("full",)
-    c.model.image_encoder = "vit"
-    c.model.text_encoder = "bert"
-    c.model.backbone_dropout = False
-    c.model.dim = 64
-    c.model.num_heads = 4
-    c.model.num_samples = 2
-    c.semantics.num_levels = 8
-    c.semantics.num_bins = 8
-    c.semantics.kl_chunk_size = 0
-    c.optim.lr = 5e-4
-    c.optim.decay_epochs = (3, 6)  # x0.3 each: 5e-4 alone stalls near chance
-    # Random tiny backbones have nothing to preserve: they learn at the full rate.
-    c.optim.lr_groups = (("backbone", 1.0),)
-    c.loss.max_violation_after_epochs = -1  # from scratch (see demo_overrides)
-    c.train.batch_size = 64
-    c.train.num_epochs = 8
-    c.train.log_every_steps = 20
-    c.train.checkpoint_every_steps = 200
-    c.eval.batch_size = 100
-    c.eval.block_size = 256
+from configs import cdds_base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    c = base_config()
-    if arg in ("demo", "tiny"):
-        demo_overrides(c, tiny=arg == "tiny")
-    elif arg == "scan":
-        c.data.format = "scan_precomp"
-        c.model.text_encoder = "bigru"
-    elif arg in PAPER_ROWS:
-        c.data.root = "data/f30k"  # the LAPS files of Flickr30K
-        paper_row_overrides(c, arg, image_root="data/flickr30k-images")
-    elif arg == "demo_raw":
-        demo_raw_overrides(c)
-    elif arg:
-        raise ValueError(
-            f"configs/flickr.py: unknown argument {arg!r} (demo, tiny, scan, "
-            f"demo_raw, {', '.join(PAPER_ROWS)})"
-        )
-    return c
+    return cdds_base.get_config("flickr", arg)

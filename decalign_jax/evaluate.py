@@ -3,26 +3,28 @@ r"""Scores a trained DecAlign run (every seed) on the test split.
     python -m decalign_jax.evaluate --config configs/mosi.py --workdir runs/mosi \
         --config.data.path=data/MOSI/aligned_50.pkl
 
-Restores each ``workdir/seed_<s>/best`` (or ``checkpoints`` with
-``--checkpoint=latest``), prints the paper-shaped table (mean ± std over seeds) and
-writes ``workdir/results__evaluate-<checkpoint>__split-<split>.json`` (never the
-training run's ``results.json``). The config must match the run's in every training
-key.
+Restores each seed's ``best/`` (or ``checkpoints/`` with ``--checkpoint=latest``),
+prints the paper-shaped table (mean ± std over seeds) and writes
+``workdir/results__evaluate-<checkpoint>__split-<split>.json`` (never the training
+run's ``results.json``). The config must match the run's in every training key. The
+loop over the seeds is :func:`xmodal.run.evaluate`'s; this module is the method's part.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import pathlib
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
-from decalign_jax import evaluation, metrics, text, train
-from xmodal import run, sharding
-from xmodal.checkpoint import restore_for_eval
-from xmodal.workdir import check_trained_with, evaluation_name
+from decalign_jax import evaluation, metrics, train
+from decalign_jax.data import inputs
+from xmodal import run
+from xmodal.writer import log, mean_std
 
 __all__ = ["evaluate"]
 
@@ -35,49 +37,59 @@ def evaluate(
     split: str = "test",
 ) -> dict[str, Any]:
     """Evaluates every seed's ``checkpoint`` in ``workdir`` on ``split``."""
-    workdir = pathlib.Path(workdir)
-    check_trained_with(workdir, config)
-    mesh = sharding.make_mesh(config.mesh)
-    run.check_batch_sizes(config, mesh)
-    splits = train.load_data(config)
-    if split not in splits:
-        raise ValueError(f"--split: expected one of {sorted(splits)}, got {split!r}")
-    model = train.build_model(config)
-    example = text.make_source(splits[split], config)[0]
-    example = {k: np.asarray(v)[None] for k, v in example.items()}
-    evaluator = evaluation.Evaluator(config, model, mesh)
-    seeds = [int(s) for s in (config.seeds or (config.seed,))]
-    per_seed = []
-    for seed in seeds:
-        target, _ = train.create_train_state(
-            config, model, example, mesh, seed=seed, steps_per_epoch=1
+    dataset = config.data.dataset
+
+    def prepare(
+        mesh: jax.sharding.Mesh,
+    ) -> Callable[[ml_collections.ConfigDict], run.Scoring]:
+        splits = inputs.load_data(config)
+        if split not in splits:
+            raise ValueError(
+                f"--split: expected one of {sorted(splits)}, got {split!r}"
+            )
+        model = train.build_model(config)
+        example = inputs.make_source(splits[split], config)[0]
+        example = {k: np.asarray(v)[None] for k, v in example.items()}
+        evaluator = evaluation.Evaluator(config, model, mesh)
+        return lambda run_config: run.Scoring(
+            name=f"DecAlign seed {run_config.seed}",
+            init_state=lambda spe: train.create_train_state(
+                run_config,
+                model,
+                example,
+                mesh,
+                seed=run_config.seed,
+                steps_per_epoch=spe,
+            ),
+            test=lambda state: evaluator(state, splits[split]),
+            format_test=functools.partial(evaluation.format_run, dataset),
+            results_fields={"seed": run_config.seed},
         )
-        state, meta, which = restore_for_eval(
-            workdir / f"seed_{seed}", target, which=checkpoint
-        )
-        per_seed.append(
-            {
-                "seed": seed,
-                "checkpoint": which,
-                "selected_step": meta.get("best_step"),
-                "test": evaluator(state, splits[split]),
-            }
-        )
-    summary = run.mean_std([r["test"] for r in per_seed], metrics.display_scale)
-    results = {
-        "method": "DecAlign",
-        "dataset": config.data.dataset,
-        "split": split,
-        "seeds": seeds,
-        "test_mean_std": summary,
-        "per_seed": per_seed,
-    }
-    run.log(f"Split '{split}', {checkpoint} checkpoints:")
-    run.log(metrics.format_table(config.data.dataset, summary, len(seeds)))
-    path = workdir / evaluation_name(checkpoint, split)
-    run.write_json(path, results)
-    run.log(f"results written to {path}")
-    return results
+
+    def summarize(
+        per_seed: Sequence[Mapping[str, Any]], seeds: Sequence[int]
+    ) -> dict[str, Any]:
+        summary = mean_std([r["test"] for r in per_seed], metrics.display_scale)
+        log(f"Split '{split}', {checkpoint} checkpoints:")
+        log(metrics.format_table(dataset, summary, len(seeds)))
+        return {
+            "method": "DecAlign",
+            "dataset": dataset,
+            "split": split,
+            "seeds": list(seeds),
+            "test_mean_std": summary,
+            "per_seed": list(per_seed),
+        }
+
+    return run.evaluate(
+        config,
+        workdir,
+        prepare,
+        summarize,
+        checkpoint=checkpoint,
+        split=split,
+        always_subdirs=True,
+    )
 
 
 if __name__ == "__main__":

@@ -19,12 +19,15 @@ import ml_collections
 import numpy as np
 
 from decalign_jax import data as data_lib
-from decalign_jax import metrics, text
+from decalign_jax import metrics
+from decalign_jax.data import inputs
+from decalign_jax.objective import is_classification
 from xmodal import sharding
 from xmodal.inference import map_source
 from xmodal.state import TrainState
+from xmodal.writer import mean_std
 
-__all__ = ["Evaluator", "predict"]
+__all__ = ["Evaluator", "format_run", "predict"]
 
 
 def predict(
@@ -36,7 +39,7 @@ def predict(
 ) -> dict[str, jax.Array]:
     """Outputs ``[B]`` / ``[B, C]`` and per-sample task losses ``[B]`` (no dropout)."""
     out = model.apply({"params": params}, batch, train=False)
-    if config.loss.task == "ce":
+    if is_classification(config):
         per_sample = -jnp.take_along_axis(
             jax.nn.log_softmax(out["output"]),
             batch["label"][:, None].astype(jnp.int32),
@@ -67,7 +70,7 @@ class Evaluator:
     ) -> dict[str, float]:
         out = map_source(
             functools.partial(self.predict, state.params),
-            text.make_source(split, self.config),
+            inputs.make_source(split, self.config),
             mesh=self.mesh,
             batch_size=self.config.eval.batch_size,
             num_threads=self.config.data.num_threads,
@@ -80,3 +83,8 @@ class Evaluator:
             out["loss"], int(self.config.eval.loss_batch_size)
         )
         return result
+
+
+def format_run(dataset: str, test: Mapping[str, float]) -> str:
+    """The paper-shaped table of one run's metrics (display units)."""
+    return metrics.format_table(dataset, mean_std([test], metrics.display_scale), 1)

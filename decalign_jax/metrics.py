@@ -137,6 +137,19 @@ def batch_mean_loss(per_sample: ArrayLike, batch_size: int) -> float:
     return float(np.mean(sums / counts))
 
 
+def _flat_labels(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """``y_true`` and ``y_pred`` flattened to ``[N]``, dtypes kept (labels are compared
+    exactly); a size mismatch names both shapes."""
+    t = np.asarray(y_true).reshape(-1)
+    p = np.asarray(y_pred).reshape(-1)
+    if t.shape != p.shape:
+        raise ValueError(
+            f"y_true and y_pred must have the same size; got y_true.shape="
+            f"{np.shape(y_true)}, y_pred.shape={np.shape(y_pred)}"
+        )
+    return t, p
+
+
 def accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     """Fraction of exact matches (``sklearn.metrics.accuracy_score``).
 
@@ -147,13 +160,7 @@ def accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     Returns:
       ``mean(y_true == y_pred)``; NaN when ``N == 0``.
     """
-    t = np.asarray(y_true).reshape(-1)
-    p = np.asarray(y_pred).reshape(-1)
-    if t.shape != p.shape:
-        raise ValueError(
-            f"y_true and y_pred must have the same size; got y_true.shape="
-            f"{np.shape(y_true)}, y_pred.shape={np.shape(y_pred)}"
-        )
+    t, p = _flat_labels(y_true, y_pred)
     if t.size == 0:
         return float("nan")
     return float(np.mean(t == p))
@@ -180,13 +187,7 @@ def weighted_f1(
     Returns:
       The weighted F1 in [0, 1]; NaN when ``N == 0`` and ``labels`` is None.
     """
-    t = np.asarray(y_true).reshape(-1)
-    p = np.asarray(y_pred).reshape(-1)
-    if t.shape != p.shape:
-        raise ValueError(
-            f"y_true and y_pred must have the same size; got y_true.shape="
-            f"{np.shape(y_true)}, y_pred.shape={np.shape(y_pred)}"
-        )
+    t, p = _flat_labels(y_true, y_pred)
     if t.dtype == np.bool_:
         t = t.astype(np.int64)
     if p.dtype == np.bool_:

@@ -19,7 +19,21 @@ import ml_collections
 
 from decalign_jax import losses
 
-__all__ = ["compute_loss", "task_loss"]
+__all__ = ["TASKS", "compute_loss", "is_classification", "task_loss"]
+
+#: ``config.loss.task``: "mse" (regression) | "ce" (classification).
+TASKS: tuple[str, ...] = ("mse", "ce")
+
+
+def is_classification(config: ml_collections.ConfigDict) -> bool:
+    """``config.loss.task == "ce"``: class logits ``[B, C]`` and integer labels, not one
+    regression output ``[B]`` (checked against :data:`TASKS`)."""
+    task = config.loss.task
+    if task not in TASKS:
+        raise ValueError(
+            f"config.loss.task: expected one of {list(TASKS)}, got {task!r}"
+        )
+    return task == "ce"
 
 
 def task_loss(
@@ -29,7 +43,7 @@ def task_loss(
     valid: jax.Array | None = None,
 ) -> jax.Array:
     """MSE (regression; + SIMS's sign BCE) or cross-entropy (classification)."""
-    if config.loss.task == "ce":
+    if is_classification(config):
         return losses.cross_entropy_loss(output, label, valid=valid)
     loss = losses.mse_loss(output, label, valid=valid)
     if config.loss.binary_weight:
@@ -71,7 +85,7 @@ def compute_loss(
     if lc.ct_weight:
         bins = (
             label.astype(jnp.int32)
-            if lc.task == "ce"
+            if is_classification(config)
             else losses.regression_bins(label)
         )
         ct = losses.supcon_loss(

@@ -6,9 +6,11 @@ r"""DecAlign training driver.
     python -m decalign_jax.train --config configs/mosi.py --workdir runs/mosi \
         --config.seeds=1111,1112,1113       # mean and std over seeds
 
-Flat, in sections: data -> model & state -> train step -> the run. The objective
-(all five loss terms) is :mod:`decalign_jax.objective`, evaluation and the selection
-loss :mod:`decalign_jax.evaluation`.
+Flat, in sections: data -> model & state -> train step -> the run. The data is
+:mod:`decalign_jax.data.inputs`, the text encoder (stored features or BERT)
+:mod:`decalign_jax.encoders`, the objective (all five loss terms)
+:mod:`decalign_jax.objective`, evaluation and the selection loss
+:mod:`decalign_jax.evaluation`: the same roles, under the same names, as CDDS's.
 Each seed trains in ``workdir/seed_<s>/`` (config.json, metrics.jsonl, TensorBoard
 events, curves.png, checkpoints/, best/, results.json), is selected on the valid split
 by the dataset's metric (``decalign_jax.metrics.SELECTION``), and its best checkpoint
@@ -31,15 +33,16 @@ import ml_collections
 import numpy as np
 
 from decalign_jax import data as data_lib
-from decalign_jax import metrics, text
-from decalign_jax.evaluation import Evaluator
+from decalign_jax import encoders, metrics
+from decalign_jax.data import inputs
+from decalign_jax.evaluation import Evaluator, format_run
 from decalign_jax.model import DecAlignModel
-from decalign_jax.objective import compute_loss
+from decalign_jax.objective import compute_loss, is_classification
 from xmodal import backbones, layers, optim, run, sharding
 from xmodal import step as step_lib
-from xmodal.files import cache_dir
 from xmodal.state import TrainState, create_sharded
 from xmodal.step import apply_update
+from xmodal.writer import log, mean_std
 
 __all__ = [
     "build_model",
@@ -59,44 +62,9 @@ __all__ = [
 # =====================================================================================
 
 
-def data_path(config: ml_collections.ConfigDict) -> pathlib.Path:
-    """``data.path``, or the synthetic pickle (written on first use) for demo configs."""
-    syn = config.data.synthetic
-    if syn.enabled:
-        from decalign_jax.data import synthetic
-
-        return synthetic.ensure_demo_dataset(
-            cache_dir() / "decalign",
-            dataset=config.data.dataset,
-            seed=syn.seed,
-            sizes={
-                "train": syn.num_train,
-                "valid": syn.num_valid,
-                "test": syn.num_test,
-            },
-            num_classes=config.data.num_classes,
-        )
-    path = pathlib.Path(config.data.path).expanduser()
-    if not (path.is_dir() if config.data.format == "arrayrecord" else path.is_file()):
-        raise FileNotFoundError(
-            f"config.data.path: {config.data.dataset} pickle {str(path)!r} not found. Put "
-            "the MMSA file there or pass --config.data.path=... (README 'Real data'), or "
-            "use a :demo config"
-        )
-    return path
-
-
-def load_data(config: ml_collections.ConfigDict) -> dict[str, data_lib.MMSASplit]:
-    """Reads, validates and sanitises the pickle; ``{train, valid, test}`` splits."""
-    standardize = {"auto": None, "on": True, "off": False}[config.data.standardize]
-    splits = data_lib.read_dataset(
-        data_path(config),
-        format=config.data.format,
-        dataset=config.data.dataset,
-        standardize=standardize,
-        num_classes=config.data.num_classes if config.loss.task == "ce" else None,
-    )
-    return text.check_token_ids(config, splits)  # ids BERT can embed (bert only)
+# The run's splits (the pickle, checked; the demo's written on first use) and the
+# source of each: decalign_jax/data/inputs.py.
+load_data = inputs.load_data
 
 
 # =====================================================================================
@@ -113,7 +81,7 @@ def build_model(config: ml_collections.ConfigDict) -> DecAlignModel:
         num_layers=m.num_layers,
         kernel_sizes=tuple(m.kernel_sizes),
         pde_dim=m.pde_dim,
-        out_dim=config.data.num_classes if config.loss.task == "ce" else 1,
+        out_dim=config.data.num_classes if is_classification(config) else 1,
         attn_dropout=tuple(m.attn_dropout),
         relu_dropout=m.relu_dropout,
         res_dropout=m.res_dropout,
@@ -125,7 +93,7 @@ def build_model(config: ml_collections.ConfigDict) -> DecAlignModel:
         dropout_impl=m.dropout_impl,
         remat=m.remat,
         dtype=jnp.dtype(m.dtype),
-        bert=text.build_bert(config),  # None: the stored text features
+        bert=encoders.build_bert(config),  # None: the stored text features
     )
 
 
@@ -151,10 +119,10 @@ def create_train_state(
             {"params": params_rng, "dropout": dropout_rng}, dummy, train=False
         )["params"]
         params = backbones.merge_pretrained(params, pretrained)
-        tx = text.make_optimizer(config, params, steps_per_epoch=steps_per_epoch)
+        tx = encoders.make_optimizer(config, params, steps_per_epoch=steps_per_epoch)
         return TrainState.create(params=params, tx=tx, rng=state_rng)
 
-    args = (text.pretrained_params(config),)  # an argument, not a constant
+    args = (encoders.pretrained_params(config),)  # an argument, not a constant
     return create_sharded(init, mesh, config.sharding_rules, args=args)
 
 
@@ -204,13 +172,13 @@ def summarize_seeds(
 ) -> dict[str, Any]:
     """The workdir results: mean ± std per metric over seeds (display units)."""
     dataset = config.data.dataset
-    summary = run.mean_std([r["test"] for r in per_seed], metrics.display_scale)
+    summary = mean_std([r["test"] for r in per_seed], metrics.display_scale)
     baseline = metrics.report(dataset).baseline(
         np.asarray(splits["train"].label), np.asarray(splits["test"].label)
     )
-    run.log(f"\nTest split, best-on-valid checkpoints ({config.eval.select_metric}):")
-    run.log(metrics.format_table(dataset, summary, len(seeds)))
-    run.log("reference: " + ", ".join(f"{k} {v:.4g}" for k, v in baseline.items()))
+    log(f"\nTest split, best-on-valid checkpoints ({config.eval.select_metric}):")
+    log(metrics.format_table(dataset, summary, len(seeds)))
+    log("reference: " + ", ".join(f"{k} {v:.4g}" for k, v in baseline.items()))
     return {
         "method": "DecAlign",
         "dataset": dataset,
@@ -233,7 +201,7 @@ def train_seed(
     """One DecAlign seed in ``path``: the method's pieces for the harness."""
     seed = int(config.seed)
     model = build_model(config)
-    source = text.make_source(splits["train"], config)
+    source = inputs.make_source(splits["train"], config)
     example = {k: np.asarray(v)[None] for k, v in source[0].items()}
     evaluator = Evaluator(config, model, mesh)
     select, mode = config.eval.select_metric, config.eval.select_mode
@@ -250,14 +218,9 @@ def train_seed(
         )
         factor = loop_meta["plateau"]["lr_factor"]
         if factor != optim.get_lr_factor(s.opt_state):
-            run.log(f"seed {seed}: learning rate x{factor:g} (plateau)")
+            log(f"seed {seed}: learning rate x{factor:g} (plateau)")
             s = s.replace(opt_state=optim.set_lr_factor(s.opt_state, factor))
         return s
-
-    def table(test: Mapping[str, float]) -> str:
-        return metrics.format_table(
-            dataset, run.mean_std([test], metrics.display_scale), 1
-        )
 
     method = run.Method(
         name=f"DecAlign seed {seed}",
@@ -271,7 +234,7 @@ def train_seed(
         describe_dev=lambda d: " ".join(
             f"{k} {v:.4f}" for k, v in d.items() if k in (select, "MAE", "Corr")
         ),
-        format_test=table,
+        format_test=functools.partial(format_run, dataset),
         select_metric=select,
         select_mode=mode,
         results_fields={"seed": seed},
@@ -287,11 +250,12 @@ def train_and_evaluate(
     workdir: str | os.PathLike,
     *,
     accept_config_changes: bool = False,
+    break_lock: bool = False,
 ) -> dict[str, Any]:
     """Trains every seed of ``config.seeds``; returns (and writes) results.json."""
     workdir = pathlib.Path(workdir)
     mesh = sharding.make_mesh(config.mesh)
-    run.check_batch_sizes(config, mesh)
+    sharding.check_batch_sizes(config, mesh)
     if config.train.epoch_mode not in ("official", "continuous"):
         raise ValueError(
             "config train.epoch_mode: expected 'official' or 'continuous', got "
@@ -299,7 +263,7 @@ def train_and_evaluate(
         )
     splits = load_data(config)
     sizes = {k: v.num_samples for k, v in splits.items()}
-    run.log(
+    log(
         f"DecAlign | {config.data.dataset} | {len(jax.devices())} devices | splits "
         f"{sizes} | seq lens {splits['train'].seq_lens} dims "
         f"{splits['train'].feature_dims}"
@@ -311,6 +275,7 @@ def train_and_evaluate(
         functools.partial(summarize_seeds, config=config, splits=splits),
         always_subdirs=True,
         accept_config_changes=accept_config_changes,
+        break_lock=break_lock,
     )
 
 

@@ -26,7 +26,15 @@ from xmodal import backbones as bb
 from xmodal.backbones import hf_checkpoint
 
 transformers.logging.set_verbosity_error()
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _torch_no_grad():
+    """The reference forwards here need no autograd; scoped to this module's tests
+    (a global switch would leak into other modules' gradient tests in the worker)."""
+    with torch.no_grad():
+        yield
+
 
 RTOL = 1e-5  # of the reference output's scale (max |HF|)
 
@@ -372,25 +380,73 @@ def test_training_mode_vision_paths_run(tmp_path):
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(g))
 
 
+# ----------------------------------------------------------------- registry
+
+
+def test_registry_entries_keep_the_output_contract():
+    # Every architecture at its tiny size returns tokens [B, N, D], D = hidden_size
+    # (the contract of xmodal/backbones/registry.py), and the tables derived from
+    # the registry list its kind and model types.
+    from xmodal.backbones import folders, pretrained, registry
+
+    for kind, arch in bb.REGISTRY.items():
+        config = arch.config_cls(**arch.tiny)
+        module = bb.from_config(config)
+        inputs = arch.dummy_inputs(config)
+        variables = module.init(jax.random.PRNGKey(0), *inputs)
+        tokens = module.apply(variables, *inputs)
+        assert tokens.ndim == 3 and tokens.shape[0] == 1, (kind, tokens.shape)
+        assert tokens.shape[2] == config.hidden_size, (kind, tokens.shape)
+        assert folders.MODEL_TYPES[kind] == arch.model_types
+        # A model_type is written and read by default as its first tower.
+        for t in arch.model_types:
+            assert registry.resolve(t, kind) is arch
+            if registry.resolve(t) is arch:
+                assert pretrained.TINY[t] == dict(arch.tiny)
+        assert (arch.modality == "image") == (arch.pixel_mean_std is not None)
+        assert (arch.modality == "text") == (arch.tokenizer is not None)
+
+
 # ----------------------------------------------------------------- writer
 
 
-@pytest.mark.parametrize("kind", ["vit", "swin", "clip_vision_model", "clip", "bert"])
+@pytest.mark.parametrize(
+    "kind", ["vit", "swin", "clip_vision_model", "clip", "clip_text_model", "bert"]
+)
 def test_random_checkpoint_loads_in_transformers(tmp_path, kind):
     bb.write_random_checkpoint(tmp_path, kind, seed=8, weight_std=0.2)
     cls = {
         "vit": transformers.ViTModel,
         "swin": transformers.SwinModel,
         "clip_vision_model": transformers.CLIPVisionModel,
-        "clip": transformers.CLIPVisionModel,
+        "clip": transformers.CLIPModel,  # both towers, projections, logit_scale
+        "clip_text_model": transformers.CLIPTextModel,
         "bert": transformers.BertModel,
     }[kind]
     hf, info = cls.from_pretrained(tmp_path, output_loading_info=True)
-    assert not info["missing_keys"] and not info["mismatched_keys"], info
-    if kind != "clip":  # a CLIPModel folder seen as CLIPVisionModel: nothing else
-        assert not info["unexpected_keys"], info
+    assert not any(info.values()), info
     hf.eval()
     module, variables = bb.from_pretrained(tmp_path, add_pooling_layer=True)
+    if kind in ("clip", "clip_text_model"):
+        text, text_vars = bb.from_pretrained(
+            tmp_path, kind="clip_text", add_pooling_layer=True
+        )
+        texts = ["a red circle and a blue cross", "THE dog's ball!", ""]
+        batch = bb.load_tokenizer(tmp_path).encode(texts, 12)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path)
+        ref_ids = tokenizer(texts, max_length=12, padding="max_length", truncation=True)
+        np.testing.assert_array_equal(batch.input_ids, ref_ids["input_ids"])
+        text_model = hf if kind == "clip_text_model" else hf.text_model
+        ref = text_model(
+            input_ids=torch.from_numpy(batch.input_ids).long(),
+            attention_mask=torch.from_numpy(batch.attention_mask).long(),
+        )
+        hidden, pooled = _apply(text, text_vars, batch.input_ids, batch.attention_mask)
+        _assert_close(hidden, ref.last_hidden_state, "text last_hidden_state")
+        _assert_close(pooled, ref.pooler_output, "text pooler_output")
+        if kind == "clip_text_model":
+            return
+        hf = hf.vision_model
     if kind == "bert":
         ids, mask, types = _bert_inputs(seed=8)
         ids = ids % module.config.vocab_size
@@ -516,7 +572,7 @@ def test_tokenizer_matches_bert_tokenizer_fast(tmp_path, vocab, config):
 
 
 def test_tokenizer_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no tokenizer\.json or vocab\.txt"):
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer\.json, vocab\.txt"):
         bb.load_tokenizer(tmp_path)
     _vocab_folder(tmp_path, ["[PAD]", "[UNK]", "[CLS]", "x"], {})
     with pytest.raises(

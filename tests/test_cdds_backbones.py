@@ -1,7 +1,8 @@
 """CDDS with backbones at tiny sizes (tiny random checkpoints of each row's
-architecture): every paper-row config builds its model, puts the checkpoint weights
-in the state and traces the driver's step for 8 devices; the step through ViT + BERT
-gives the same result on 8 devices as on 1.
+architecture): every paper-row config builds its model (``clip_vitl``: CLIP vision +
+CLIP text from one CLIPModel folder), puts the checkpoint weights in the state and
+traces the driver's step for 8 devices; the step through ViT + BERT gives the same
+result on 8 devices as on 1.
 
 Compiling the full step of every row would cost minutes on 2 cores (about 50 s of CPU
 per row and mesh); past the backbone module, whose outputs test_backbones.py checks
@@ -20,12 +21,14 @@ import pytest
 
 from cdds_jax import encoders, train
 from cdds_jax.data import synthetic_images
-from configs import flickr
+from configs import cdds_base
 from xmodal import config as config_lib
 from xmodal import optim, sharding
 from xmodal.backbones import write_random_checkpoint
+from xmodal.backbones.registry import CLIP_MEAN_STD, IMAGENET_MEAN_STD
+from xmodal.errors import UserError
 
-ROWS = [(module, row) for module in ("flickr", "coco") for row in flickr.PAPER_ROWS]
+ROWS = [(module, row) for module in ("flickr", "coco") for row in cdds_base.PAPER_ROWS]
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +47,14 @@ def folders(tmp_path_factory) -> pathlib.Path:
     write_random_checkpoint(
         root / "swin", "swin", image_size=32, depths=(1, 1), num_heads=(2, 2)
     )
+    # A CLIPModel folder: both towers (the text tower with its BPE files).
     write_random_checkpoint(
-        root / "clip", "clip", image_size=32, patch_size=8, num_hidden_layers=1
+        root / "clip",
+        "clip",
+        image_size=32,
+        patch_size=8,
+        num_hidden_layers=1,
+        towers={"clip_text": {"num_hidden_layers": 1}},
     )
     write_random_checkpoint(
         root / "bert", "bert", vocab=synthetic_images.demo_vocab(), num_hidden_layers=1
@@ -56,13 +65,15 @@ def folders(tmp_path_factory) -> pathlib.Path:
 def _config(module: str, row: str, root: pathlib.Path, **extra):
     c = config_lib.load_config(f"configs/{module}.py:{row}")
     kind = c.model.image_encoder
+    # CLIP's text tower comes from the CLIPModel folder of its vision tower.
+    text = {"bert": "bert", "clip_text": "clip"}[c.model.text_encoder]
     overrides = {
         "data.root": root / "data" / "laps",
         "data.image_root": root / "data",
         "data.max_words": 16,
         "data.worker_count": 0,
         "model.image_backbone_path": root / kind,
-        "model.text_backbone_path": root / "bert",
+        "model.text_backbone_path": root / text,
         "model.dim": 16,
         "model.num_heads": 2,
         "model.num_samples": 2,
@@ -95,14 +106,19 @@ def test_paper_row_builds_its_model_and_traces_the_sharded_step(
     kind = config.model.image_encoder
     assert local["image"].dtype == np.uint8 and local["image"].shape[1:] == (32, 32, 3)
     assert local["tokens"].shape == (8, 16) and local["text_mask"].any(axis=1).all()
-    model = train.build_model(config)
-    assert (model.image_encoder, model.text_encoder) == (kind, "bert")
+    model = train.build_model(config, data.backbones)
+    text = cdds_base.PAPER_ROWS[row].text_encoder
+    assert (model.image_encoder, model.text_encoder) == (kind, text)
+    assert (
+        type(model.text_backbone).__name__
+        == {"bert": "Bert", "clip_text": "CLIPText"}[text]
+    )
     clip = kind == "clip"
+    assert (text == "clip_text") == clip  # clip_vitl: CLIP vision + CLIP text
     assert data.image_spec.center_crop == clip
-    stats = encoders.CLIP_MEAN_STD if clip else encoders.IMAGENET_MEAN_STD
+    stats = CLIP_MEAN_STD if clip else IMAGENET_MEAN_STD
     assert (model.pixel_mean, model.pixel_std) == stats
-    found = encoders.load_backbones(config)
-    pretrained = encoders.pretrained_params(found)
+    pretrained = encoders.pretrained_params(data.backbones)
     example = {k: v[:1] for k, v in local.items()}
     init = train.make_init(config, model, example, steps_per_epoch=10)
     abstract = jax.eval_shape(init, pretrained)
@@ -131,9 +147,9 @@ def test_sharded_step_equals_one_device(folders, tmp_path):
     # The driver's train step through ViT + BERT (backbone dropout on) on 8 devices and
     # on 1: same loss parts and norms, same new parameters.
     config = _config("flickr", "vit224", folders)
-    _, local = _batch(config, tmp_path)
-    model = train.build_model(config)
-    pretrained = encoders.pretrained_params(encoders.load_backbones(config))
+    data, local = _batch(config, tmp_path)
+    model = train.build_model(config, data.backbones)
+    pretrained = encoders.pretrained_params(data.backbones)
     example = {k: v[:1] for k, v in local.items()}
     mesh1 = sharding.make_mesh((("data", -1),), devices=jax.devices()[:1])
     mesh8 = sharding.make_mesh((("data", -1),))
@@ -164,11 +180,11 @@ def test_sharded_step_equals_one_device(folders, tmp_path):
     assert float(norm(diff)) <= 0.05 * float(m1["update_norm"])
 
 
-def test_missing_checkpoint_says_what_to_put_where(folders):
+def test_missing_checkpoint_says_what_to_put_where(folders, tmp_path):
     config = _config("flickr", "vit224", folders)
     config.model.image_backbone_path = "checkpoints/vit-base-patch16-224-in21k"
     with pytest.raises(FileNotFoundError) as e:
-        train.build_model(config)
+        train.load_data(config, tmp_path, splits=("train",))
     msg = str(e.value)
     assert "\n" not in msg
     assert "config.model.image_backbone_path" in msg
@@ -176,4 +192,23 @@ def test_missing_checkpoint_says_what_to_put_where(folders):
     config = _config("coco", "swin384", folders)
     config.model.image_backbone_path = str(folders / "vit")
     with pytest.raises(ValueError, match="holds a 'vit' model, expected swin"):
-        train.build_model(config)
+        train.load_data(config, tmp_path, splits=("train",))
+
+
+@pytest.mark.parametrize("module", ["flickr", "coco"])
+def test_clip_rows_read_both_towers_from_one_folder(module):
+    # clip_vitl fine-tunes CLIP's own text tower (no BERT); clip_zeroshot is the same
+    # backbones marked for the zero-shot command, which cdds_jax.train refuses.
+    c = config_lib.load_config(f"configs/{module}.py:clip_vitl")
+    assert (c.model.image_encoder, c.model.text_encoder) == ("clip", "clip_text")
+    assert c.model.image_backbone_path == "checkpoints/clip-vit-large-patch14"
+    assert c.model.text_backbone_path == c.model.image_backbone_path
+    assert c.data.max_words == 77 and "zeroshot" not in c.eval
+    assert not c.data.caption_augment  # LAPS's rule masks with BERT's [MASK]
+    z = config_lib.load_config(f"configs/{module}.py:clip_zeroshot")
+    assert z.eval.zeroshot is True
+    assert (
+        z.model.to_dict() == c.model.to_dict() and z.data.to_dict() == c.data.to_dict()
+    )
+    with pytest.raises(UserError, match=r"python -m cdds_jax\.zeroshot"):
+        train.train_and_evaluate(z, "unused")

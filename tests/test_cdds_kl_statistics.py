@@ -73,3 +73,28 @@ def test_statistics_shapes_and_errors():
         kl_statistics.training_correlation(plain, s, s, source="epoch")
     with pytest.raises(ValueError, match="s_v"):
         kl_statistics.update_statistics(plain, s[:2], s, momentum=0.9)
+
+
+def test_dataset_sources_read_the_refreshed_statistics_and_identity_reads_none():
+    rng = np.random.default_rng(3)
+    stats = kl_statistics.init_statistics(D)
+    batch_v, batch_t = (rng.uniform(0, 1, (D, D)).astype(np.float32) for _ in range(2))
+    data_v, data_t = (rng.uniform(0, 1, (D, D)).astype(np.float32) for _ in range(2))
+    refreshed = jax.jit(kl_statistics.refresh_statistics)(stats, data_v, data_t)
+    assert int(refreshed["count"]) == 1
+    np.testing.assert_array_equal(refreshed["S_v"], data_v)
+    np.testing.assert_array_equal(refreshed["S_t"], data_t)
+    train_src = jax.jit(kl_statistics.training_correlation, static_argnames="source")
+    for source in kl_statistics.DATASET_SOURCES:
+        # Training and evaluation both read the refreshed S, never this batch's.
+        got = train_src(refreshed, batch_v, batch_t, source=source)
+        np.testing.assert_array_equal(got[0], data_v)
+        np.testing.assert_array_equal(got[1], data_t)
+        ev = kl_statistics.evaluation_correlation(refreshed, source=source)
+        np.testing.assert_array_equal(ev[0], data_v)
+    got = train_src(refreshed, batch_v, batch_t, source="identity")
+    np.testing.assert_array_equal(got[0], 0.0)
+    ev = kl_statistics.evaluation_correlation(refreshed, source="identity")
+    np.testing.assert_array_equal(ev[1], 0.0)
+    with pytest.raises(ValueError, match="s_v"):
+        kl_statistics.refresh_statistics(stats, data_v[:2], data_t)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cdds_jax import losses
+from cdds_jax import objective as obj
 from cdds_jax import semantics as sem
 
 # ----------------------------------------------------------------------------------------
@@ -273,7 +274,7 @@ def batch():
     text = side(n, [3, 1, 2, 3, 2])
     w = rng.uniform(0, 1, (2, d, d)) ** 3
     w = (w / w.sum(axis=-1, keepdims=True)).astype(np.float32)
-    tables = losses.SampledTables(
+    tables = obj.SampledTables(
         q_v=rng.normal(size=(b, g, d)).astype(np.float32),
         q_t=rng.normal(size=(b, g, d)).astype(np.float32),
         w_v=w[0],
@@ -302,7 +303,7 @@ SWITCHES = {
 def test_objective_matches_reference(batch, switches, contrastive, epoch):
     scores, ids, image, text, tables = batch
     decouple, modality, integrity, sampling = switches
-    options = losses.ObjectiveOptions(
+    options = obj.ObjectiveOptions(
         contrastive=contrastive,
         margin=0.2,
         temperature=0.1,
@@ -317,7 +318,7 @@ def test_objective_matches_reference(batch, switches, contrastive, epoch):
         sampling=sampling,
     )
     w_s, w_m = np.float32(0.8), np.float32(1.1)
-    fn = jax.jit(functools.partial(losses.objective, w_s=w_s, w_m=w_m, options=options))
+    fn = jax.jit(functools.partial(obj.objective, w_s=w_s, w_m=w_m, options=options))
     got = fn(scores, ids, image, text, epoch=epoch, tables=tables if sampling else None)
 
     # Reference: every term from the float64 loops, weighted by the table above.
@@ -350,15 +351,13 @@ def test_objective_errors(batch):
     scores, ids, image, text, _ = batch
     kw = dict(w_s=1.0, w_m=1.0, epoch=0.0)
     with pytest.raises(ValueError, match="tables"):
-        losses.objective(
-            scores, ids, image, text, options=losses.ObjectiveOptions(), **kw
-        )
+        obj.objective(scores, ids, image, text, options=obj.ObjectiveOptions(), **kw)
     with pytest.raises(ValueError, match="contrastive"):
-        losses.objective(
+        obj.objective(
             scores,
             ids,
             image,
             text,
-            options=losses.ObjectiveOptions(contrastive="triplet", sampling=False),
+            options=obj.ObjectiveOptions(contrastive="triplet", sampling=False),
             **kw,
         )

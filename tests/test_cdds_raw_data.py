@@ -1,4 +1,5 @@
-"""Raw image-text data: the Karpathy and LAPS readers, their errors, the image pipeline.
+"""Raw image-text data: the Karpathy and LAPS readers, their errors, the image pipeline
+(with the caption augmentation: through grain workers and a resume).
 
 Everything is read from files written by ``cdds_jax.data.synthetic_images`` through the
 real readers; broken variants are made by editing those files.
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 
 from cdds_jax import data
-from cdds_jax.data import images, raw, synthetic_images
-from cdds_jax.data.text import TokenTable
+from cdds_jax.data import captions, images, raw, synthetic_images
+from cdds_jax.data.text import TokenTable, WordPieces
 from xmodal import pipeline
 from xmodal.backbones import load_tokenizer, write_random_checkpoint
 
@@ -184,7 +185,13 @@ def test_pipeline_resumes_exactly_and_workers_decode_the_same(written):
     source = raw.RawPairSource(
         split, text="ids", tokens=TokenTable.encode(split.captions, tok, 12)
     )
-    transform = images.TrainImageTransform(images.ImageSpec(16), seed=5)
+    # The images, then the captions (LAPS's augmentation, docs/cdds.md §12.8).
+    transform = pipeline.Chain(
+        images.TrainImageTransform(images.ImageSpec(16), seed=5),
+        captions.CaptionAugment(
+            WordPieces.encode(split.captions, tok), seed=5, rate=0.5
+        ),
+    )
 
     def iterator(workers=0):
         return pipeline.train_iterator(
@@ -197,7 +204,7 @@ def test_pipeline_resumes_exactly_and_workers_decode_the_same(written):
         )
 
     straight = iterator()
-    batches = [next(straight) for _ in range(9)]  # 50 captions: epochs 0 and 1
+    batches = [next(straight) for _ in range(13)]  # 50 captions: epochs 0, 1, 2
     resumed = iterator()
     for _ in range(4):
         next(resumed)
@@ -216,3 +223,9 @@ def test_pipeline_resumes_exactly_and_workers_decode_the_same(written):
     ref = transform(source[i], epoch=0)["image"]
     np.testing.assert_array_equal(first["image"][0], ref)
     assert first["image"].shape == (8, 16, 16, 3)
+    # The last row of batch 12 is element 103, in epoch 2.
+    last = batches[12]
+    ref = transform(source[int(last["index"][-1])], epoch=2)
+    np.testing.assert_array_equal(last["tokens"][-1], ref["tokens"])
+    np.testing.assert_array_equal(last["image"][-1], ref["image"])
+    assert last["tokens"].shape == (8, 12)

@@ -290,3 +290,71 @@ def test_score_statistics():
     assert float(const["score_std"]) == 0.0 and float(const["score_margin"]) == 0.0
     with pytest.raises(ValueError, match="square"):
         scores.score_statistics(s[:3])
+
+
+# ----------------------------------------------------------------------------------------
+# The table-comparison scores docs/cdds.md §10.5 quotes (pinned: the docs say what the
+# code does)
+# ----------------------------------------------------------------------------------------
+
+_SIZES = {"demo": (16, 64, 8), "paper": (197, 512, 32)}  # tokens P, columns d, levels G
+
+
+def _quoted_scores() -> dict[tuple[str, str, str], float]:
+    """``{(comparison, case, sizes): value}`` from the table in docs/cdds.md §10.5."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parents[1] / "docs" / "cdds.md").read_text()
+    block = text.split("<!-- pinned: tests/test_cdds_scores.py -->")[1]
+    out = {}
+    rows = [x for x in block.strip().splitlines()[2:]]
+    for line in rows:
+        if not line.startswith("| `"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        compare = re.sub(r"[`\s]", "", cells[0])
+        for (case, sizes), cell in zip(
+            [(c, s) for s in ("demo", "paper") for c in ("unrelated", "offsets")],
+            cells[1:],
+            strict=True,
+        ):
+            out[(compare, case, sizes)] = float(cell)
+    return out
+
+
+def _mean_pair_score(qa: jax.Array, qb: jax.Array, compare: str) -> float:
+    """Mean score of row-matched quantile tables ``[n, G, d]``."""
+    fa = np.asarray(scores._features(qa, compare, False), np.float64)
+    fb = np.asarray(scores._features(qb, compare, False), np.float64)
+    if compare == "w2":
+        return float(np.mean(-np.sum((fa - fb) ** 2, axis=-1)))
+    return float(np.mean(np.sum(fa * fb, axis=-1)))
+
+
+def _pair_tables(sizes: str) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """The quantile tables of the two cases (seeded): 'unrelated' pairs of i.i.d.
+    N(0, 1) token sets, and 'offsets' pairs that share their content tokens and each
+    add their own per-column offset (N(0, 0.5^2), the same for all tokens) and token
+    noise (N(0, 0.5^2))."""
+    p, d, g = _SIZES[sizes]
+    n = 100
+    rng = np.random.default_rng(0)
+    draw = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+    content = draw(n, p, d)
+    own = [content + 0.5 * draw(n, 1, d) + 0.5 * draw(n, p, d) for _ in range(2)]
+    table = jax.jit(sem.quantile_table, static_argnums=2)
+    mask = np.ones((n, p), bool)
+    pairs = {"unrelated": (draw(n, p, d), draw(n, p, d)), "offsets": tuple(own)}
+    return {k: (table(a, mask, g), table(b, mask, g)) for k, (a, b) in pairs.items()}
+
+
+def test_docs_quote_the_table_comparison_scores():
+    quoted = _quoted_scores()
+    assert len(quoted) == 16
+    for sizes in _SIZES:
+        for case, (qa, qb) in _pair_tables(sizes).items():
+            for compare in scores.TABLE_COMPARES:
+                got = _mean_pair_score(qa, qb, compare)
+                want = quoted[(compare, case, sizes)]
+                assert abs(got - want) <= 1e-3, (compare, case, sizes, got, want)

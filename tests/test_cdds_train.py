@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cdds_jax import evaluation, scores, train
+from cdds_jax.model import CDDSModel
 from xmodal import config as config_lib
 from xmodal import optim, sharding
 
@@ -36,7 +37,7 @@ def test_sharded_loss_and_grads_equal_single_device(tmp_path):
     local = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
     # Two captions of one image in the batch: the hinge must mask the duplicate positive.
     assert len(set(local["image_id"].tolist())) < len(local["image_id"])
-    model = train.build_model(config)
+    model = train.build_model(config, data.backbones)
     example = {k: v[:1] for k, v in local.items()}
 
     def run(devices):
@@ -120,8 +121,8 @@ def test_step_and_evaluation_share_the_score_function(tmp_path, options):
     # training batch, with the S statistics the step just stored, must reproduce the
     # step's B x B score matrix (its std, positive mean and mean).
     config = _tiny(**options, **{"ablate.noise": False})
-    _, local = _batch(config, tmp_path)
-    model = train.build_model(config)
+    data, local = _batch(config, tmp_path)
+    model = train.build_model(config, data.backbones)
     mesh = sharding.make_mesh(config.mesh)
     state, _ = train.create_train_state(
         config, model, {k: v[:1] for k, v in local.items()}, mesh, steps_per_epoch=3
@@ -148,8 +149,8 @@ def test_step_and_evaluation_share_the_score_function(tmp_path, options):
 
 def test_train_step_metrics_and_learned_temperature(tmp_path):
     config = _tiny(**{"semantics.tau_mode": "learned", "semantics.tau": 0.5})
-    _, local = _batch(config, tmp_path)
-    model = train.build_model(config)
+    data, local = _batch(config, tmp_path)
+    model = train.build_model(config, data.backbones)
     mesh = sharding.make_mesh(config.mesh)
     state, shardings = train.create_train_state(
         config, model, {k: v[:1] for k, v in local.items()}, mesh, steps_per_epoch=3
@@ -173,7 +174,7 @@ def test_train_step_metrics_and_learned_temperature(tmp_path):
 def test_evaluator_flags_a_constant_score_model_as_degenerate(tmp_path):
     config = _tiny()
     data, local = _batch(config, tmp_path)
-    model = train.build_model(config)
+    model = train.build_model(config, data.backbones)
     mesh = sharding.make_mesh(config.mesh)
     state, _ = train.create_train_state(
         config, model, {k: v[:1] for k, v in local.items()}, mesh, steps_per_epoch=3
@@ -224,7 +225,11 @@ def test_train_and_evaluate_then_resume_matches_straight_run(tmp_path):
     example = {k: np.asarray(v)[None] for k, v in source[0].items()}
     mesh = sharding.make_mesh(config.mesh)
     target, _ = train.create_train_state(
-        config, train.build_model(config), example, mesh, steps_per_epoch=15
+        config,
+        train.build_model(config, data.backbones),
+        example,
+        mesh,
+        steps_per_epoch=15,
     )
     from xmodal.checkpoint import restore_for_eval
 
@@ -236,3 +241,72 @@ def test_train_and_evaluate_then_resume_matches_straight_run(tmp_path):
     lines = (parted / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(x)["step"] for x in lines if '"train"' in x]
     assert steps == sorted(steps) and steps[-1] == 30
+
+
+def _paper_size_spread(img, txt, scalars, config) -> np.ndarray:
+    """The B x B score matrix of the paper's reading (batch S, cosine tables)."""
+    from cdds_jax import semantics
+
+    sc = config.semantics
+    s_v, s_t = (
+        semantics.kl_correlation(*args, num_bins=sc.num_bins)
+        for args in (
+            (img["s"], img["mask"], txt["s"], txt["mask"]),
+            (txt["s"], txt["mask"], img["s"], img["mask"]),
+        )
+    )
+    options = scores.ScoreOptions.from_config(config)
+    weights = scores.weights_from_scalars(scalars, s_v, s_t, options)
+    emb = scores.retrieval_embeddings(
+        img["s"], img["mask"], txt["s"], txt["mask"], weights, options=options
+    )
+    return np.asarray(scores.score_gemm(emb.image, emb.caption))
+
+
+def test_collapse_guard_leaves_healthy_paper_size_scores_alone():
+    # Paper sizes (d 512, G 32, 197 image tokens, up to 40 words, 16 bins), the
+    # paper's reading: (a) a model with random weights, (b) i.i.d. tokens as the
+    # semantic components, 40 words each (unrelated tables score ~0.99 there, docs/cdds.md
+    # §10.5).
+    # Their score spreads at the start are the runs' own peaks, so neither the
+    # training guard nor the dev check flags them; (b) is below the absolute floor
+    # (0.01) the guard used to have.
+    from cdds_jax import reading, retrieval
+    from xmodal import loop as loop_lib
+
+    config = reading.fill(config_lib.load_config("configs/flickr.py"))
+    assert reading.of(config).name == "paper" and config.model.dim == 512
+    rng = np.random.default_rng(0)
+    b = 8
+    images = rng.standard_normal((b, 197, 768)).astype(np.float32)
+    text = rng.standard_normal((b, 40, 768)).astype(np.float32)
+    mask = np.arange(40)[None, :] < rng.integers(12, 41, size=(b, 1))
+    model = CDDSModel(dim=512, num_heads=8, num_samples=1, sigma=0.0)
+    params = jax.jit(functools.partial(model.init, train=False))(
+        jax.random.PRNGKey(0), images[:1], text[:1], mask[:1]
+    )
+    img, txt, scalars = jax.jit(functools.partial(model.apply, train=False))(
+        params, images, text, mask
+    )
+    model_scores = _paper_size_spread(img, txt, scalars, config)
+    tokens = {
+        "s": rng.standard_normal((b, 197, 512)).astype(np.float32),
+        "mask": np.ones((b, 197), bool),
+    }
+    words = {
+        "s": rng.standard_normal((b, 40, 512)).astype(np.float32),
+        "mask": np.ones((b, 40), bool),
+    }
+    iid_scores = _paper_size_spread(tokens, words, scalars, config)
+    assert float(np.std(iid_scores)) < 0.01  # the former absolute floor flags it
+    c = config.collapse
+    guard = loop_lib.CollapseGuard(
+        "score_std", c.floor, c.patience_steps, relative_floor=c.relative_floor
+    )
+    for matrix in (model_scores, iid_scores):
+        spread = float(np.std(matrix))
+        assert spread > 0
+        assert spread >= guard.threshold(spread)  # its own peak: not collapsed
+        assert spread < guard.threshold(100 * spread)  # 1% of a peak: collapsed
+        dev = retrieval.degeneracy(matrix, np.arange(b), floor=c.floor)
+        assert dev["degenerate"] == 0.0

@@ -19,7 +19,8 @@ import torch
 import transformers
 
 from decalign_jax import data as data_lib
-from decalign_jax import text, train
+from decalign_jax import encoders, train
+from decalign_jax.data import inputs
 from decalign_jax.data.synthetic import write_mmsa_pickle
 from decalign_jax.data.synthetic.mmsa import NEGATIVE_IDS, POSITIVE_IDS
 from xmodal import backbones, sharding
@@ -106,7 +107,7 @@ def _init_params(config, model, batch):
     params = init(
         {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, batch
     )["params"]
-    return backbones.merge_pretrained(params, text.pretrained_params(config))
+    return backbones.merge_pretrained(params, encoders.pretrained_params(config))
 
 
 def test_bert_text_feature_matches_the_official_encoder(hf_bert):
@@ -195,7 +196,7 @@ def test_optimizer_matches_torch_adam_groups_with_clip_and_l2():
         )
         for _ in range(3)
     ]
-    tx = text.make_optimizer(config, params, steps_per_epoch=1)
+    tx = encoders.make_optimizer(config, params, steps_per_epoch=1)
     state, ours = tx.init(params), params
     for g in grads:
         updates, state = tx.update(g, state, ours)
@@ -218,8 +219,8 @@ def test_optimizer_matches_torch_adam_groups_with_clip_and_l2():
     np.testing.assert_allclose(ours["bert"]["w"], tb.detach().numpy(), atol=1e-6)
     np.testing.assert_allclose(ours["head"]["w"], th.detach().numpy(), atol=1e-6)
     # MOSI keeps BERT in the main group; features configs have no BERT group.
-    assert text.optimizer_config(_config()).lr_groups == ()
-    assert text.optimizer_config(_config("configs/mosei.py")).lr_groups == (
+    assert encoders.optimizer_config(_config()).lr_groups == ()
+    assert encoders.optimizer_config(_config("configs/mosei.py")).lr_groups == (
         ("^bert/", pytest.approx(0.2)),
     )
 
@@ -227,19 +228,19 @@ def test_optimizer_matches_torch_adam_groups_with_clip_and_l2():
 def test_missing_or_wrong_checkpoint_is_one_line(tmp_path, hf_bert):
     config = _config("configs/mosi.py")
     with pytest.raises(UserError) as e:
-        text.bert_folder(config)
+        encoders.bert_folder(config)
     msg = str(e.value)
     assert "\n" not in msg
     assert "config.model.bert_path" in msg and "checkpoints/bert-base-uncased" in msg
     assert "google-bert/bert-base-uncased" in msg
     config = _config("configs/sims.py", **{"model.bert_path": str(tmp_path / "x")})
     with pytest.raises(UserError, match="google-bert/bert-base-chinese"):
-        text.bert_folder(config)
+        encoders.bert_folder(config)
     with pytest.raises(UserError, match="iemocap has no token ids"):
-        text.bert_folder(_config("configs/iemocap.py"))
+        encoders.bert_folder(_config("configs/iemocap.py"))
     vit = backbones.write_random_checkpoint(tmp_path / "vit", "vit")
     with pytest.raises(ValueError, match="holds a 'vit' model"):
-        text.bert_folder(_config(**{"model.bert_path": str(vit)}))
+        encoders.bert_folder(_config(**{"model.bert_path": str(vit)}))
     # Ids the checkpoint cannot embed (vocab 100 < the synthetic ids).
     config = _config(**{"model.bert_path": str(hf_bert)})
     with pytest.raises(ValueError, match=r"train split text_bert: input ids in .*100"):
@@ -270,7 +271,7 @@ def test_bert_trains_in_the_sharded_step():
     # touch them; they are tested with BERT's features in the driver tests).
     config = _config(**{"loss.alpha": 0.0})
     splits = train.load_data(config)
-    source = text.make_source(splits["train"], config)
+    source = inputs.make_source(splits["train"], config)
     rows = [source[i] for i in range(16)]
     local = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
     assert "text" not in local and local["text_bert"].dtype == np.int32
@@ -286,7 +287,7 @@ def test_bert_trains_in_the_sharded_step():
         steps_per_epoch=4,
     )
     before = jax.device_get(state.params["bert"])
-    chex.assert_trees_all_close(before, text.pretrained_params(config)["bert"])
+    chex.assert_trees_all_close(before, encoders.pretrained_params(config)["bert"])
     step = train.jit_train_step(config, model, shardings, mesh)
     batch = sharding.global_batch(local, mesh)
     losses = []
@@ -323,6 +324,6 @@ def test_cli_without_checkpoint_is_one_line(tmp_path, capsys):
 def test_source_without_text_features():
     config = _config()
     split = train.load_data(config)["valid"]
-    item = text.make_source(split, config)[0]
+    item = inputs.make_source(split, config)[0]
     assert "text" not in item and item["text_bert"].shape == (3, 50)
     assert "text" in data_lib.MMSASource(split)[0]

@@ -86,7 +86,9 @@ def _free_port() -> int:
 
 def _env(local_devices: int, cache: pathlib.Path, **extra: str) -> dict[str, str]:
     """A clean environment: ``local_devices`` simulated CPU devices, no inherited
-    distributed settings or compilation cache (the conftest's 8 devices do not leak)."""
+    distributed settings (the conftest's 8 devices do not leak), the data in
+    ``cache`` and a compilation cache beside it that every job of the session shares
+    (the killed-and-resumed job compiles nothing the first job did not)."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -99,6 +101,9 @@ def _env(local_devices: int, cache: pathlib.Path, **extra: str) -> dict[str, str
         JAX_PLATFORMS="cpu",
         XMODAL_CACHE=str(cache),
         PYTHONUNBUFFERED="1",
+        JAX_COMPILATION_CACHE_DIR=str(cache.with_name("jax-cache")),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
     env.update(extra)
     return env
@@ -109,9 +114,10 @@ def _tail(path: pathlib.Path, chars: int = 6000) -> str:
     return text[-chars:]
 
 
-def _run_workers(jobs: dict[str, tuple[list[str], dict[str, str]]], logs: pathlib.Path):
-    """Starts every job, waits for all; on a crash or timeout kills the rest and fails
-    with each worker's output tail."""
+Jobs = dict[str, tuple[list[str], dict[str, str]]]
+
+
+def _start_workers(jobs: Jobs, logs: pathlib.Path) -> dict[str, subprocess.Popen]:
     procs = {}
     for name, (args, env) in jobs.items():
         log = (logs / f"{name}.log").open("w")
@@ -123,6 +129,20 @@ def _run_workers(jobs: dict[str, tuple[list[str], dict[str, str]]], logs: pathli
             stderr=subprocess.STDOUT,
         )
         log.close()
+    return procs
+
+
+def _report(procs: dict[str, subprocess.Popen], logs: pathlib.Path) -> str:
+    return "\n".join(
+        f"---- {name} (exit {p.returncode}) ----\n{_tail(logs / f'{name}.log')}"
+        for name, p in procs.items()
+    )
+
+
+def _run_workers(jobs: Jobs, logs: pathlib.Path):
+    """Starts every job, waits for all; on a crash or timeout kills the rest and fails
+    with each worker's output tail."""
+    procs = _start_workers(jobs, logs)
     deadline = time.monotonic() + TIMEOUT_S
     failure = None
     while True:
@@ -150,11 +170,7 @@ def _run_workers(jobs: dict[str, tuple[list[str], dict[str, str]]], logs: pathli
                 time.sleep(2)  # let it finish writing a traceback if it is exiting
                 p.kill()
             p.wait()
-        report = "\n".join(
-            f"---- {name} (exit {p.returncode}) ----\n{_tail(logs / f'{name}.log')}"
-            for name, p in procs.items()
-        )
-        pytest.fail(f"{failure}\n{report}", pytrace=False)
+        pytest.fail(f"{failure}\n{_report(procs, logs)}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -196,6 +212,7 @@ def runs(tmp_path_factory) -> dict[str, pathlib.Path]:
         "single": base / "single",
         "out_multi": base / "out-multi",
         "out_single": base / "out-single",
+        "data_cache": cache,
     }
 
 
@@ -359,6 +376,69 @@ def test_multihost_bookkeeping(runs):
             names = sorted(f.name for f in (step_dir / "data").glob("process_*.json"))
             assert names == ["process_0-of-2.json", "process_1-of-2.json"], step_dir
         assert (run / "best").is_dir()
+
+
+# ---------------------------------------------- a killed process, the job resumed
+
+
+def _cdds_job(runs, workdir: pathlib.Path, out: pathlib.Path, fault: str = "") -> Jobs:
+    """The 2-process CDDS job of ``runs`` (same config, steps and compiled programs)
+    into ``workdir``; ``fault`` (``XMODAL_FAULT``) is armed in process 1 only."""
+    coordinator = f"127.0.0.1:{_free_port()}"
+    args = ["--workdir", str(workdir), "--out", str(out), "--steps", str(STEPS)]
+    args += ["--methods", "cdds", "--no-vocab"]
+    return {
+        f"process{i}": (
+            args,
+            _env(
+                2,
+                runs["data_cache"],
+                JAX_COORDINATOR_ADDRESS=coordinator,
+                JAX_COORDINATOR_BIND_ADDRESS=coordinator,
+                JAX_NUM_PROCESSES="2",
+                JAX_PROCESS_ID=str(i),
+                **({"XMODAL_FAULT": fault} if fault and i == 1 else {}),
+            ),
+        )
+        for i in range(2)
+    }
+
+
+def test_job_with_a_killed_process_resumes_bit_identical(runs, tmp_path):
+    # Process 1 is killed (SIGKILL) while the checkpoint of step 4 is being written;
+    # process 0, waiting for it in a barrier, is stopped as a scheduler stops a job
+    # that lost a process. The same job again resumes from checkpoints/2 and must end
+    # exactly where the uninterrupted job of ``runs`` did.
+    workdir, out = tmp_path / "job", tmp_path / "out"
+    fault = f"checkpoint_write@{STEPS}"
+    procs = _start_workers(_cdds_job(runs, workdir, out, fault), tmp_path)
+    deadline = time.monotonic() + TIMEOUT_S
+    while procs["process1"].poll() is None and time.monotonic() < deadline:
+        if procs["process0"].poll() not in (None, 0):
+            break  # process 0 failed on its own: reported below
+        time.sleep(0.2)
+    for p in procs.values():
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    assert procs["process1"].returncode == -9, _report(procs, tmp_path)
+    run = workdir / "cdds"
+    assert not (run / "results.json").exists()
+    assert (run / "checkpoints" / "2").is_dir(), sorted(os.listdir(run / "checkpoints"))
+    _run_workers(_cdds_job(runs, workdir, out), tmp_path)
+    resumed = dict(np.load(out / "cdds_state_p0.npz"))
+    straight = dict(np.load(runs["out_multi"] / "cdds_state_p0.npz"))
+    chex.assert_trees_all_equal(resumed, straight)
+    want = _metrics(runs["multi"] / "cdds" / "metrics.jsonl")  # no duplicates
+    got = _metrics(run / "metrics.jsonl")
+    assert got.keys() == want.keys()
+    for key, row in want.items():
+        assert {k: v for k, v in got[key].items() if k != "time"} == {
+            k: v for k, v in row.items() if k != "time"
+        }, key
+    results = json.loads((run / "results.json").read_text())
+    assert results == json.loads((runs["multi"] / "cdds" / "results.json").read_text())
+    assert not list(run.rglob("*orbax-checkpoint-tmp*"))
 
 
 # ---------------------------------------------- the zero-gradient leaves, proven

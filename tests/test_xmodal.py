@@ -13,10 +13,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from xmodal import checkpoint, optim, pipeline, sharding
+from xmodal import checkpoint, errors, optim, pipeline, sharding
 from xmodal import config as config_lib
 from xmodal import loop as loop_lib
 from xmodal.state import TrainState
+from xmodal.workdir import open_workdir
 from xmodal.writer import MetricWriter, Progress, format_duration
 
 # ------------------------------------------------------------------------- config
@@ -63,7 +64,8 @@ def test_load_config_arg_overrides_and_lock(tmp_path):
         config_lib.apply_overrides(c, ["train.batchsize=1"])
     with pytest.raises(AttributeError):
         c.train.typo_field = 1  # locked: typos fail
-    config_lib.save_config(c, tmp_path / "run")
+    with open_workdir(tmp_path / "run", c):  # writes the run's config.json
+        pass
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["train"]["epochs"] == [1, 2, 3]
 
@@ -71,6 +73,25 @@ def test_load_config_arg_overrides_and_lock(tmp_path):
 def test_load_config_missing_file():
     with pytest.raises(FileNotFoundError, match=r"nope\.py"):
         config_lib.load_config("nope.py:demo")
+
+
+def test_config_in_a_package_imports_its_siblings_from_any_folder(
+    tmp_path, monkeypatch
+):
+    # As configs/mosi.py imports configs.decalign_base: no installed package has it.
+    package = tmp_path / "xmodal_test_cfgs"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "base.py").write_text("BATCH = 7\n")
+    (package / "exp.py").write_text(
+        "import ml_collections\n"
+        "from xmodal_test_cfgs import base\n"
+        "def get_config(arg=None):\n"
+        "    return ml_collections.ConfigDict({'batch': base.BATCH})\n"
+    )
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    monkeypatch.chdir(tmp_path / "..")
+    assert config_lib.load_config(str(package / "exp.py")).batch == 7
 
 
 def test_repo_configs_load():
@@ -357,9 +378,12 @@ def _loop_step(state: TrainState, batch):
     return new, {"loss": loss}
 
 
-def test_loop_stops_on_nonfinite_loss_and_keeps_last_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("bad_step", [5, 2])
+def test_loop_stops_on_nonfinite_loss_and_keeps_last_good_checkpoint(
+    bad_step, tmp_path
+):
     state = _toy_state()
-    scales = iter([1.0, 1.0, 1.0, 1.0, float("nan"), 1.0, 1.0, 1.0])
+    scales = iter([1.0] * (bad_step - 1) + [float("nan")] + [1.0] * 8)
     writer = MetricWriter(tmp_path, tensorboard=False)
     ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
     with pytest.raises(loop_lib.NonFiniteLossError) as err:
@@ -375,10 +399,17 @@ def test_loop_stops_on_nonfinite_loss_and_keeps_last_good_checkpoint(tmp_path):
             ),
             outputs=loop_lib.LoopOutputs(writer=writer, checkpointer=ckpt),
         )
-    assert err.value.step == 5
-    assert "step 5" in str(err.value) and "step 3" in str(err.value)
+    assert err.value.step == bad_step
+    # One line, a known outcome (exit status 2), not "unexpected".
+    line, code = errors.describe(err.value)
+    assert code == 2 and "unexpected" not in line and "\n" not in line
+    assert f"training loss is nan at step {bad_step}" in line
+    if bad_step == 5:
+        assert f"last good checkpoint is step 3 ({tmp_path / 'ckpt'}/3)" in line
+    else:
+        assert "no checkpoint yet" in line and "None" not in line
     ckpt.wait()
-    assert ckpt.latest_step() == 3
+    assert ckpt.latest_step() == (3 if bad_step == 5 else None)
     ckpt.close()
     writer.close()
 
@@ -433,6 +464,75 @@ def test_loop_best_on_dev_early_stopping_and_rerun(tmp_path):
     ]
     assert {r["split"] for r in records} == {"train", "dev"}
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def _spread_step(state: TrainState, batch):
+    new, _ = state.apply_gradients({"w": jnp.zeros((3,)), "b": jnp.zeros(())})
+    return new, {"loss": jnp.asarray(1.0), "spread": batch["spread"]}
+
+
+def _collapse_run(tmp_path, spreads, guard, devs=None, hook=None):
+    values = iter(spreads)
+    dev_values = iter(devs or [])
+    seen = []
+    ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
+    result = loop_lib.train_loop(
+        _toy_state(),
+        train_step=jax.jit(_spread_step),
+        next_batch=lambda: {"spread": jnp.asarray(next(values), jnp.float32)},
+        options=loop_lib.LoopOptions(
+            total_steps=len(spreads),
+            steps_per_epoch=5,
+            log_every_steps=1,
+            eval_every_steps=5 if devs else 0,
+            select_metric="s" if devs else None,
+            collapse=guard,
+        ),
+        outputs=loop_lib.LoopOutputs(
+            writer=MetricWriter(tmp_path, tensorboard=False),
+            checkpointer=ckpt,
+            log=seen.append,
+        ),
+        evaluate=(lambda s: {"s": 1.0, "std": next(dev_values)}) if devs else None,
+        on_epoch_start=hook,
+    )
+    ckpt.close()
+    return result, seen
+
+
+def test_collapse_guard_is_relative_to_the_runs_own_peak(tmp_path):
+    guard = loop_lib.CollapseGuard(
+        "spread", 1e-6, patience_steps=3, relative_floor=0.05, dev_metric="std"
+    )
+    # A run whose spread is tiny from the start (paper sizes at initialisation) is
+    # not collapsed: the floor follows its own peak.
+    result, seen = _collapse_run(tmp_path / "a", [1e-3] * 10, guard)
+    assert not result.meta.get("collapse_warned_at") and not seen
+    assert result.meta["collapse_peak"] == pytest.approx(1e-3)
+    # The old absolute floor (0.01) would have flagged that run.
+    absolute = loop_lib.CollapseGuard("spread", 0.01, patience_steps=3)
+    result, seen = _collapse_run(tmp_path / "b", [1e-3] * 10, absolute)
+    assert result.meta["collapse_warned_at"] == 3
+    # A run that grows and then falls to 1% of its peak collapses; a dev evaluation
+    # at that spread is degenerate, one at a healthy spread is not.
+    spreads = [0.05, 0.1, 0.2, 0.2, 0.2, 0.002, 0.002, 0.002, 0.002, 0.002]
+    result, seen = _collapse_run(tmp_path / "c", spreads, guard, devs=[0.15, 0.003])
+    assert result.meta["collapse_warned_at"] == 8
+    assert any("collapsed" in line for line in seen)
+    assert result.meta["degenerate_steps"] == [10]
+    assert result.meta["best_step"] == 5
+
+
+def test_epoch_start_hook_runs_before_each_epoch(tmp_path):
+    calls = []
+
+    def hook(state, epoch):
+        calls.append((int(state.step), epoch))
+        return state
+
+    guard = loop_lib.CollapseGuard("spread", 0.0, patience_steps=100)
+    _collapse_run(tmp_path, [0.1] * 12, guard, hook=hook)
+    assert calls == [(0, 0), (5, 1), (10, 2)]
 
 
 def test_improved_and_progress_line():

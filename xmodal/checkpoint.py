@@ -18,6 +18,16 @@ leaves complete steps plus, at most, a temporary folder. On resume the harness c
 and steps newer than the restored one are dropped (the resumed run replays those
 steps and saves them again, bit-identically), so a save never meets a step that
 already exists.
+
+What is on disk is the truth about what was saved (:func:`saved_steps`): a step
+folder gets its number as its name only when its save completed, whereas the
+manager's own list already holds a step whose asynchronous save is still running (or
+has failed).
+
+A restored state is checked to hold no NaN / Inf value (:func:`nonfinite_leaves`); a
+checkpoint that does stops with ONE line naming it and its first bad array
+(:class:`NonFiniteCheckpointError`) instead of resuming into a NaN loss or evaluating
+garbage.
 """
 
 from __future__ import annotations
@@ -29,11 +39,73 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from xmodal import faults
+from xmodal.errors import UserError
 
-__all__ = ["Checkpointer", "abstract_like", "restore_for_eval"]
+__all__ = [
+    "Checkpointer",
+    "NonFiniteCheckpointError",
+    "abstract_like",
+    "nonfinite_leaves",
+    "restore_for_eval",
+    "saved_steps",
+]
+
+
+class NonFiniteCheckpointError(UserError):
+    """A checkpoint holds NaN / Inf values."""
+
+
+def saved_steps(directory: str | pathlib.Path) -> list[int]:
+    """The steps whose save completed, oldest first: the folders of ``directory``
+    named by their step (an interrupted or failed save leaves only a temporary
+    ``<step>.orbax-checkpoint-tmp*`` folder)."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+@jax.jit
+def _all_finite(leaves: list[jax.Array]) -> list[jax.Array]:
+    return [jnp.all(jnp.isfinite(x)) for x in leaves]
+
+
+def nonfinite_leaves(tree: Any) -> list[str]:
+    """The paths (``jax.tree_util.keystr``: ``params['dense']['kernel']``) of the
+    floating arrays of ``tree`` that hold a NaN or Inf.
+
+    An array this process holds whole (one device, or replicated) is checked on the
+    host; the others (sharded over several processes) in one jitted reduction, so
+    every process gets the same answer without compiling a program for the common
+    case.
+    """
+    whole, split = [], []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jnp.inexact):
+            name = jax.tree_util.keystr(path).lstrip(".")
+            local = leaf.is_fully_replicated or leaf.is_fully_addressable
+            (whole if local else split).append((name, leaf))
+    bad = [
+        name
+        for name, leaf in whole
+        if not np.isfinite(np.asarray(_local_copy(leaf))).all()
+    ]
+    if split:
+        flags = jax.device_get(_all_finite([leaf for _, leaf in split]))
+        bad += [n for (n, _), ok in zip(split, flags, strict=True) if not bool(ok)]
+    return bad
+
+
+def _local_copy(leaf: jax.Array) -> Any:
+    """The whole array from this process's own devices."""
+    if leaf.is_fully_replicated:
+        return leaf.addressable_shards[0].data
+    return leaf
 
 
 def abstract_like(tree: Any) -> Any:
@@ -133,6 +205,9 @@ class Checkpointer:
         """Restores ``step`` onto ``target`` (a state or its abstract version).
 
         Also sets ``data_iter``'s position when given. Returns ``(state, meta)``.
+
+        Raises:
+          NonFiniteCheckpointError: the restored state holds NaN / Inf values.
         """
         items: dict[str, Any] = {
             "state": ocp.args.StandardRestore(abstract_like(target)),
@@ -141,6 +216,14 @@ class Checkpointer:
         if data_iter is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
         restored = self.manager.restore(int(step), args=ocp.args.Composite(**items))
+        bad = nonfinite_leaves(restored["state"])
+        if bad:
+            more = f" (and {len(bad) - 1} more arrays)" if len(bad) > 1 else ""
+            raise NonFiniteCheckpointError(
+                f"checkpoint {self.directory}/{step} holds NaN/Inf values in "
+                f"{bad[0]}{more}: move that step folder away to use an earlier one "
+                f"(saved: {self.all_steps()}), or start afresh in another --workdir"
+            )
         return restored["state"], dict(restored["meta"] or {})
 
     def wait(self) -> None:

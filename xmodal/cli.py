@@ -6,25 +6,36 @@
 Flags: ``--config FILE[:ARG]`` (a config file and its argument), ``--workdir DIR``,
 ``--config.KEY=VALUE`` overrides (parsed to the type of the field they replace; an
 unknown key is an error), ``--accept_config_changes`` (continue a workdir whose
-config changed), ``--debug`` (tracebacks instead of one-line errors; also
-``XMODAL_DEBUG=1``), ``--help`` (with ``--config``: the config's arguments and every
-field). Evaluation adds ``--checkpoint best|latest`` and ``--split NAME``.
+config changed), ``--break_lock`` (take over a workdir whose lock names another host,
+once that host's run is known to be gone), ``--debug`` (tracebacks instead of
+one-line errors; also ``XMODAL_DEBUG=1``), ``--help`` (with ``--config``: the config's
+arguments and every field). Evaluation adds ``--checkpoint best|latest`` and
+``--split NAME``.
 
 Known errors print one line ``error: ...`` and exit with status 2
 (:mod:`xmodal.errors`). Multi-host start-up (:func:`xmodal.sharding.initialize_distributed`)
 runs before anything else.
+
+Console hygiene without ``--debug``: a warning prints as one line ``warning: ...``
+(no source line); the libraries' own error logs (Orbax logs every failed background
+write with its traceback, through absl) and the exceptions their callbacks raise
+after an event loop closed ("Exception ignored", hundreds after one failed
+checkpoint write) are not shown: the failure reaches the command as an exception and
+is reported in its one line.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import pathlib
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 __all__ = ["Args", "main", "parse_args", "run_evaluate", "run_train"]
@@ -38,6 +49,7 @@ class Args:
     workdir: str | None = None
     overrides: list[str] = dataclasses.field(default_factory=list)
     accept_config_changes: bool = False
+    break_lock: bool = False
     debug: bool = False
     help: bool = False
     checkpoint: str = "best"
@@ -45,7 +57,7 @@ class Args:
 
 
 _VALUE_FLAGS = ("config", "workdir", "checkpoint", "split")
-_BOOL_FLAGS = ("accept_config_changes", "debug", "help")
+_BOOL_FLAGS = ("accept_config_changes", "break_lock", "debug", "help")
 
 
 def parse_args(argv: Sequence[str], *, evaluate: bool = False) -> Args:
@@ -98,7 +110,8 @@ def _usage(prog: str, evaluate: bool) -> str:
     extra = " [--checkpoint best|latest] [--split NAME]" if evaluate else ""
     return (
         f"usage: python -m {prog} --config FILE[:ARG] --workdir DIR "
-        f"[--config.KEY=VALUE ...]{extra} [--accept_config_changes] [--debug]\n\n"
+        f"[--config.KEY=VALUE ...]{extra} [--accept_config_changes]"
+        f"{'' if evaluate else ' [--break_lock]'} [--debug]\n\n"
         "  --config FILE[:ARG]       config file, optionally with its argument "
         "(e.g. configs/flickr.py:demo)\n"
         "  --workdir DIR             run folder (created; rerunning the same "
@@ -112,7 +125,13 @@ def _usage(prog: str, evaluate: bool) -> str:
             else ""
         )
         + "  --accept_config_changes   continue a workdir whose config changed\n"
-        "  --debug                   show tracebacks (also XMODAL_DEBUG=1)\n"
+        + (
+            ""
+            if evaluate
+            else "  --break_lock              take over a lock left by a run on "
+            "another host (check that run is gone first)\n"
+        )
+        + "  --debug                   show tracebacks (also XMODAL_DEBUG=1)\n"
     )
 
 
@@ -129,10 +148,54 @@ def _config_help(spec: str) -> str:
     return f"{path}:\n{doc}\n\nfields (current values):\n{fields}\n"
 
 
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` for the command line: ``warning: MESSAGE``."""
+    del category, filename, lineno, line
+    print(f"warning: {message}", file=file or sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _console(debug: bool) -> Iterator[None]:
+    """One-line warnings and no library tracebacks, unless ``debug`` (see the module
+    docstring); everything is put back afterwards."""
+    if debug:
+        yield
+        return
+    absl = logging.getLogger("absl")
+    saved = (warnings.showwarning, sys.unraisablehook, absl.level)
+    warnings.showwarning = _one_line_warning
+    sys.unraisablehook = lambda unraisable: None
+    absl.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        warnings.showwarning, sys.unraisablehook = saved[0], saved[1]
+        absl.setLevel(saved[2])
+
+
 def main(
     fn: Callable[..., Any], argv: Sequence[str], *, prog: str, evaluate: bool
 ) -> int:
     debug = os.environ.get("XMODAL_DEBUG", "") not in ("", "0") or "--debug" in argv
+    with _console(debug):
+        return _main(fn, argv, prog=prog, evaluate=evaluate, debug=debug)
+
+
+def _main(
+    fn: Callable[..., Any],
+    argv: Sequence[str],
+    *,
+    prog: str,
+    evaluate: bool,
+    debug: bool,
+) -> int:
     try:
         args = parse_args(argv, evaluate=evaluate)
         if args.help:
@@ -149,9 +212,10 @@ def main(
 
         # grain worker processes read absl flags; nothing here parses them.
         flags.FLAGS.mark_as_parsed()
-        # Library chatter (orbax's "waiting for previous save", backend probing) is
-        # not the run's output; errors still surface as exceptions.
-        logging.getLogger("absl").setLevel(logging.ERROR)
+        if debug:
+            # Library chatter (orbax's "waiting for previous save", backend probing)
+            # is not the run's output; errors still surface as exceptions.
+            logging.getLogger("absl").setLevel(logging.ERROR)
         from xmodal import config as config_lib
         from xmodal import sharding
 
@@ -167,6 +231,8 @@ def main(
                 kwargs["split"] = args.split
         else:
             kwargs["accept_config_changes"] = args.accept_config_changes
+            if args.break_lock:
+                kwargs["break_lock"] = True
         fn(config, args.workdir, **kwargs)
         return 0
     except KeyboardInterrupt:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import json
 import pathlib
 import sys
 from collections.abc import Iterable, Mapping
@@ -24,7 +23,6 @@ __all__ = [
     "config_to_dict",
     "flatten",
     "load_config",
-    "save_config",
 ]
 
 
@@ -43,6 +41,13 @@ def load_config(spec: str, *, lock: bool = True) -> ml_collections.ConfigDict:
     path = pathlib.Path(path_str)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path_str!r} not found (spec {spec!r})")
+    if (path.parent / "__init__.py").is_file():
+        # A config in a package folder imports its siblings (configs/mosi.py:
+        # `from configs import decalign_base`) from the folder above, also when the
+        # command runs elsewhere: no installed package provides them.
+        root = str(path.resolve().parent.parent)
+        if root not in sys.path:
+            sys.path.insert(0, root)
     module_name = f"_xmodal_config_{path.stem}_{abs(hash(path.resolve()))}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     assert module_spec is not None and module_spec.loader is not None
@@ -88,7 +93,8 @@ def apply_overrides(
     """Applies ``["a.b=value", ...]`` to ``config`` in place and returns it.
 
     Values are parsed to the type of the field they replace; unknown keys raise
-    ``KeyError`` naming the key.
+    ``KeyError`` naming the key, unparsable values ``ValueError`` naming the key, its
+    type and the value.
     """
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -102,8 +108,17 @@ def apply_overrides(
             node = node[name]
         if leaf not in node:
             raise KeyError(f"override {item!r}: config has no field {key!r}")
+        current = node[leaf]
+        try:
+            value = _parse_value(text, current)
+        except (ValueError, SyntaxError, TypeError):
+            kind = "a value" if current is None else type(current).__name__
+            raise ValueError(
+                f"override {item!r}: config field {key!r} takes {kind} (now "
+                f"{current!r}), got {text!r}"
+            ) from None
         with node.ignore_type():
-            node[leaf] = _parse_value(text, node[leaf])
+            node[leaf] = value
     return config
 
 
@@ -130,10 +145,3 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: tree}
-
-
-def save_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
-    """Writes ``workdir/config.json`` (call on process 0 only)."""
-    path = pathlib.Path(workdir) / "config.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config_to_dict(config), indent=2, sort_keys=True))

@@ -5,12 +5,18 @@ status 2; ``--debug`` (or ``XMODAL_DEBUG=1``) shows the traceback instead. Known
 are the ones below plus the standard exceptions our readers and the config layer raise
 with a complete message (missing file, wrong key, wrong shape or value). Anything else
 is reported in one line too, flagged as a probable bug (exit status 1).
+
+A failed write is recognised wherever it comes from (:func:`disk_cause`): an
+``OSError`` with a disk errno, or the message of tensorstore, which writes Orbax's
+arrays and reports a failed write as a ``ValueError`` ending in
+``[os_error_code='28']`` with the file it was writing.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 
 __all__ = [
     "ConfigChangedError",
@@ -47,14 +53,34 @@ _DISK_ERRNOS = frozenset(
 )
 
 
+# tensorstore's failed write: '... local file "PATH": ... [os_error_code='28']'.
+_TENSORSTORE_ERRNO = re.compile(r"\[os_error_code='?(\d+)'?\]")
+_TENSORSTORE_PATH = re.compile(r'(?:local file|Failed writing:) "([^"]+)"')
+
+
+def _tensorstore_cause(exc: BaseException) -> OSError | None:
+    text = str(exc)
+    code = _TENSORSTORE_ERRNO.search(text)
+    if code is None or int(code.group(1)) not in _DISK_ERRNOS:
+        return None
+    path = _TENSORSTORE_PATH.search(text)
+    number = int(code.group(1))
+    return OSError(number, os.strerror(number), path.group(1) if path else None)
+
+
 def disk_cause(exc: BaseException) -> OSError | None:
-    """The disk-level ``OSError`` behind ``exc`` (itself, a cause or a context)."""
+    """The disk-level ``OSError`` behind ``exc`` (itself, a cause or a context), also
+    when tensorstore reported it as a ``ValueError`` (an ``OSError`` is made from its
+    message: errno and file)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in _DISK_ERRNOS:
             return current
+        found = _tensorstore_cause(current)
+        if found is not None:
+            return found
         current = current.__cause__ or current.__context__
     return None
 

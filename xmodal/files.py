@@ -2,7 +2,8 @@
 
 * Errors that help: :func:`field_error` formats the one-line message every data reader
   raises (``file [field]: expected X, got Y``); :func:`listing` says what IS in a folder
-  when something is missing; :func:`require_file` raises the missing-file error.
+  when something is missing; :func:`require_file` raises the missing-file error;
+  :func:`read_json_object` reads a JSON object file with those errors.
 * Atomic writes: :func:`atomic_write_bytes` / :func:`atomic_write_text` /
   :func:`atomic_write_pickle` write beside the target and ``os.replace`` it into place,
   so a reader (another process of a multi-host job, a rerun after a kill) never sees a
@@ -20,6 +21,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pathlib
 import pickle
@@ -42,6 +44,7 @@ __all__ = [
     "finite_blocks",
     "jsonable",
     "listing",
+    "read_json_object",
     "require_file",
     "scan_values",
     "sha256_file",
@@ -113,6 +116,26 @@ def require_file(path: os.PathLike | str, field: str) -> pathlib.Path:
     raise FileNotFoundError(f"{path} [{field}]: file not found; {where}")
 
 
+def read_json_object(
+    path: os.PathLike | str, field: str, *, expected: str = "a JSON object"
+) -> dict[str, Any]:
+    """The JSON object in the file ``path`` (``field`` names it in errors).
+
+    Raises:
+      FileNotFoundError: no file there (:func:`require_file`).
+      ValueError: one line (:func:`field_error`): not UTF-8 JSON, or JSON that is not
+        an object (``expected`` says what it should be).
+    """
+    path = require_file(path, field)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(field_error(path, field, "valid UTF-8 JSON", str(e))) from None
+    if not isinstance(value, dict):
+        raise ValueError(field_error(path, field, expected, type(value).__name__))
+    return value
+
+
 def sha256_file(path: os.PathLike | str, *, chunk_bytes: int = 1 << 22) -> str:
     """SHA-256 of a file (hex), streamed in ``chunk_bytes`` pieces."""
     digest = hashlib.sha256()
@@ -132,7 +155,8 @@ def atomic_write_bytes(path: os.PathLike | str, data: bytes) -> pathlib.Path:
 
     The bytes go to a hidden file beside ``path`` that is then renamed over it
     (``os.replace``), so readers see the old file or the new one, never a part. The
-    temporary file is removed if writing fails.
+    temporary file is removed if writing fails; an ``OSError`` that names no file
+    (a full disk fails ``write``) is raised again naming ``path``.
     """
     return _atomic(path, lambda f: f.write(data))
 
@@ -160,6 +184,11 @@ def _atomic(path: os.PathLike | str, write: Any) -> pathlib.Path:
         with open(tmp, "xb") as f:
             write(f)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:  # a failed write() names no file: name the target
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -19,7 +19,6 @@ keep rate, pair independence, seed independence, bit balance).
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from typing import Any
@@ -179,8 +178,3 @@ def dot_product_attention(
             keep, weights / jnp.asarray(1.0 - dropout_rate, weights.dtype), 0.0
         ).astype(weights.dtype)
     return jnp.einsum("...hqk,...khd->...qhd", weights, value, precision=precision)
-
-
-def attention_fn(impl: str) -> Any:
-    """The ``attention_fn`` for ``nn.MultiHeadDotProductAttention`` using ``impl``."""
-    return functools.partial(dot_product_attention, impl=impl)

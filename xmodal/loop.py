@@ -19,6 +19,7 @@ by the driver, returning device scalars), fetches metrics only at log points, an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -29,7 +30,8 @@ import jax
 import numpy as np
 
 from xmodal import faults
-from xmodal.checkpoint import Checkpointer
+from xmodal.checkpoint import Checkpointer, saved_steps
+from xmodal.errors import UserError
 from xmodal.writer import MetricWriter, Progress
 
 __all__ = [
@@ -43,8 +45,11 @@ __all__ = [
 ]
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN/Inf; ``step`` is the first bad step (1-based)."""
+class NonFiniteLossError(UserError, RuntimeError):
+    """The training loss became NaN/Inf; ``step`` is the first bad step (1-based).
+
+    A known outcome of training (divergence, bad data), not a bug: one line, exit
+    status 2 (:mod:`xmodal.errors`)."""
 
     def __init__(self, step: int, message: str) -> None:
         super().__init__(message)
@@ -53,18 +58,35 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class CollapseGuard:
-    """Warns once when a train metric stays below ``floor`` for ``patience_steps``.
+    """Warns once when a train metric stays below its floor for ``patience_steps``.
+
+    The floor is ``max(floor, relative_floor * peak)``, ``peak`` being the largest
+    value of the metric seen so far in the run (kept in the loop metadata, so a resumed
+    run goes on with it): a run is judged against its own spread, which at
+    initialisation may be tiny for a healthy model (docs/cdds.md §10.11), and an
+    absolute ``floor`` only catches exact collapse.
 
     Attributes:
       metric: the train metric watched (e.g. the spread of the batch score matrix).
-      floor: values below this count as collapsed.
+      floor: values below this count as collapsed, whatever the run's history.
       patience_steps: how many consecutive steps below the floor before the warning
         (checked at log points, so the resolution is ``log_every_steps``).
+      relative_floor: values below this fraction of the run's peak count as
+        collapsed (0 = no relative floor).
+      dev_metric: the same spread in dev results: an evaluation whose value is below
+        ``relative_floor * peak`` is marked degenerate (never selected); None = the
+        dev results decide alone.
     """
 
     metric: str
     floor: float
     patience_steps: int
+    relative_floor: float = 0.0
+    dev_metric: str | None = None
+
+    def threshold(self, peak: float | None) -> float:
+        """The collapse floor given the run's peak so far."""
+        return max(self.floor, self.relative_floor * float(peak or 0.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,11 +218,23 @@ class _Run:
         for (s, _), values in zip(self.pending, fetched, strict=True):
             loss = float(np.asarray(values[o.loss_key]))
             if not math.isfinite(loss):
-                last = self.out.checkpointer.latest_step()
+                # The last save still being written counts once it is on disk.
+                with contextlib.suppress(Exception):
+                    self.out.checkpointer.wait()
+                saved = saved_steps(self.out.checkpointer.directory)
+                last = saved[-1] if saved else None
+                where = (
+                    f"the last good checkpoint is step {last} "
+                    f"({self.out.checkpointer.directory}/{last}); rerunning resumes "
+                    "there and meets the same step"
+                    if last is not None
+                    else "no checkpoint yet"
+                )
                 raise NonFiniteLossError(
                     s,
-                    f"training loss is {loss} at step {s}; stopping. The last good "
-                    f"checkpoint is step {last} in {self.out.checkpointer.directory}",
+                    f"training loss is {loss} at step {s}; stopped before saving "
+                    f"it: {where}. Lower optim.lr or check the data "
+                    "(--accept_config_changes continues with a changed config)",
                 )
             self._watch_collapse(s, values)
         keys = fetched[0].keys()
@@ -219,7 +253,12 @@ class _Run:
         if guard is None or guard.metric not in values:
             return
         value = float(np.asarray(values[guard.metric]))
-        if value >= guard.floor:
+        if math.isfinite(value):
+            self.meta["collapse_peak"] = max(
+                self.meta.get("collapse_peak") or 0.0, value
+            )
+        floor = guard.threshold(self.meta.get("collapse_peak"))
+        if value >= floor:
             self.meta["collapse_since"] = None
             return
         since = self.meta.get("collapse_since") or step
@@ -230,15 +269,25 @@ class _Run:
             self.meta["collapse_warned_at"] = step
             self.out.log(
                 f"WARNING: training scores have collapsed: {guard.metric} {value:.3g} "
-                f"< {guard.floor:g} since step {since} (the model gives every pair "
+                f"< {floor:.3g} since step {since} (the model gives every pair "
                 "about the same score); dev selection ignores degenerate checkpoints"
             )
+
+    def mark_degenerate(self, dev: dict[str, float]) -> None:
+        """Marks ``dev`` degenerate when its spread is below the relative floor."""
+        guard = self.options.collapse
+        if guard is None or guard.dev_metric is None or guard.dev_metric not in dev:
+            return
+        floor = guard.relative_floor * float(self.meta.get("collapse_peak") or 0.0)
+        if float(dev[guard.dev_metric]) < floor:
+            dev["degenerate"] = 1.0
 
     def evaluate(
         self, state: Any, step: int, evaluate: Callable[[Any], Mapping[str, float]]
     ) -> dict[str, float]:
         o, meta = self.options, self.meta
         dev = dict(evaluate(state))
+        self.mark_degenerate(dev)
         self.out.writer.write(step, dev, split="dev")
         is_best = False
         if o.select_metric is not None:
@@ -271,6 +320,7 @@ def train_loop(
     outputs: LoopOutputs,
     evaluate: Callable[[Any], Mapping[str, float]] | None = None,
     on_eval: Callable[[Any, Mapping[str, float], dict[str, Any]], Any] | None = None,
+    on_epoch_start: Callable[[Any, int], Any] | None = None,
     meta: dict[str, Any] | None = None,
 ) -> LoopResult:
     """Runs ``train_step`` from ``state.step`` to ``options.total_steps``.
@@ -285,6 +335,10 @@ def train_loop(
         the end. A dev result with ``degenerate`` = 1 is never selected as best.
       on_eval: ``(state, dev_metrics, meta) -> state``, e.g. a plateau LR rule. It may
         update ``meta`` in place (it is checkpointed).
+      on_epoch_start: ``(state, epoch) -> state`` before the first step of each epoch
+        (step a multiple of ``steps_per_epoch``); not checkpointed separately: the
+        next checkpoint holds its result, and a run resumed at an epoch start runs
+        it again.
       meta: loop metadata restored from a checkpoint (best value, counters).
 
     Raises:
@@ -309,6 +363,8 @@ def train_loop(
     first = True
     with _Preemption() as preemption:
         while step < o.total_steps:
+            if on_epoch_start is not None and step % o.steps_per_epoch == 0:
+                state = on_epoch_start(state, step // o.steps_per_epoch)
             batch = next_batch()
             state, metrics = train_step(state, batch)
             step += 1

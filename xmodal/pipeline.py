@@ -37,6 +37,7 @@ import numpy as np
 
 __all__ = [
     "BlockShard",
+    "Chain",
     "EpochTransform",
     "PadEpochs",
     "PaddedSource",
@@ -66,6 +67,24 @@ class EpochTransform(Protocol):
     def __call__(
         self, item: dict[str, np.ndarray], *, epoch: int
     ) -> dict[str, np.ndarray]: ...
+
+
+class Chain:
+    """Epoch transforms applied in order (an :class:`EpochTransform`; picklable when
+    its parts are)."""
+
+    def __init__(self, *transforms: EpochTransform) -> None:
+        self.transforms = transforms
+
+    def __call__(
+        self, item: dict[str, np.ndarray], *, epoch: int
+    ) -> dict[str, np.ndarray]:
+        for transform in self.transforms:
+            item = transform(item, epoch=epoch)
+        return item
+
+    def __repr__(self) -> str:
+        return f"Chain({', '.join(map(repr, self.transforms))})"
 
 
 class _WithEpoch:

@@ -22,8 +22,11 @@ harness owns everything else, in this order:
    ``curves.png``, and ``results.json`` written atomically.
 
 :func:`run_seeds` repeats a run over ``config.seeds`` (one folder per seed) and lets
-the method summarise them. A write that fails for lack of space or permission stops
-with :class:`~xmodal.errors.DiskError` naming the path and the last checkpoint saved.
+the method summarise them; :func:`evaluate` scores the best (or latest) state of every
+run of a finished workdir again, for the evaluation entry points. The folders are
+:func:`xmodal.workdir.run_folders`. A write that fails for lack of space or
+permission stops with :class:`~xmodal.errors.DiskError` naming the path and the last
+checkpoint saved.
 """
 
 from __future__ import annotations
@@ -39,55 +42,58 @@ from typing import Any
 import jax
 import ml_collections
 
-from xmodal import errors, files, pipeline, sharding
+from xmodal import errors, pipeline, sharding
 from xmodal import loop as loop_lib
-from xmodal.checkpoint import Checkpointer, restore_for_eval
+from xmodal import workdir as workdir_lib
+from xmodal.checkpoint import Checkpointer, restore_for_eval, saved_steps
 from xmodal.config import config_to_dict
 from xmodal.state import TrainState
-from xmodal.workdir import Workdir, open_workdir
-from xmodal.writer import MetricWriter
+from xmodal.writer import MetricWriter, log, write_json
 
 __all__ = [
     "Method",
+    "Scoring",
     "StepCounts",
-    "check_batch_sizes",
-    "log",
-    "mean_std",
+    "evaluate",
     "run_seeds",
     "step_counts",
     "train",
-    "write_json",
 ]
 
 
-def log(message: str) -> None:
-    """Prints one line on process 0."""
-    if jax.process_index() == 0:
-        print(message, flush=True)
-
-
-def write_json(path: pathlib.Path, value: Any) -> None:
-    """Writes ``value`` as JSON to ``path`` atomically (process 0)."""
-    if jax.process_index() == 0:
-        files.atomic_write_text(path, json.dumps(value, indent=2))
-
-
-@dataclasses.dataclass
-class Method:
-    """What a driver hands the harness for one run (one seed).
+@dataclasses.dataclass(kw_only=True)
+class Scoring:
+    """What scoring a trained state asks of a method (one run): the part of
+    :class:`Method` that :func:`evaluate` uses.
 
     Attributes:
       name: shown in messages ("CDDS", "DecAlign seed 1111").
+      init_state: ``steps_per_epoch -> (fresh sharded state, state shardings)``; the
+        target a checkpoint is restored into.
+      test: ``state -> test results`` (the method's own structure).
+      format_test: the results table for the test results.
+      results_fields: extra fields of the results (method name, split, seed, ...).
+    """
+
+    name: str
+    init_state: Callable[[int], tuple[TrainState, Any]]
+    test: Callable[[TrainState], dict[str, Any]]
+    format_test: Callable[[Mapping[str, Any]], str]
+    results_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(kw_only=True)
+class Method(Scoring):
+    """What a driver hands the harness for one run (one seed): its :class:`Scoring`
+    (``results_fields`` go into ``results.json``) and how to train and select.
+
+    Attributes:
       train_source: the training items (a grain-readable source).
-      init_state: ``steps_per_epoch -> (fresh sharded state, state shardings)``.
       make_step: ``(state shardings, steps_per_epoch) -> jitted train step``.
       evaluate: ``state -> selection-split metrics`` (dev / valid). A result with
         ``degenerate`` = 1 is never selected.
-      test: ``state -> test results`` (the method's own structure).
       describe_dev: one console line for a dev result.
-      format_test: the results table for the test results.
       select_metric, select_mode: the selection rule ("max" / "min").
-      results_fields: extra fields of ``results.json`` (method name, split, ...).
       on_eval: ``(state, dev, loop meta) -> state`` after each evaluation.
       curve_keys: train metrics drawn in ``curves.png`` (loss parts).
       progress_keys: train metrics on the progress line.
@@ -98,19 +104,18 @@ class Method:
       pad_last_batch: each epoch is one pass with a padded, masked short last batch
         (``pipeline.PadEpochs``; batches carry ``valid``) instead of full batches
         running across epoch boundaries.
+      on_epoch_start: ``(state, epoch) -> state`` before the first step of every
+        epoch (also when a run resumes exactly at an epoch start); it must be a pure
+        function of the state, the epoch and the data, so a resumed run recomputes
+        what a straight run computed (e.g. statistics over the training set).
     """
 
-    name: str
     train_source: pipeline.Source
-    init_state: Callable[[int], tuple[TrainState, Any]]
     make_step: Callable[[Any, int], Callable[[TrainState, Any], Any]]
     evaluate: Callable[[TrainState], dict[str, float]]
-    test: Callable[[TrainState], dict[str, Any]]
     describe_dev: Callable[[Mapping[str, float]], str]
-    format_test: Callable[[Mapping[str, Any]], str]
     select_metric: str
     select_mode: str = "max"
-    results_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
     on_eval: Callable[[TrainState, Mapping[str, float], dict[str, Any]], Any] | None = (
         None
     )
@@ -120,6 +125,7 @@ class Method:
     worker_count: int = 0
     train_transform: pipeline.EpochTransform | None = None
     pad_last_batch: bool = False
+    on_epoch_start: Callable[[TrainState, int], TrainState] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,24 +140,6 @@ class StepCounts:
     log_every_steps: int
 
 
-def check_batch_sizes(
-    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
-) -> None:
-    """Batch sizes > 0 and divisible by the devices and processes (before training)."""
-    for key in ("train.batch_size", "eval.batch_size"):
-        section, name = key.split(".")
-        value = int(config[section][name])
-        if value <= 0:
-            raise ValueError(f"config {key} = {value}: must be > 0")
-        for count, what in ((mesh.size, "devices"), (jax.process_count(), "processes")):
-            if value % count:
-                raise ValueError(
-                    f"config {key} = {value} cannot be split over the {count} {what} "
-                    f"(mesh {dict(mesh.shape)}): use a multiple of {count}, e.g. "
-                    f"--config.{key}={max(count, value // count * count)}"
-                )
-
-
 def step_counts(
     config: ml_collections.ConfigDict,
     num_examples: int,
@@ -164,6 +152,10 @@ def step_counts(
     ``log_every_steps``, ``eval_every_steps`` (0 = every ``eval_every_epochs`` epochs,
     default 1) and ``checkpoint_every_steps`` (0 or absent = at each evaluation).
     An epoch is ``ceil(num_examples / batch)`` steps with ``pad_last_batch``.
+
+    Raises:
+      ValueError: a batch size < 1 or larger than the training set (also with
+        ``pad_last_batch``), or a run of no step.
     """
     t = config.train
     batch = int(t.batch_size)
@@ -172,7 +164,8 @@ def step_counts(
     per_epoch = pipeline.steps_per_epoch(
         num_examples, batch, pad_last_batch=pad_last_batch
     )
-    if per_epoch == 0:
+    # Padded epochs would make one batch of mostly padding: refused like full ones.
+    if per_epoch == 0 or batch > num_examples:
         raise ValueError(
             f"the training split has {num_examples} examples, fewer than one batch of "
             f"train.batch_size = {batch}"
@@ -196,15 +189,6 @@ def step_counts(
     )
 
 
-def _complete(path: pathlib.Path, stored: pathlib.Path, counts: StepCounts) -> bool:
-    """Whether the run in ``path`` has nothing left to train."""
-    if json.loads(stored.read_text()).get("stopped") == "early_stopped":
-        return True
-    folder = path / "checkpoints"
-    steps = [int(p.name) for p in folder.glob("*") if p.name.isdigit()]
-    return bool(steps) and max(steps) >= counts.total_steps
-
-
 def _report_stored(path: pathlib.Path, method: Method) -> dict[str, Any]:
     results = json.loads(path.read_text())
     log(f"{method.name}: finished run, results from {path}:")
@@ -216,8 +200,7 @@ def _evaluate_best(
     path: pathlib.Path, method: Method, counts: StepCounts, results_path: pathlib.Path
 ) -> dict[str, Any]:
     """The finished run's best state on the (changed) evaluation settings."""
-    state, _ = method.init_state(counts.steps_per_epoch)
-    best_state, _, which = restore_for_eval(path, state)
+    best_state, _, which = _restore(method, path, "best", counts.steps_per_epoch)
     stored = json.loads((path / "results.json").read_text())
     results = dict(stored, test=method.test(best_state), checkpoint=which)
     write_json(results_path, results)
@@ -230,14 +213,15 @@ def _evaluate_best(
 def _disk_error(exc: BaseException, ckpt: Checkpointer) -> errors.DiskError:
     cause = errors.disk_cause(exc)
     assert cause is not None
-    latest = ckpt.latest_step()
+    # From the disk: the manager already lists a step whose save has just failed.
+    steps = saved_steps(ckpt.directory)
     saved = (
-        f"last checkpoint saved: {ckpt.directory}/{latest}"
-        if latest is not None
+        f"last checkpoint saved: {ckpt.directory}/{steps[-1]}"
+        if steps
         else "no checkpoint saved yet"
     )
     return errors.DiskError(
-        f"cannot write {cause.filename or ckpt.directory}: "
+        f"cannot write {cause.filename or ckpt.directory.parent}: "
         f"{os.strerror(cause.errno or 0)}; {saved}. Free space or fix permissions, "
         "then rerun the same command to resume"
     )
@@ -260,18 +244,14 @@ def train(
         config, len(method.train_source), pad_last_batch=method.pad_last_batch
     )
     results_path = path / results_name
-    stored = path / "results.json"
-    if stored.is_file():
-        if _complete(path, stored, counts):
+    if (path / "results.json").is_file():
+        if workdir_lib.is_complete(path, counts.total_steps):
             if results_path.is_file():
                 return _report_stored(results_path, method)
             return _evaluate_best(path, method, counts, results_path)
         # The run is being extended (more steps than it was run for): its earlier
         # results are kept under a name that says where they came from.
-        steps = json.loads(stored.read_text()).get("steps")
-        aside = path / f"results__steps-{steps}.json"
-        if jax.process_index() == 0:
-            os.replace(stored, aside)
+        aside = workdir_lib.move_results_aside(path)
         log(f"{method.name}: extending a finished run; its results moved to {aside}")
     path.mkdir(parents=True, exist_ok=True)
     state, shardings = method.init_state(counts.steps_per_epoch)
@@ -295,18 +275,7 @@ def train(
     best = Checkpointer(path / "best", max_to_keep=1)
     writer = None
     try:
-        meta: dict[str, Any] = {}
-        restored = 0
-        latest = ckpt.latest_step()
-        if latest is not None:
-            state, meta = ckpt.restore(latest, state, data_iter=train_iter)
-            restored = int(latest)
-            log(f"{method.name}: resumed from {ckpt.directory}/{latest}")
-        for folder in (ckpt, best):
-            dropped = folder.reconcile(restored)
-            if dropped:
-                log(f"{method.name}: dropped {folder.directory.name}/{dropped} "
-                    "(newer than the restored step; replayed)")  # fmt: skip
+        state, meta, restored = _resume(method.name, state, ckpt, best, train_iter)
         writer = MetricWriter(path, resume_step=restored)
 
         def on_dev(step: int, dev: Mapping[str, float], is_best: bool) -> None:
@@ -340,6 +309,7 @@ def train(
             ),
             evaluate=method.evaluate,
             on_eval=method.on_eval,
+            on_epoch_start=method.on_epoch_start,
             meta=meta,
         )
     except Exception as exc:
@@ -357,6 +327,31 @@ def train(
             "command to resume")  # fmt: skip
         return {"preempted_at_step": int(result.state.step)}
     return _finish(path, method, result, writer, results_path)
+
+
+def _resume(
+    name: str,
+    state: TrainState,
+    ckpt: Checkpointer,
+    best: Checkpointer,
+    train_iter: Any,
+) -> tuple[TrainState, dict[str, Any], int]:
+    """The newest complete checkpoint (state, loop metadata, iterator position), else
+    ``state`` from scratch; drops what is newer than it in ``checkpoints/`` and
+    ``best/``. Returns ``(state, meta, restored step)``."""
+    meta: dict[str, Any] = {}
+    restored = 0
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state, meta = ckpt.restore(latest, state, data_iter=train_iter)
+        restored = int(latest)
+        log(f"{name}: resumed from {ckpt.directory}/{latest}")
+    for folder in (ckpt, best):
+        dropped = folder.reconcile(restored)
+        if dropped:
+            log(f"{name}: dropped {folder.directory.name}/{dropped} "
+                "(newer than the restored step; replayed)")  # fmt: skip
+    return state, meta, restored
 
 
 def _curves(path: pathlib.Path, method: Method, writer: MetricWriter | None) -> None:
@@ -428,20 +423,25 @@ def run_seeds(
     *,
     always_subdirs: bool,
     accept_config_changes: bool = False,
-    on_open: Callable[[Workdir], None] | None = None,
+    break_lock: bool = False,
+    on_open: Callable[[workdir_lib.Workdir], None] | None = None,
 ) -> dict[str, Any]:
     """Opens ``workdir`` and runs ``train_seed`` for each seed of ``config.seeds``.
 
-    The workdir is locked and its config checked (:func:`xmodal.workdir.open_workdir`)
-    before anything is written; ``on_open(workdir)`` then writes what the method
+    The workdir is locked (``break_lock``: also when its lock names another host) and
+    its config checked (:func:`xmodal.workdir.open_workdir`) before anything is
+    written; ``on_open(workdir)`` then writes what the method
     keeps beside its runs (e.g. a vocabulary). With no ``config.seeds`` and
     ``always_subdirs`` False, one run trains directly in the workdir. Otherwise each
     seed trains in ``workdir/seed_<s>/`` and ``summarize(per_seed_results, seeds)``
     gives the workdir's results (written to its results file). Rerunning resumes
     every unfinished seed.
     """
-    with open_workdir(
-        workdir, config, accept_config_changes=accept_config_changes
+    with workdir_lib.open_workdir(
+        workdir,
+        config,
+        accept_config_changes=accept_config_changes,
+        break_lock=break_lock,
     ) as wd:
         if on_open is not None:
             on_open(wd)
@@ -450,20 +450,17 @@ def run_seeds(
 
 def _run_seeds(
     config: ml_collections.ConfigDict,
-    workdir: Workdir,
+    workdir: workdir_lib.Workdir,
     train_seed: Callable[[ml_collections.ConfigDict, pathlib.Path, str], dict],
     summarize: Callable[[Sequence[dict[str, Any]], Sequence[int]], dict[str, Any]],
     always_subdirs: bool,
 ) -> dict[str, Any]:
-    seeds = [int(s) for s in (config.get("seeds") or ())]
+    runs = workdir_lib.run_folders(workdir.path, config, always_subdirs=always_subdirs)
     name = workdir.results_name()
-    if not seeds and not always_subdirs:
+    if runs[0][1] == workdir.path:  # one run, in the workdir itself
         return train_seed(config, workdir.path, name)
     per_seed = []
-    for seed in seeds or [int(config.seed)]:
-        seed_config = ml_collections.ConfigDict(config.to_dict())
-        seed_config.seed = seed
-        seed_dir = workdir.path / f"seed_{seed}"
+    for seed_config, seed_dir in runs:
         if workdir.writer:
             seed_dir.mkdir(parents=True, exist_ok=True)
             write_json(seed_dir / "config.json", config_to_dict(seed_config))
@@ -471,27 +468,73 @@ def _run_seeds(
         if "preempted_at_step" in result:
             return result
         per_seed.append(result)
-    results = summarize(per_seed, seeds or [int(config.seed)])
+    results = summarize(per_seed, [int(c.seed) for c, _ in runs])
     write_json(workdir.path / name, results)
     log(f"results written to {workdir.path / name}")
     return results
 
 
-def mean_std(
-    rows: Sequence[Mapping[str, Any]], scale: Callable[[str], float] | None = None
-) -> dict[str, dict[str, float]]:
-    """``{metric: {"mean", "std"}}`` over runs (population std) of numeric metrics.
+def _restore(
+    scoring: Scoring, folder: pathlib.Path, which: str, steps_per_epoch: int
+) -> tuple[TrainState, dict[str, Any], str]:
+    """The ``which`` ("best" / "latest") state of the run in ``folder``:
+    ``(state, meta, "best/<step>" | "checkpoints/<step>")``."""
+    target, _ = scoring.init_state(steps_per_epoch)
+    return restore_for_eval(folder, target, which=which)
 
-    ``scale(metric)`` multiplies a metric before the statistics (e.g. 100 for
-    fractions shown in percent).
+
+def evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    prepare: Callable[
+        [jax.sharding.Mesh], Callable[[ml_collections.ConfigDict], Scoring]
+    ],
+    summarize: Callable[[Sequence[dict[str, Any]], Sequence[int]], dict[str, Any]],
+    *,
+    checkpoint: str,
+    split: str,
+    always_subdirs: bool,
+) -> dict[str, Any]:
+    """Scores the ``checkpoint`` state ("best" / "latest") of every run of ``workdir``.
+
+    Read-only on the runs, in this order: ``config`` must match the runs' config in
+    every training key (:func:`xmodal.workdir.check_trained_with`); the mesh and the
+    batch sizes; ``prepare(mesh)`` opens the method's data and model once and returns
+    ``scoring_for_run(run config) -> Scoring``; then each run folder
+    (:func:`xmodal.workdir.run_folders`) has its state restored and tested. A run's
+    record is its ``results_fields`` with the checkpoint, the selected step, its dev
+    metrics, the test results and its steps. One run's record is the results;
+    several runs' records are summarised by ``summarize(records, seeds)``. The
+    results go to ``workdir/results__evaluate-<checkpoint>__split-<split>.json``
+    (:func:`xmodal.workdir.evaluation_name`; never a training result's name).
     """
-    import numpy as np
-
-    out = {}
-    for key, first in rows[0].items():
-        if not isinstance(first, int | float) or isinstance(first, bool):
-            continue
-        factor = scale(key) if scale is not None else 1.0
-        values = np.asarray([float(r[key]) * factor for r in rows])
-        out[key] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
-    return out
+    path = pathlib.Path(workdir)
+    workdir_lib.check_trained_with(path, config)
+    mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch_sizes(config, mesh)
+    scoring_for_run = prepare(mesh)
+    runs = workdir_lib.run_folders(path, config, always_subdirs=always_subdirs)
+    per_run = []
+    for run_config, folder in runs:
+        scoring = scoring_for_run(run_config)
+        state, meta, which = _restore(scoring, folder, checkpoint, 1)
+        per_run.append(
+            {
+                **scoring.results_fields,
+                "checkpoint": which,
+                "selected_step": meta.get("best_step"),
+                "dev": meta.get("dev"),
+                "test": scoring.test(state),
+                "steps": int(jax.device_get(state.step)),
+            }
+        )
+    if runs[0][1] == path:  # one run, in the workdir itself
+        results = per_run[0]
+        log(f"Split '{split}', checkpoint {results['checkpoint']}:")
+        log(scoring.format_test(results["test"]))
+    else:
+        results = summarize(per_run, [int(c.seed) for c, _ in runs])
+    out = path / workdir_lib.evaluation_name(checkpoint, split)
+    write_json(out, results)
+    log(f"results written to {out}")
+    return results

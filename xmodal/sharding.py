@@ -17,10 +17,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
+    "check_batch_sizes",
     "data_sharding",
     "global_batch",
     "initialize_distributed",
@@ -127,6 +129,22 @@ def make_mesh(
         )
     grid = np.asarray(devices, dtype=object).reshape(sizes)
     return Mesh(grid, tuple(names))
+
+
+def check_batch_sizes(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+    """Batch sizes > 0 and divisible by the devices and processes (before training)."""
+    for key in ("train.batch_size", "eval.batch_size"):
+        section, name = key.split(".")
+        value = int(config[section][name])
+        if value <= 0:
+            raise ValueError(f"config {key} = {value}: must be > 0")
+        for count, what in ((mesh.size, "devices"), (jax.process_count(), "processes")):
+            if value % count:
+                raise ValueError(
+                    f"config {key} = {value} cannot be split over the {count} {what} "
+                    f"(mesh {dict(mesh.shape)}): use a multiple of {count}, e.g. "
+                    f"--config.{key}={max(count, value // count * count)}"
+                )
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:

@@ -3,37 +3,43 @@
 Opening a workdir (:func:`open_workdir`, a context manager) does three things, in this
 order, before anything is written into it:
 
-1. **Lock.** ``WORKDIR/.lock`` is locked with ``flock`` for the life of the run and
-   holds the owner's process id, host and start time. A second run on a live workdir
-   stops at once with :class:`~xmodal.errors.WorkdirBusyError` naming the owner. The
-   kernel drops the lock when its process dies (``kill -9`` included), so a lock file
-   left by a dead run is taken over, with a warning.
+1. **Lock.** ``WORKDIR/.lock`` is locked for the life of the run and holds the
+   owner's process id, host and start time (:mod:`xmodal.lock`). A second run on a
+   live workdir stops at once with :class:`~xmodal.errors.WorkdirBusyError` naming
+   the owner. A lock left by a dead run of this host is taken over, with a warning;
+   one naming another host only with ``break_lock`` (``--break_lock``).
 2. **Config memory.** ``WORKDIR/config.json`` holds the config the run was started
    with. A rerun whose config differs in a key that changes training stops with
    :class:`~xmodal.errors.ConfigChangedError`: one line per changed key and the flag
    that accepts the change (``--accept_config_changes``). Keys that cannot change
    the trained weights are sorted into three kinds (:data:`FREE_KEYS`,
    :data:`EXTEND_KEYS`, :data:`EVAL_KEYS`); every accepted change is appended to
-   ``config_history.jsonl``.
+   ``config_history.jsonl``. A training change is not accepted where a run has
+   finished (its ``results.json``, or a seed's, exists): ``config.json`` must keep
+   describing the stored results, and a finished run has nothing left to train with
+   the new values, so the rerun stops and asks for another workdir.
 3. **Results naming.** When only evaluation keys changed, the results of the rerun are
    written beside the earlier ones (``results__<key>-<value>.json``), never over them.
 
 Only process 0 locks and writes; every process runs the same config check, so all of
 them stop on a changed config.
+
+The layout of the runs inside a workdir is known here and nowhere else:
+:func:`run_folders` (the workdir itself, or one ``seed_<s>/`` folder per seed),
+:func:`is_complete` (a finished run with nothing left to train),
+:func:`move_results_aside` (the results of a run that is being extended) and
+:func:`evaluation_name` (the results of an evaluation command).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import pathlib
 import re
-import socket
 import time
-import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -42,7 +48,8 @@ import ml_collections
 
 from xmodal import config as config_lib
 from xmodal import files
-from xmodal.errors import ConfigChangedError, WorkdirBusyError
+from xmodal import lock as lock_lib
+from xmodal.errors import ConfigChangedError
 
 __all__ = [
     "EVAL_KEYS",
@@ -53,7 +60,10 @@ __all__ = [
     "check_trained_with",
     "config_diff",
     "evaluation_name",
+    "is_complete",
+    "move_results_aside",
     "open_workdir",
+    "run_folders",
 ]
 
 # Keys that change neither the trained weights nor the results (threads, logging,
@@ -76,8 +86,6 @@ EVAL_KEYS: tuple[str, ...] = (
     "data.test_split",
     "data.test_protocols",
 )
-
-_LOCK = ".lock"
 
 
 def _matches(key: str, names: tuple[str, ...]) -> bool:
@@ -155,50 +163,13 @@ class Workdir:
         return "results__" + "__".join(parts) + ".json"
 
 
-def _acquire(path: pathlib.Path) -> int:
-    """Locks ``path/.lock``; returns its file descriptor (kept open for the run)."""
-    lock = path / _LOCK
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        owner = lock.read_text(errors="replace").strip() or "{}"
-        os.close(fd)
-        try:
-            info = json.loads(owner)
-        except json.JSONDecodeError:
-            info = {}
-        raise WorkdirBusyError(
-            f"workdir {path} is in use by process {info.get('pid', '?')} on host "
-            f"{info.get('host', '?')} (since {info.get('started', '?')}); wait for it "
-            "to end or stop it, or use another --workdir"
-        ) from None
-    previous = os.read(fd, 4096).decode(errors="replace").strip()
-    if previous:
-        try:
-            info = json.loads(previous)
-        except json.JSONDecodeError:
-            info = {}
-        warnings.warn(
-            f"taking over the lock of {path}: process {info.get('pid', '?')} on host "
-            f"{info.get('host', '?')} ended without releasing it",
-            stacklevel=3,
-        )
-    me = {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(me).encode(), 0)
-    os.fsync(fd)
-    return fd
-
-
-def _release(path: pathlib.Path, fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.ftruncate(fd, 0)
-    os.close(fd)
+def _finished_results(path: pathlib.Path) -> list[pathlib.Path]:
+    """The ``results.json`` of finished runs in the workdir (itself or its seeds)."""
+    return sorted(
+        p
+        for p in (path / "results.json", *path.glob("seed_*/results.json"))
+        if p.is_file()
+    )
 
 
 def _check_config(
@@ -214,6 +185,15 @@ def _check_config(
             f"{stored_path} is not valid JSON ({exc}); move it away to start afresh"
         ) from None
     diff = config_diff(stored, new)
+    finished = _finished_results(path)
+    if diff.training and accept and finished:
+        lines = "\n".join(diff.lines(diff.training))
+        raise ConfigChangedError(
+            f"{finished[0]} holds the results of a finished run trained with the "
+            f"stored config, which a training change would no longer describe:\n"
+            f"{lines}\n--accept_config_changes continues unfinished runs only: "
+            "use another --workdir for the changed training"
+        )
     if diff.training and not accept:
         lines = "\n".join(diff.lines(diff.training))
         raise ConfigChangedError(
@@ -231,25 +211,31 @@ def open_workdir(
     config: ml_collections.ConfigDict,
     *,
     accept_config_changes: bool = False,
+    break_lock: bool = False,
 ) -> Iterator[Workdir]:
     """Locks ``path``, checks ``config`` against the stored one, records changes.
 
     Call after the config is resolved and the data opened: nothing is written into
-    ``path`` before this (the lock file is the first write).
+    ``path`` before this (the lock file is the first write). ``break_lock`` takes
+    over a lock that names a run on another host (:func:`xmodal.lock.acquire`).
 
     Raises:
-      WorkdirBusyError: another live process holds the lock.
+      WorkdirBusyError: another live process holds the lock, or the lock names
+        another host and ``break_lock`` is False.
       ConfigChangedError: a training key changed and ``accept_config_changes`` is
-        False (nothing in the workdir is modified).
+        False, or a finished run's results exist (nothing in the workdir is
+        modified).
     """
     path = pathlib.Path(path)
     new = config_lib.config_to_dict(config)
     writer = jax.process_index() == 0
+    if writer:
+        lock_lib.check_free(path)  # a live run is named before any config difference
     diff, eval_changes = _check_config(path, new, accept=accept_config_changes)
-    fd = None
+    held = None
     if writer:
         path.mkdir(parents=True, exist_ok=True)
-        fd = _acquire(path)
+        held = lock_lib.acquire(path, break_lock=break_lock)
     try:
         if writer:
             # Checked again under the lock: another run may have started in between.
@@ -274,8 +260,8 @@ def open_workdir(
                     )
         yield Workdir(path=path, eval_changes=eval_changes, writer=writer)
     finally:
-        if fd is not None:
-            _release(path, fd)
+        if held is not None:
+            held.release()
 
 
 def check_trained_with(
@@ -301,3 +287,50 @@ def check_trained_with(
 def evaluation_name(checkpoint: str, split: str) -> str:
     """The results file of an evaluation command: never a training result's name."""
     return f"results__evaluate-{checkpoint}__split-{split}.json"
+
+
+def run_folders(
+    path: str | os.PathLike, config: ml_collections.ConfigDict, *, always_subdirs: bool
+) -> list[tuple[ml_collections.ConfigDict, pathlib.Path]]:
+    """The runs of the workdir ``path``: ``[(run config, run folder)]``.
+
+    With no ``config.seeds`` and ``always_subdirs`` False, the one run is ``path``
+    itself with ``config``. Otherwise each seed ``s`` of ``config.seeds`` (or
+    ``config.seed`` alone) has its run in ``path/seed_<s>/`` with a copy of ``config``
+    whose ``seed`` is ``s``.
+    """
+    path = pathlib.Path(path)
+    seeds = [int(s) for s in (config.get("seeds") or ())]
+    if not seeds and not always_subdirs:
+        return [(config, path)]
+    runs = []
+    for seed in seeds or [int(config.seed)]:
+        run_config = ml_collections.ConfigDict(config.to_dict())
+        run_config.seed = seed
+        runs.append((run_config, path / f"seed_{seed}"))
+    return runs
+
+
+def is_complete(path: pathlib.Path, total_steps: int) -> bool:
+    """Whether the finished run in ``path`` (it has ``results.json``) has nothing left
+    to train: it stopped early, or its newest checkpoint is at ``total_steps``."""
+    if (
+        json.loads((path / "results.json").read_text()).get("stopped")
+        == "early_stopped"
+    ):
+        return True
+    folder = path / "checkpoints"
+    steps = [int(p.name) for p in folder.glob("*") if p.name.isdigit()]
+    return bool(steps) and max(steps) >= total_steps
+
+
+def move_results_aside(path: pathlib.Path) -> pathlib.Path:
+    """Renames ``path/results.json`` of a run that is being extended (trained for more
+    steps) to ``results__steps-<N>.json``, N its steps; returns the new path (process 0
+    renames)."""
+    stored = path / "results.json"
+    steps = json.loads(stored.read_text()).get("steps")
+    aside = path / f"results__steps-{steps}.json"
+    if jax.process_index() == 0:
+        os.replace(stored, aside)
+    return aside

@@ -1,4 +1,6 @@
-"""Metric output on process 0: ``metrics.jsonl``, TensorBoard events, progress lines.
+"""Output on process 0: ``metrics.jsonl``, TensorBoard events, progress lines, the
+console (:func:`log`) and results files (:func:`write_json`, with :func:`mean_std`
+summarising runs).
 
 ``metrics.jsonl`` has one JSON object per write: ``{"step": ..., "split": "train",
 "time": ..., "<name>": value, ...}``; TensorBoard scalars are ``<split>/<name>``.
@@ -18,19 +20,54 @@ import os
 import pathlib
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 import jax
 import numpy as np
 
+from xmodal import files
+
 __all__ = [
     "MetricWriter",
     "Progress",
     "format_duration",
+    "log",
+    "mean_std",
     "read_metrics",
     "truncate_metrics",
+    "write_json",
 ]
+
+
+def log(message: str) -> None:
+    """Prints one line on process 0."""
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def write_json(path: pathlib.Path, value: Any) -> None:
+    """Writes ``value`` as JSON to ``path`` atomically (process 0)."""
+    if jax.process_index() == 0:
+        files.atomic_write_text(path, json.dumps(value, indent=2))
+
+
+def mean_std(
+    rows: Sequence[Mapping[str, Any]], scale: Callable[[str], float] | None = None
+) -> dict[str, dict[str, float]]:
+    """``{metric: {"mean", "std"}}`` over runs (population std) of numeric metrics.
+
+    ``scale(metric)`` multiplies a metric before the statistics (e.g. 100 for
+    fractions shown in percent).
+    """
+    out = {}
+    for key, first in rows[0].items():
+        if not isinstance(first, int | float) or isinstance(first, bool):
+            continue
+        factor = scale(key) if scale is not None else 1.0
+        values = np.asarray([float(r[key]) * factor for r in rows])
+        out[key] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+    return out
 
 
 def _to_float(value: Any) -> float:
@@ -87,8 +124,11 @@ class MetricWriter:
             {k: (v if math.isfinite(v) else repr(v)) for k, v in values.items()}
         )
         assert self._jsonl is not None
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        try:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        except OSError as e:  # a full disk fails write() without naming the file
+            raise OSError(e.errno, e.strerror, self._jsonl.name) from e
         if self._tb is not None:
             for name, value in values.items():
                 self._tb.add_scalar(f"{split}/{name}", value, int(step))

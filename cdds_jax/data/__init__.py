@@ -13,7 +13,9 @@ Modules (docs/cdds.md, 'Data'):
   (``arrayrecord``: a store converted to TFDS ArrayRecord files; imported on use, it
   imports ``tensorflow_datasets``), :mod:`~cdds_jax.data.karpathy` (``karpathy``) and
   :mod:`~cdds_jax.data.laps` (``laps``), both raw.
-* :mod:`~cdds_jax.data.text` - tokenizer and vocabulary (trained text encoders).
+* :mod:`~cdds_jax.data.text` - tokenizer and vocabulary (trained text encoders), the
+  backbone tokenizer's ids (:class:`TokenTable`, :class:`WordPieces`);
+  :mod:`~cdds_jax.data.captions` - LAPS's caption augmentation in training.
 * :mod:`~cdds_jax.data.sources` - :class:`PairSource`, :class:`ImageSource`,
   :class:`CaptionSource` for ``grain``.
 * :mod:`~cdds_jax.data.synthetic` - writes synthetic data in the real formats;
@@ -29,7 +31,9 @@ this package's namespace, so there is no import cycle.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
+from cdds_jax.data.captions import CaptionAugment
 from cdds_jax.data.images import ImageSpec, TrainImageTransform
 from cdds_jax.data.karpathy import read_karpathy
 from cdds_jax.data.laps import read_laps
@@ -38,12 +42,13 @@ from cdds_jax.data.scan import read_scan_precomp
 from cdds_jax.data.sources import CaptionSource, ImageSource, PairSource, TextMode
 from cdds_jax.data.split import FINITE_SCAN_MAX_BYTES, RetrievalSplit, check_compatible
 from cdds_jax.data.store import read_features
-from cdds_jax.data.text import TokenTable, Vocabulary, tokenize
+from cdds_jax.data.text import TokenTable, Vocabulary, WordPieces, tokenize
 
 __all__ = [
     "FINITE_SCAN_MAX_BYTES",
     "FORMATS",
     "RAW_FORMATS",
+    "CaptionAugment",
     "CaptionSource",
     "ImageSource",
     "ImageSpec",
@@ -56,6 +61,7 @@ __all__ = [
     "TokenTable",
     "TrainImageTransform",
     "Vocabulary",
+    "WordPieces",
     "check_compatible",
     "read_features",
     "read_karpathy",
@@ -65,15 +71,25 @@ __all__ = [
     "tokenize",
 ]
 
+
+def _read_arrayrecord(root: str | os.PathLike, split: str) -> RetrievalSplit:
+    from cdds_jax.data import arrayrecord  # imports tensorflow_datasets (not TF)
+
+    return arrayrecord.read_arrayrecord(root, split)
+
+
+#: The reader of each ``data.format`` (:func:`read_split`'s dispatch).
+_READERS: dict[str, Callable[..., RetrievalSplit | RawSplit]] = {
+    "features": read_features,
+    "scan_precomp": read_scan_precomp,
+    "arrayrecord": _read_arrayrecord,
+    "karpathy": read_karpathy,
+    "laps": read_laps,
+}
 #: Formats :func:`read_split` knows.
-FORMATS: tuple[str, ...] = (
-    "features",
-    "scan_precomp",
-    "arrayrecord",
-    "karpathy",
-    "laps",
-)
-#: Formats whose splits are image files (:class:`RawSplit`), for the image backbones.
+FORMATS: tuple[str, ...] = tuple(_READERS)
+#: Formats whose splits are image files (:class:`RawSplit`), for the image backbones;
+#: their readers also take the image folder.
 RAW_FORMATS: tuple[str, ...] = ("karpathy", "laps")
 
 
@@ -96,16 +112,10 @@ def read_split(
       split: the split name.
       image_root: the image folder of the raw formats (``data.image_root``).
     """
-    if format == "karpathy":
-        return read_karpathy(root, split, image_root=image_root)
-    if format == "laps":
-        return read_laps(root, split, image_root=image_root)
-    if format == "features":
-        return read_features(root, split)
-    if format == "scan_precomp":
-        return read_scan_precomp(root, split)
-    if format == "arrayrecord":
-        from cdds_jax.data import arrayrecord  # imports tensorflow_datasets (not TF)
-
-        return arrayrecord.read_arrayrecord(root, split)
-    raise ValueError(f"data.format: expected one of {list(FORMATS)}, got {format!r}")
+    if format not in _READERS:
+        raise ValueError(
+            f"data.format: expected one of {list(FORMATS)}, got {format!r}"
+        )
+    if format in RAW_FORMATS:
+        return _READERS[format](root, split, image_root=image_root)
+    return _READERS[format](root, split)

@@ -441,6 +441,18 @@ def _table(
     return ar.RecordTable(path, split, got)
 
 
+def _array_column(
+    data_dir: pathlib.Path, name: str, feature: str, split: str, expected: int
+) -> tuple[ar.ArrayColumn, pathlib.Path]:
+    """The ``feature`` column of ``split`` in the prepared dataset ``name`` (which must
+    hold ``expected`` records), and the dataset's folder."""
+    folder = dataset_dir(data_dir, name)
+    builder = ar.open_builder(folder, what=name)
+    spec = builder.info.features[feature]
+    table = _table(folder, builder, split, expected, name)
+    return ar.ArrayColumn(table, feature, spec.shape, spec.np_dtype), folder
+
+
 def read_arrayrecord(data_dir: str | os.PathLike, split: str) -> RetrievalSplit:
     """Opens ``split`` of a converted store (``data.format = "arrayrecord"``).
 
@@ -478,15 +490,7 @@ def read_arrayrecord(data_dir: str | os.PathLike, split: str) -> RetrievalSplit:
             f"split), got {n_img} images and {n_cap} captions"
         )
     where: dict[str, str] = {}
-    img_dir = dataset_dir(data_dir, "images")
-    img_builder = ar.open_builder(img_dir, what="images")
-    img_feature = img_builder.info.features["image"]
-    images = ar.ArrayColumn(
-        _table(img_dir, img_builder, split, n_img, "images"),
-        "image",
-        img_feature.shape,
-        img_feature.np_dtype,
-    )
+    images, img_dir = _array_column(data_dir, "images", "image", split, n_img)
     where["images"] = f"{img_dir} [{split}]"
 
     cap_table = _table(caps_dir, caps, split, n_cap, "captions")
@@ -500,14 +504,8 @@ def read_arrayrecord(data_dir: str | os.PathLike, split: str) -> RetrievalSplit:
 
     caption_features = caption_lengths = None
     if entry.get("caption_lengths") is not None:
-        feat_dir = dataset_dir(data_dir, "caption_features")
-        feat_builder = ar.open_builder(feat_dir, what="caption_features")
-        feature = feat_builder.info.features["caption_features"]
-        caption_features = ar.ArrayColumn(
-            _table(feat_dir, feat_builder, split, n_cap, "caption_features"),
-            "caption_features",
-            feature.shape,
-            feature.np_dtype,
+        caption_features, feat_dir = _array_column(
+            data_dir, "caption_features", "caption_features", split, n_cap
         )
         caption_lengths = check_caption_lengths(
             np.asarray(entry["caption_lengths"], dtype=np.int64),

@@ -11,6 +11,10 @@ images, the training set of the LAPS numbers); ``dev`` (or ``val``) is ``val``;
 ``test`` (or ``testall``, the LAPS / SCAN name of COCO 5K) is ``test``. Images keep the
 file's order; captions follow their image, so COCO's 5K test has its 25,010 Karpathy
 captions (some images have 6 or 7).
+
+Every entry must have one of the four ``split`` values: an entry without one (or with
+another value) would belong to no split and silently shrink the data, so it is an
+error naming how many there are and the first.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 from cdds_jax.data.raw import RawSplit, check_image_files, make_split
 from xmodal import files
 
-__all__ = ["SPLITS", "find_annotation", "read_karpathy"]
+__all__ = ["KARPATHY_SPLITS", "SPLITS", "find_annotation", "read_karpathy"]
 
 #: Our split name -> the Karpathy ``split`` values it takes, in this order.
 SPLITS: dict[str, tuple[str, ...]] = {
@@ -107,6 +111,31 @@ def _captions(entry: dict[str, Any], path: pathlib.Path, row: int) -> list[str]:
     return out
 
 
+#: The ``split`` values of the Karpathy files.
+KARPATHY_SPLITS: tuple[str, ...] = ("train", "restval", "val", "test")
+
+
+def _check_split_values(images: list[Any], path: pathlib.Path) -> None:
+    """Every entry has a known ``split``; else ONE error with the count and the first."""
+    bad = [
+        row
+        for row, entry in enumerate(images)
+        if isinstance(entry, dict) and entry.get("split") not in KARPATHY_SPLITS
+    ]
+    if bad:
+        first = images[bad[0]]
+        raise ValueError(
+            _msg(
+                path,
+                "images[].split",
+                f"one of {list(KARPATHY_SPLITS)} for every image",
+                f"{len(bad)} of {len(images)} images without one, first images"
+                f"[{bad[0]}] ({first.get('filename')!r}, split "
+                f"{first.get('split', '<absent>')!r})",
+            )
+        )
+
+
 def read_karpathy(
     root: str | os.PathLike, split: str, *, image_root: str | os.PathLike | None = None
 ) -> RawSplit:
@@ -121,8 +150,9 @@ def read_karpathy(
     Raises:
       FileNotFoundError: no JSON, no image folder, or missing image files (the count
         and the first few).
-      ValueError: malformed JSON, an unknown split, a split with no image, or an image
-        without captions (naming the file and the entry).
+      ValueError: malformed JSON, an unknown split, an entry without a known
+        ``split`` value, a split with no image, or an image without captions
+        (naming the file and the entry).
     """
     path = find_annotation(root)
     if split not in SPLITS:
@@ -130,6 +160,7 @@ def read_karpathy(
     images = _load(path)
     wanted = SPLITS[split]
     image_root = pathlib.Path(image_root) if image_root else path.parent
+    _check_split_values(images, path)
     paths: list[str] = []
     captions: list[str] = []
     c2i: list[int] = []

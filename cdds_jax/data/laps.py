@@ -18,7 +18,6 @@ per caption). Splits: F30K ``train`` / ``dev`` / ``test``, COCO ``train`` / ``de
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 
@@ -52,24 +51,6 @@ def _read_ids(path: pathlib.Path) -> list[int]:
                 )
             ) from None
     return ids
-
-
-def _read_mapping(path: pathlib.Path) -> dict[str, str]:
-    files.require_file(path, "id_mapping")
-    try:
-        mapping = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(_msg(path, "id_mapping", "valid UTF-8 JSON", str(e))) from None
-    if not isinstance(mapping, dict):
-        raise ValueError(
-            _msg(
-                path,
-                "id_mapping",
-                "a JSON object {id: image path}",
-                type(mapping).__name__,
-            )
-        )
-    return mapping
 
 
 def read_laps(
@@ -116,7 +97,9 @@ def read_laps(
     keys = ids if per_id == 1 else [ids[i // per_id] for i in range(n_cap)]
     image_ids, c2i = unique_in_order(keys)
     mapping_path = root / "id_mapping.json"
-    mapping = _read_mapping(mapping_path)
+    mapping = files.read_json_object(
+        mapping_path, "id_mapping", expected="a JSON object {id: image path}"
+    )
     unknown = [i for i in image_ids if str(i) not in mapping]
     if unknown:
         raise ValueError(

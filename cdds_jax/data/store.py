@@ -18,10 +18,8 @@ The fast path, and what every other format can be converted to (docs/cdds.md, 'D
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
-from typing import Any
 
 import numpy as np
 
@@ -61,17 +59,6 @@ _META_CHECKS = {
 }
 
 _msg = files.field_error
-
-
-def _read_meta(path: pathlib.Path) -> dict[str, Any]:
-    files.require_file(path, "meta")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(_msg(path, "meta", "valid UTF-8 JSON", str(e))) from None
-    if not isinstance(meta, dict):
-        raise ValueError(_msg(path, "meta", "a JSON object", type(meta).__name__))
-    return meta
 
 
 def _read_caption_features(
@@ -157,7 +144,7 @@ def read_features(root: str | os.PathLike, split: str) -> RetrievalSplit:
             f"{folder} [split folder]: not found; {root} holds: {where}"
         )
     paths = {k: folder / name for k, name in STORE_FILES.items()}
-    meta = _read_meta(paths["meta"])
+    meta = files.read_json_object(paths["meta"], "meta")
 
     images = load_npy(paths["images"], "images")
     check_images(images, paths["images"])

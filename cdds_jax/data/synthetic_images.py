@@ -21,8 +21,9 @@ Karpathy layout: ``dev`` images are ``val``, and every 10th training image is
 caption otherwise) and ``id_mapping.json`` (paths relative to ``root``).
 Same arguments, same bytes.
 
-:func:`ensure_demo_raw` also writes tiny random backbones (ViT + BERT, Hugging Face
-layout, :func:`xmodal.backbones.write_random_checkpoint`) whose BERT vocabulary holds
+:func:`ensure_demo_raw` also writes tiny random backbones (ViT + BERT by default, or
+the configured kinds; CLIP's two towers share one ``CLIPModel`` folder; Hugging Face
+layout, :func:`xmodal.backbones.write_random_checkpoint`) whose text vocabulary holds
 the caption words, and caches everything in one folder.
 """
 
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 #: Bumped whenever the output changes (it keys :func:`ensure_demo_raw`).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 #: Colour name -> RGB.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -83,18 +84,22 @@ def concept_name(c: int) -> str:
 
 
 def caption_words() -> list[str]:
-    """Every word a synthetic caption can use (for the demo BERT's vocabulary)."""
+    """Every word a synthetic caption can use (for the demo vocabularies)."""
     words = [*COLOURS, *SHAPES, "a"]
     for text in (*_FRAMES, *_JOINS):
         words += text.split()
     return list(dict.fromkeys(words))
 
 
-def demo_vocab() -> list[str]:
-    """The demo BERT's WordPiece vocabulary: the default one plus the caption words."""
-    from xmodal.backbones import default_vocab
+def demo_vocab(kind: str = "bert") -> list[str]:
+    """The vocabulary of the demo's text backbone ``kind``: its default one plus the
+    caption words (BERT's WordPiece entries; CLIP's BPE merge chains)."""
+    from xmodal.backbones import REGISTRY
 
-    return list(dict.fromkeys([*default_vocab(), *caption_words()]))
+    tokenizer = REGISTRY[kind].tokenizer
+    if tokenizer is None:
+        raise ValueError(f"{kind!r} is not a text backbone")
+    return tokenizer.with_words(caption_words())
 
 
 def _draw_shape(
@@ -244,67 +249,62 @@ def write_demo_backbones(
     *,
     seed: int,
     image_kind: str = "vit",
+    text_kind: str = "bert",
     image_size: int = 32,
     hidden_size: int = 64,
     num_layers: int = 2,
     max_position_embeddings: int = 64,
 ) -> tuple[pathlib.Path, pathlib.Path]:
-    """Tiny random backbones in the Hugging Face layout: ``(image, bert)`` folders.
+    """Tiny random backbones in the Hugging Face layout: ``(image, text)`` folders.
 
-    The image backbone is ``image_kind`` (``vit``, ``swin``, ``clip``) at
-    ``image_size`` px; the BERT vocabulary is :func:`default_vocab` plus the caption
-    words (whole words, so captions tokenise to one id per word).
+    The image backbone is ``image_kind`` (an image kind of the backbone registry:
+    ``vit``, ``swin``, ``clip``) at ``image_size`` px, sized by the registry's
+    ``scaled``; the text backbone is ``text_kind`` (``bert``, ``clip_text``) of the
+    same width and depth, its vocabulary the default one plus the caption words
+    (whole words, so captions tokenise to one id per word, :func:`demo_vocab`).
+    Towers of one composite folder (``clip`` + ``clip_text``) are written into that
+    one folder (a ``CLIPModel``), which is then both paths.
     """
-    from xmodal.backbones import write_random_checkpoint
+    from xmodal.backbones import REGISTRY, write_random_checkpoint
 
     root = pathlib.Path(root)
-    heads = max(1, hidden_size // 16)
-    sizes: dict[str, Any] = {
-        "vit": dict(
-            hidden_size=hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=heads,
-            intermediate_size=2 * hidden_size,
-            image_size=image_size,
-            patch_size=max(1, image_size // 4),
-        ),
-        "clip": dict(
-            hidden_size=hidden_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=heads,
-            intermediate_size=2 * hidden_size,
-            projection_dim=hidden_size,
-            image_size=image_size,
-            patch_size=max(1, image_size // 4),
-        ),
-        "swin": dict(
-            image_size=image_size,
-            patch_size=2,
-            embed_dim=hidden_size // 2,
-            depths=(2, 2),
-            num_heads=(max(1, heads // 2), heads),
-            window_size=max(1, image_size // 8),
-        ),
-    }
-    if image_kind not in sizes:
+    scaled = {k: a.scaled for k, a in REGISTRY.items() if a.scaled is not None}
+    if image_kind not in scaled:
         raise ValueError(
-            f"image_kind: expected one of {sorted(sizes)}, got {image_kind!r}"
+            f"image_kind: expected one of {sorted(scaled)}, got {image_kind!r}"
         )
-    image = write_random_checkpoint(
-        root / image_kind, image_kind, seed=seed, **sizes[image_kind]
-    )
-    bert = write_random_checkpoint(
-        root / "bert",
-        "bert",
-        seed=seed + 1,
-        vocab=demo_vocab(),
+    texts = [k for k, a in REGISTRY.items() if a.modality == "text"]
+    if text_kind not in texts:
+        raise ValueError(f"text_kind: expected one of {texts}, got {text_kind!r}")
+    text_fields = dict(
         hidden_size=hidden_size,
         num_hidden_layers=num_layers,
-        num_attention_heads=heads,
+        num_attention_heads=max(1, hidden_size // 16),
         intermediate_size=2 * hidden_size,
         max_position_embeddings=max_position_embeddings,
     )
-    return image, bert
+    image_fields = scaled[image_kind](hidden_size, num_layers, image_size)
+    vocab = demo_vocab(text_kind)
+    image, text = _demo_folders(root, image_kind, text_kind)
+    if image == text:  # one composite folder ("clip") holds both towers
+        write_random_checkpoint(
+            image,
+            image.name,
+            seed=seed,
+            vocab=vocab,
+            towers={text_kind: text_fields},
+            **image_fields,
+        )
+        return image, text
+    write_random_checkpoint(image, image_kind, seed=seed, **image_fields)
+    write_random_checkpoint(
+        text,
+        REGISTRY[text_kind].config_cls.model_type,
+        seed=seed + 1,
+        vocab=vocab,
+        **text_fields,
+    )
+    return image, text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,7 +315,8 @@ class DemoRaw:
       annotation: the Karpathy JSON (``data.root`` of ``karpathy``).
       laps: the LAPS folder (``data.root`` of ``laps``).
       image_root: the image folder of both.
-      image_backbone, text_backbone: the tiny checkpoint folders.
+      image_backbone, text_backbone: the tiny checkpoint folders (one folder for
+        both towers of a ``CLIPModel``).
     """
 
     annotation: pathlib.Path
@@ -331,6 +332,7 @@ def ensure_demo_raw(
     seed: int,
     num_images: Mapping[str, int],
     image_kind: str = "vit",
+    text_kind: str = "bert",
     backbone_size: int = 64,
     **kwargs: Any,
 ) -> DemoRaw:
@@ -341,6 +343,7 @@ def ensure_demo_raw(
       cache_dir: folder for cached data (created).
       seed, num_images, **kwargs: of :func:`write_image_dataset`.
       image_kind: image backbone architecture (``vit``, ``swin``, ``clip``).
+      text_kind: text backbone architecture (``bert``, ``clip_text``).
       backbone_size: hidden size of both tiny backbones.
     """
     num_images = {str(k): int(v) for k, v in num_images.items()}
@@ -350,6 +353,7 @@ def ensure_demo_raw(
         "seed": seed,
         "num_images": num_images,
         "image_kind": image_kind,
+        "text_kind": text_kind,
         "backbone_size": backbone_size,
         **kwargs,
     }
@@ -360,15 +364,29 @@ def ensure_demo_raw(
             folder / "backbones",
             seed=seed,
             image_kind=image_kind,
+            text_kind=text_kind,
             image_size=image_size,
             hidden_size=backbone_size,
         )
 
     root = ensure_cached(cache_dir, "raw", spec, write)
+    image, text = _demo_folders(root / "backbones", image_kind, text_kind)
     return DemoRaw(
         annotation=root / "dataset_synthetic.json",
         laps=root / "laps",
         image_root=root,
-        image_backbone=root / "backbones" / image_kind,
-        text_backbone=root / "backbones" / "bert",
+        image_backbone=image,
+        text_backbone=text,
     )
+
+
+def _demo_folders(
+    root: pathlib.Path, image_kind: str, text_kind: str
+) -> tuple[pathlib.Path, pathlib.Path]:
+    """Where :func:`write_demo_backbones` puts the two towers."""
+    from xmodal.backbones import REGISTRY
+
+    image, text = REGISTRY[image_kind].composite, REGISTRY[text_kind].composite
+    if image is not None and text is not None and image.model_type == text.model_type:
+        return root / image.model_type, root / image.model_type
+    return root / image_kind, root / text_kind

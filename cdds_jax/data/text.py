@@ -5,7 +5,9 @@ The vocabulary is built from the TRAINING captions only (docs/cdds.md, 'Data'); 
 
 :class:`TokenTable` holds a split's captions tokenised ONCE by a backbone tokenizer
 (BERT WordPiece, :func:`xmodal.backbones.load_tokenizer`) at a fixed length, so the
-input pipeline only indexes arrays (docs/cdds.md §12.8).
+input pipeline only indexes arrays (docs/cdds.md §12.8). :class:`WordPieces` holds the
+same captions untruncated, each WordPiece id with the basic token (word) it belongs to,
+for the training-time caption augmentation (:mod:`cdds_jax.data.captions`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 
 from xmodal import files
 
-__all__ = ["TokenTable", "Vocabulary", "tokenize"]
+__all__ = ["TokenTable", "Vocabulary", "WordPieces", "tokenize"]
 
 # Words (letters/digits/underscore, with inner apostrophes: "don't") or single
 # punctuation characters; whitespace separates.
@@ -239,3 +241,97 @@ class TokenTable:
     def num_full(self) -> int:
         """Captions that fill all L ids (truncated, or exactly L long)."""
         return int(np.sum(self.lengths >= self.max_length))
+
+
+#: The mask token LAPS (CrossmodalGroup/LAPS) writes for a masked word (BERT's).
+MASK_TOKEN = "[MASK]"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class WordPieces:
+    """Captions as untruncated WordPiece ids grouped into basic tokens (words).
+
+    Ragged: caption i's ids are ``ids[offsets[i]:offsets[i + 1]]`` (the body, without
+    ``[CLS]`` / ``[SEP]``) and ``words`` gives, for each of them, the index of its basic
+    token within the caption (0, 1, ...; the pieces of one word are adjacent). A basic
+    token is a piece of BERT's whitespace / punctuation pre-tokeniser (``tokenizers``'
+    ``word_ids``), what LAPS's ``basic_tokenizer`` yields (docs/cdds.md §12.8).
+
+    Attributes:
+      ids: int32 [P] the WordPiece ids of all captions, one after the other.
+      words: int32 [P] the word index of each id within its caption.
+      offsets: int64 [N_cap + 1] where each caption starts in ``ids`` (and the end).
+      cls_id, sep_id, pad_id, mask_id: the special ids (``[CLS] body [SEP]``,
+        padding, the mask token).
+      vocab_size: the number of ids (random replacements are drawn below it).
+      source: the tokenizer file (for messages).
+    """
+
+    ids: np.ndarray
+    words: np.ndarray
+    offsets: np.ndarray
+    cls_id: int
+    sep_id: int
+    pad_id: int
+    mask_id: int
+    vocab_size: int
+    source: str
+
+    @classmethod
+    def encode(cls, captions: Sequence[str], tokenizer: Any) -> WordPieces:
+        """Tokenises ``captions`` with ``tokenizer`` (a BERT
+        :class:`xmodal.backbones.TextTokenizer`) without truncation or padding.
+
+        Raises:
+          ValueError: the tokenizer has no ``[MASK]`` token or does not frame a text
+            as ``[CLS] text [SEP]`` (naming its file).
+        """
+        tok = tokenizer.tokenizer  # no padding, no truncation (TextTokenizer)
+        source = str(tokenizer.source)
+        framing = tok.encode("").ids
+        if len(framing) != 2:
+            raise ValueError(
+                f"{source}: expected a BERT tokenizer framing a text as [CLS] text "
+                f"[SEP], got {len(framing)} special ids {framing}"
+            )
+        mask_id = tok.token_to_id(MASK_TOKEN)
+        if mask_id is None:
+            raise ValueError(
+                f"{source}: the mask token {MASK_TOKEN!r} is not in the vocabulary "
+                "(data.caption_augment masks words with it)"
+            )
+        encodings = tok.encode_batch(list(captions), add_special_tokens=False)
+        lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        ids = np.fromiter(
+            (i for e in encodings for i in e.ids), np.int32, int(offsets[-1])
+        )
+        # Each caption's words renumbered 0, 1, ... in order: a new word starts where
+        # the pre-tokeniser's word index changes or a caption starts.
+        word_ids = np.fromiter(
+            (w for e in encodings for w in e.word_ids), np.int64, ids.size
+        )
+        first = np.ones(ids.shape, bool)
+        first[1:] = word_ids[1:] != word_ids[:-1]
+        first[offsets[:-1][lengths > 0]] = True
+        seen = np.concatenate([[0], np.cumsum(first)])  # words before each piece
+        words = (seen[1:] - 1 - np.repeat(seen[offsets[:-1]], lengths)).astype(np.int32)
+        return cls(
+            ids=ids,
+            words=words,
+            offsets=offsets,
+            cls_id=int(framing[0]),
+            sep_id=int(framing[1]),
+            pad_id=int(tokenizer.pad_id),
+            mask_id=int(mask_id),
+            vocab_size=int(tokenizer.vocab_size),
+            source=source,
+        )
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0] - 1)
+
+    def caption(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, words)`` of caption ``i``, each int32 [P_i]."""
+        start, stop = int(self.offsets[i]), int(self.offsets[i + 1])
+        return self.ids[start:stop], self.words[start:stop]

@@ -19,7 +19,8 @@ placeholder features are what DecAlign's own IEMOCAP script writes).
 Sanitising: audio and vision are read in float64; NaN, +-inf and values whose magnitude
 exceeds the float32 maximum (about 3.4e38, they would become inf when cast) are set to 0,
 then the arrays are cast to float32. The counts are returned in ``MMSASplit.sanitised``
-and logged (MOSEI audio holds -inf and float32-overflowing values). Text features are
+(MOSEI audio holds -inf and float32-overflowing values); a run prints them
+(:func:`decalign_jax.data.inputs.load_data`). Text features are
 not sanitised: NaN/inf there is an error. Standardisation: :mod:`~decalign_jax.data.standardize`.
 """
 

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from xmodal.backbones import hf_checkpoint as hc
-from xmodal.backbones.blocks import TransformerBlock
+from xmodal.backbones.blocks import check_ids, encoder_layers
 from xmodal.backbones.hf_config import fields_from_hf, to_hf_dict
 from xmodal.layers import Dropout
 
@@ -144,24 +144,14 @@ class Bert(nn.Module):
         ``deterministic=False`` turns dropout on (rng collection ``"dropout"``).
         """
         cfg = self.config
-        if input_ids.ndim != 2:
-            raise ValueError(
-                f"BERT expects input_ids [B, L], got {tuple(input_ids.shape)}"
-            )
+        check_ids(
+            input_ids,
+            "BERT",
+            cfg.max_position_embeddings,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+        )
         b, length = input_ids.shape
-        if length > cfg.max_position_embeddings:
-            raise ValueError(
-                f"sequence length {length} exceeds max_position_embeddings "
-                f"{cfg.max_position_embeddings}"
-            )
-        for name, arr in (
-            ("attention_mask", attention_mask),
-            ("token_type_ids", token_type_ids),
-        ):
-            if arr is not None and tuple(arr.shape) != (b, length):
-                raise ValueError(
-                    f"{name} has shape {tuple(arr.shape)}, expected input_ids' {(b, length)}"
-                )
         if token_type_ids is None:
             token_type_ids = jnp.zeros((b, length), jnp.int32)
         init = nn.initializers.normal(cfg.initializer_range)
@@ -199,23 +189,15 @@ class Bert(nn.Module):
         mask = None
         if attention_mask is not None:
             mask = (attention_mask != 0)[:, None, None, :]  # [B, 1, 1, L]
-        block = nn.remat(TransformerBlock) if self.remat else TransformerBlock
-        for i in range(cfg.num_hidden_layers):
-            x = block(
-                num_heads=cfg.num_attention_heads,
-                mlp_dim=cfg.intermediate_size,
-                act=cfg.hidden_act,
-                layer_norm_eps=cfg.layer_norm_eps,
-                pre_norm=False,
-                hidden_dropout=cfg.hidden_dropout_prob,
-                attention_dropout=cfg.attention_probs_dropout_prob,
-                deterministic=deterministic,
-                kernel_init=init,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                implementation=self.attention_implementation,
-                name=f"layer_{i}",
-            )(x, mask)
+        x = encoder_layers(
+            self,
+            x,
+            mask,
+            pre_norm=False,
+            deterministic=deterministic,
+            hidden_dropout=cfg.hidden_dropout_prob,
+            attention_dropout=cfg.attention_probs_dropout_prob,
+        )
         if not self.add_pooling_layer:
             return x
         pooled = nn.Dense(

@@ -33,6 +33,9 @@ __all__ = [
     "TransformerBlock",
     "activation",
     "attention",
+    "check_ids",
+    "check_images",
+    "encoder_layers",
 ]
 
 Dtype = Any
@@ -271,6 +274,98 @@ class TransformerBlock(nn.Module):
             return x + drop(mlp(norm(name="norm2")(x)))
         x = norm(name="norm1")(x + drop(attn(x, mask=mask)))
         return norm(name="norm2")(x + drop(mlp(x)))
+
+
+def encoder_layers(
+    tower: nn.Module,
+    x: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    pre_norm: bool,
+    deterministic: bool,
+    hidden_dropout: float = 0.0,
+    attention_dropout: float = 0.0,
+    qkv_bias: bool = True,
+) -> jax.Array:
+    """The ``config.num_hidden_layers`` :class:`TransformerBlock` layers ``layer_{i}``
+    of a backbone ``tower`` over ``x [B, T, D]`` (``mask`` as the block's).
+
+    Call it inside the tower's compact ``__call__``: the layers become the tower's
+    submodules, sized by its ``config`` (``num_attention_heads``,
+    ``intermediate_size``, ``hidden_act``, ``layer_norm_eps``, ``initializer_range``)
+    and computing as the tower does (``dtype``, ``param_dtype``, ``remat``,
+    ``attention_implementation``).
+    """
+    cfg = tower.config
+    block = nn.remat(TransformerBlock) if tower.remat else TransformerBlock
+    for i in range(cfg.num_hidden_layers):
+        x = block(
+            num_heads=cfg.num_attention_heads,
+            mlp_dim=cfg.intermediate_size,
+            act=cfg.hidden_act,
+            layer_norm_eps=cfg.layer_norm_eps,
+            pre_norm=pre_norm,
+            qkv_bias=qkv_bias,
+            hidden_dropout=hidden_dropout,
+            attention_dropout=attention_dropout,
+            deterministic=deterministic,
+            kernel_init=nn.initializers.normal(cfg.initializer_range),
+            dtype=tower.dtype,
+            param_dtype=tower.param_dtype,
+            implementation=tower.attention_implementation,
+            name=f"layer_{i}",
+        )(x, mask)
+    return x
+
+
+def check_ids(
+    input_ids: jax.Array,
+    model: str,
+    max_positions: int,
+    **aligned: jax.Array | None,
+) -> None:
+    """Raises a ValueError naming ``model`` unless ``input_ids`` is ``[B, L]`` with
+    ``L <= max_positions`` and each given ``aligned`` array (``attention_mask``,
+    ``token_type_ids``) has its shape (the text towers' input contract)."""
+    if input_ids.ndim != 2:
+        raise ValueError(
+            f"{model} expects input_ids [B, L], got {tuple(input_ids.shape)}"
+        )
+    b, length = input_ids.shape
+    if length > max_positions:
+        raise ValueError(
+            f"sequence length {length} exceeds max_position_embeddings {max_positions}"
+        )
+    for name, arr in aligned.items():
+        if arr is not None and tuple(arr.shape) != (b, length):
+            raise ValueError(
+                f"{name} has shape {tuple(arr.shape)}, expected input_ids' {(b, length)}"
+            )
+
+
+def check_images(
+    images: jax.Array,
+    model: str,
+    num_channels: int,
+    image_size: tuple[int, int] | None = None,
+) -> None:
+    """Raises a ValueError naming ``model`` unless ``images`` is NHWC ``[B, H, W, C]``
+    with ``C = num_channels`` and, when ``image_size`` is given, ``(H, W) =
+    image_size`` (the backbones' input contract, checked before any arithmetic)."""
+    shape = tuple(images.shape)
+    if (
+        len(shape) == 4
+        and shape[-1] == num_channels
+        and (image_size is None or shape[1:3] == tuple(image_size))
+    ):
+        return
+    if image_size is None:
+        want, layout = f"[B, H, W, {num_channels}]", "NHWC"
+    else:
+        height, width = image_size
+        want = f"[B, {height}, {width}, {num_channels}]"
+        layout = "NHWC, the config's image_size"
+    raise ValueError(f"{model} expects images {want} ({layout}), got {shape}")
 
 
 class PatchEmbed(nn.Module):

@@ -15,8 +15,9 @@ quick-GELU MLPs.
 
 Checkpoints: ``openai/clip-vit-large-patch14`` is a full ``CLIPModel`` folder
 (``config.json`` with ``model_type: "clip"`` and a ``vision_config``; tensors under
-``vision_model.``, text tower and projections ignored); ``CLIPVisionModel`` folders
-(``model_type: "clip_vision_model"``) are read too, with or without the prefix.
+``vision_model.``, the text tower and the projections ignored here); ``CLIPVisionModel``
+folders (``model_type: "clip_vision_model"``) are read too, with or without the
+prefix. The text tower of the same folder is :mod:`xmodal.backbones.clip_text`.
 """
 
 from __future__ import annotations
@@ -30,10 +31,15 @@ import jax
 import jax.numpy as jnp
 
 from xmodal.backbones import hf_checkpoint as hc
-from xmodal.backbones.blocks import PatchEmbed, TransformerBlock
+from xmodal.backbones.blocks import PatchEmbed, check_images, encoder_layers
 from xmodal.backbones.hf_config import as_pair, fields_from_hf, to_hf_dict
 
-__all__ = ["CLIPVision", "CLIPVisionConfig", "clip_vision_name_map"]
+__all__ = [
+    "CLIPVision",
+    "CLIPVisionConfig",
+    "clip_encoder_name_map",
+    "clip_vision_name_map",
+]
 
 Dtype = Any
 
@@ -130,15 +136,7 @@ class CLIPVision(nn.Module):
         ``"dropout"``; CLIP has no other dropout).
         """
         cfg = self.config
-        if images.ndim != 4 or tuple(images.shape[1:]) != (
-            *cfg.image_size,
-            cfg.num_channels,
-        ):
-            raise ValueError(
-                f"CLIP vision expects images [B, {cfg.image_size[0]}, "
-                f"{cfg.image_size[1]}, {cfg.num_channels}] (NHWC, the config's "
-                f"image_size), got {tuple(images.shape)}"
-            )
+        check_images(images, "CLIP vision", cfg.num_channels, cfg.image_size)
         init = nn.initializers.normal(cfg.initializer_range)
         d = cfg.hidden_size
         b = images.shape[0]
@@ -165,22 +163,13 @@ class CLIPVision(nn.Module):
             name=name,
         )
         x = norm("pre_layrnorm")(x)
-        block = nn.remat(TransformerBlock) if self.remat else TransformerBlock
-        for i in range(cfg.num_hidden_layers):
-            x = block(
-                num_heads=cfg.num_attention_heads,
-                mlp_dim=cfg.intermediate_size,
-                act=cfg.hidden_act,
-                layer_norm_eps=cfg.layer_norm_eps,
-                pre_norm=True,
-                attention_dropout=cfg.attention_dropout,
-                deterministic=deterministic,
-                kernel_init=init,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                implementation=self.attention_implementation,
-                name=f"layer_{i}",
-            )(x)
+        x = encoder_layers(
+            self,
+            x,
+            pre_norm=True,
+            deterministic=deterministic,
+            attention_dropout=cfg.attention_dropout,
+        )
         if not self.add_pooling_layer:
             return x
         return x, norm("post_layernorm")(x[:, 0])
@@ -200,7 +189,17 @@ def clip_vision_name_map(
         ),
         *hc.layer_norm(("pre_layrnorm",), "pre_layrnorm"),
     ]
-    for i in range(config.num_hidden_layers):
+    m += clip_encoder_name_map(config.num_hidden_layers)
+    if add_pooling_layer:
+        m += hc.layer_norm(("post_layernorm",), "post_layernorm")
+    return m
+
+
+def clip_encoder_name_map(num_layers: int) -> list[hc.TensorMap]:
+    """Flax ``layer_{i}`` <- ``encoder.layers.{i}`` of a CLIP tower (vision and text
+    towers share the layer layout)."""
+    m: list[hc.TensorMap] = []
+    for i in range(num_layers):
         hf, fx = f"encoder.layers.{i}.", f"layer_{i}"
         qkv = [f"{hf}self_attn.{n}_proj" for n in ("q", "k", "v")]
         m += hc.fused_linear((fx, "attention", "qkv"), qkv)
@@ -209,6 +208,4 @@ def clip_vision_name_map(
         m += hc.layer_norm((fx, "norm2"), f"{hf}layer_norm2")
         m += hc.linear((fx, "mlp", "fc1"), f"{hf}mlp.fc1")
         m += hc.linear((fx, "mlp", "fc2"), f"{hf}mlp.fc2")
-    if add_pooling_layer:
-        m += hc.layer_norm(("post_layernorm",), "post_layernorm")
     return m

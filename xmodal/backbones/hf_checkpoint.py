@@ -11,7 +11,9 @@ shapes, so a wrong config value shows up as a shape error naming the tensor.
 
 Files read (first found wins): ``model.safetensors``; ``model.safetensors.index.json``
 (sharded); ``pytorch_model.bin`` / ``pytorch_model.bin.index.json`` (PyTorch pickles,
-read only if ``torch`` is importable). Nothing is downloaded.
+read only if ``torch`` is importable). Nothing is downloaded. A file that cannot be
+opened (truncated by an interrupted copy, damaged) is a :class:`CheckpointError` of
+one line naming it.
 """
 
 from __future__ import annotations
@@ -165,6 +167,16 @@ class Checkpoint:
         return np.asarray(self._reader(name), dtype=np.float32)
 
 
+def _unreadable(path: Path, kind: str, error: Exception) -> str:
+    """One line for a weights file that cannot be opened (truncated or damaged)."""
+    text = " ".join(str(error).split())
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return (
+        f"{path}: not a readable {kind} weights file, truncated or damaged? "
+        f"({type(error).__name__}: {text}); copy the checkpoint folder again"
+    )
+
+
 def _safetensors_tables(files: Iterable[Path]) -> Checkpoint:
     from safetensors import safe_open
 
@@ -174,10 +186,13 @@ def _safetensors_tables(files: Iterable[Path]) -> Checkpoint:
     for f in files:
         if not f.is_file():
             raise CheckpointError(f"{f}: checkpoint shard not found")
-        with safe_open(str(f), framework="numpy") as handle:
-            for name in handle.keys():  # noqa: SIM118 (not a dict)
-                shapes[name] = tuple(handle.get_slice(name).get_shape())
-                where[name] = f
+        try:
+            with safe_open(str(f), framework="numpy") as handle:
+                for name in handle.keys():  # noqa: SIM118 (not a dict)
+                    shapes[name] = tuple(handle.get_slice(name).get_shape())
+                    where[name] = f
+        except Exception as e:  # safetensors' SafetensorError, OSError
+            raise CheckpointError(_unreadable(f, "safetensors", e)) from None
 
     def read(name: str) -> np.ndarray:
         with safe_open(str(where[name]), framework="numpy") as handle:
@@ -203,7 +218,10 @@ def _torch_tables(files: Iterable[Path], label: str) -> Checkpoint:
     for f in files:
         if not f.is_file():
             raise CheckpointError(f"{f}: checkpoint shard not found")
-        state = torch.load(str(f), map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(str(f), map_location="cpu", weights_only=True)
+        except Exception as e:  # unpickling and zip errors of several types
+            raise CheckpointError(_unreadable(f, "PyTorch", e)) from None
         for name, value in state.items():
             tensors[name] = value.detach().to(torch.float32).numpy()
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}

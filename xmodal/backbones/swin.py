@@ -35,7 +35,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from xmodal.backbones import hf_checkpoint as hc
-from xmodal.backbones.blocks import DropPath, Mlp, PatchEmbed, SelfAttention
+from xmodal.backbones.blocks import (
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    SelfAttention,
+    check_images,
+)
 from xmodal.backbones.hf_config import as_pair, fields_from_hf, to_hf_dict
 from xmodal.layers import Dropout
 
@@ -355,11 +361,7 @@ class Swin(nn.Module):
         collection ``"dropout"``).
         """
         cfg = self.config
-        if images.ndim != 4 or images.shape[-1] != cfg.num_channels:
-            raise ValueError(
-                f"Swin expects images [B, H, W, {cfg.num_channels}] (NHWC), got "
-                f"{tuple(images.shape)}"
-            )
+        check_images(images, "Swin", cfg.num_channels)
         init = nn.initializers.normal(cfg.initializer_range)
         b, height, width, _ = images.shape
         ph, pw = cfg.patch_size

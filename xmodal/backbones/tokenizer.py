@@ -1,4 +1,5 @@
-"""BERT WordPiece tokenisation with the ``tokenizers`` library, from a local folder.
+"""Text tokenisation with the ``tokenizers`` library, from a local folder: BERT's
+WordPiece (here) and CLIP's byte-level BPE (:mod:`xmodal.backbones.clip_tokenizer`).
 
 ``load_tokenizer(folder)`` prefers the folder's ``tokenizer.json`` (the fast
 tokenizer Hugging Face saves); without one it builds the BERT WordPiece pipeline
@@ -14,6 +15,10 @@ continuations (``[UNK]`` for words that do not split, or longer than 100 chars),
 ``TextTokenizer.encode(texts, max_length)`` returns fixed-shape int32 arrays
 ``[B, max_length]``: truncated (longest first for pairs), padded on the right with
 the pad id, mask 1 for tokens and 0 for padding.
+
+``write_wordpiece_files`` writes the files this module reads (for the tiny random
+BERT folders of ``xmodal.backbones.write_random_checkpoint``), with
+:func:`default_vocab` as the default vocabulary.
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
-__all__ = ["TextTokenizer", "TokenizedText", "load_tokenizer"]
+__all__ = [
+    "DEFAULT_WORDS",
+    "TextTokenizer",
+    "TokenizedText",
+    "default_vocab",
+    "load_tokenizer",
+    "write_wordpiece_files",
+]
 
 #: ``max_input_chars_per_word`` of BERT's WordPiece (longer words become [UNK]).
 MAX_CHARS_PER_WORD = 100
@@ -186,26 +198,133 @@ class TextTokenizer:
 
 
 def load_tokenizer(folder: str | Path) -> TextTokenizer:
-    """The BERT tokenizer of a Hugging Face folder (``tokenizer.json`` or
-    ``vocab.txt`` + ``tokenizer_config.json``).
+    """The tokenizer of a Hugging Face text folder: its ``tokenizer.json``, else
+    BERT's ``vocab.txt`` (WordPiece, above) or CLIP's ``vocab.json`` + ``merges.txt``
+    (byte-level BPE, :mod:`xmodal.backbones.clip_tokenizer`), with
+    ``tokenizer_config.json``. The pad token is the config's ``pad_token``, else
+    ``[PAD]`` for WordPiece and ``<|endoftext|>`` for BPE (CLIP's).
 
     Raises:
-      FileNotFoundError: neither ``tokenizer.json`` nor ``vocab.txt`` in ``folder``.
+      FileNotFoundError: none of these files in ``folder``.
       ValueError: a special token missing from the vocabulary (naming the file).
     """
+    from xmodal.backbones import clip_tokenizer
+
     folder = Path(folder)
     cfg_path = folder / "tokenizer_config.json"
     cfg: dict[str, Any] = {}
     if cfg_path.is_file():
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    pad = _token(cfg.get("pad_token"), "[PAD]")
     if (folder / "tokenizer.json").is_file():
         path = folder / "tokenizer.json"
-        return TextTokenizer(tokenizers.Tokenizer.from_file(str(path)), pad, str(path))
+        tok = tokenizers.Tokenizer.from_file(str(path))
+        default = (
+            "[PAD]" if isinstance(tok.model, models.WordPiece) else clip_tokenizer.EOS
+        )
+        return TextTokenizer(tok, _token(cfg.get("pad_token"), default), str(path))
     if (folder / "vocab.txt").is_file():
         path = folder / "vocab.txt"
         tok = _wordpiece(_read_vocab(path), cfg, path)
-        return TextTokenizer(tok, pad, str(path))
+        return TextTokenizer(tok, _token(cfg.get("pad_token"), "[PAD]"), str(path))
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        tok = clip_tokenizer.read_bpe_files(folder, cfg)
+        pad = _token(cfg.get("pad_token"), clip_tokenizer.EOS)
+        return TextTokenizer(tok, pad, str(folder / "vocab.json"))
     raise FileNotFoundError(
-        f"{folder}: no tokenizer.json or vocab.txt (a BERT folder has one of them)"
+        f"{folder}: no tokenizer.json, vocab.txt (BERT) or vocab.json + merges.txt "
+        "(CLIP)"
+    )
+
+
+# ------------------------------------------------------- writing (random checkpoints)
+
+_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+#: English words of the default vocabularies (BERT's here, CLIP's BPE merges).
+DEFAULT_WORDS: tuple[str, ...] = (
+    "the",
+    "a",
+    "an",
+    "is",
+    "was",
+    "be",
+    "it",
+    "this",
+    "that",
+    "not",
+    "very",
+    "so",
+    "and",
+    "or",
+    "but",
+    "of",
+    "to",
+    "in",
+    "on",
+    "for",
+    "with",
+    "good",
+    "bad",
+    "great",
+    "movie",
+    "film",
+    "story",
+    "love",
+    "hate",
+    "like",
+    "really",
+    "funny",
+    "boring",
+    "happy",
+    "sad",
+    "i",
+    "you",
+    "he",
+    "she",
+    "we",
+    "they",
+)
+_CHINESE = "我你他的是不很好电影看喜欢讨厌"
+_PUNCTUATION = ".,!?;:'\"()-"
+
+
+def default_vocab() -> list[str]:
+    """A small WordPiece vocabulary: BERT's special tokens, characters, words, and
+    ``##`` continuations of letters and common suffixes."""
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    digits = [str(i) for i in range(10)]
+    vocab = [
+        *_SPECIAL_TOKENS,
+        *_PUNCTUATION,
+        *digits,
+        *letters,
+        *_CHINESE,
+        *DEFAULT_WORDS,
+    ]
+    vocab += [f"##{c}" for c in letters + digits] + ["##s", "##ing", "##ed", "##ly"]
+    seen: set[str] = set()
+    return [t for t in vocab if not (t in seen or seen.add(t))]
+
+
+def write_wordpiece_files(
+    folder: Path, vocab: Sequence[str], vocab_size: int, max_length: int
+) -> None:
+    """Writes ``vocab.txt`` (``vocab`` padded with ``[unusedN]`` to ``vocab_size``
+    entries) and ``tokenizer_config.json`` (uncased BERT, ``model_max_length =
+    max_length``): the files :func:`load_tokenizer` and transformers read."""
+    padded = [*vocab, *(f"[unused{i}]" for i in range(vocab_size - len(vocab)))]
+    (folder / "vocab.txt").write_text("".join(f"{t}\n" for t in padded))
+    tokenizer_config = {
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": True,
+        "tokenize_chinese_chars": True,
+        "strip_accents": None,
+        "model_max_length": max_length,
+        "unk_token": "[UNK]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "cls_token": "[CLS]",
+        "mask_token": "[MASK]",
+    }
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(tokenizer_config, indent=2)
     )

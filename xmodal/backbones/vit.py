@@ -23,7 +23,12 @@ import jax
 import jax.numpy as jnp
 
 from xmodal.backbones import hf_checkpoint as hc
-from xmodal.backbones.blocks import PatchEmbed, TransformerBlock, activation
+from xmodal.backbones.blocks import (
+    PatchEmbed,
+    activation,
+    check_images,
+    encoder_layers,
+)
 from xmodal.backbones.hf_config import as_pair, fields_from_hf, to_hf_dict
 from xmodal.layers import Dropout
 
@@ -122,15 +127,7 @@ class ViT(nn.Module):
         ``deterministic=False`` turns dropout on (rng collection ``"dropout"``).
         """
         cfg = self.config
-        if images.ndim != 4 or tuple(images.shape[1:]) != (
-            *cfg.image_size,
-            cfg.num_channels,
-        ):
-            raise ValueError(
-                f"ViT expects images [B, {cfg.image_size[0]}, {cfg.image_size[1]}, "
-                f"{cfg.num_channels}] (NHWC, the config's image_size), got "
-                f"{tuple(images.shape)}"
-            )
+        check_images(images, "ViT", cfg.num_channels, cfg.image_size)
         init = nn.initializers.normal(cfg.initializer_range)
         d = cfg.hidden_size
         b = images.shape[0]
@@ -150,24 +147,15 @@ class ViT(nn.Module):
         cls = jnp.broadcast_to(cls.astype(self.dtype), (b, 1, d))
         x = jnp.concatenate([cls, x], axis=1) + pos.astype(self.dtype)
         x = Dropout(cfg.hidden_dropout_prob, deterministic=deterministic)(x)
-        block = nn.remat(TransformerBlock) if self.remat else TransformerBlock
-        for i in range(cfg.num_hidden_layers):
-            x = block(
-                num_heads=cfg.num_attention_heads,
-                mlp_dim=cfg.intermediate_size,
-                act=cfg.hidden_act,
-                layer_norm_eps=cfg.layer_norm_eps,
-                pre_norm=True,
-                qkv_bias=cfg.qkv_bias,
-                hidden_dropout=cfg.hidden_dropout_prob,
-                attention_dropout=cfg.attention_probs_dropout_prob,
-                deterministic=deterministic,
-                kernel_init=init,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                implementation=self.attention_implementation,
-                name=f"layer_{i}",
-            )(x)
+        x = encoder_layers(
+            self,
+            x,
+            pre_norm=True,
+            deterministic=deterministic,
+            hidden_dropout=cfg.hidden_dropout_prob,
+            attention_dropout=cfg.attention_probs_dropout_prob,
+            qkv_bias=cfg.qkv_bias,
+        )
         x = nn.LayerNorm(
             epsilon=cfg.layer_norm_eps,
             dtype=self.dtype,

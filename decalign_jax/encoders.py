@@ -1,5 +1,6 @@
-"""DecAlign's text input: stored BERT features, or BERT fine-tuned on token ids.
+"""DecAlign's text encoder: stored BERT features, or BERT fine-tuned on token ids.
 
+The backbone wiring of the method (the data side is :mod:`decalign_jax.data.inputs`).
 ``model.text_encoder`` (docs/decalign.md §3.1, §3.8):
 
 * ``features``: the pickle's ``text`` key, MMSA's stored BERT features ``[T_l, 768]``.
@@ -7,9 +8,10 @@
   (``bert-base-uncased`` for MOSI / MOSEI, ``bert-base-chinese`` for SIMS), fine-tuned
   on the pickle's ``text_bert`` ids ``[3, T_l]`` (input ids, attention mask, segment
   ids). Its last hidden state is the text sequence; its parameters live under
-  ``bert/``, learn at ``optim.bert_lr`` (0 = the main lr, MOSI's single group), and are
-  covered by the L2 decay and the global-norm clip like every other parameter, as in
-  the official trainer. Its dropout is on in training.
+  ``bert/``, learn at ``optim.bert_lr`` (0 = the main lr, MOSI's single group;
+  :func:`make_optimizer`), and are covered by the L2 decay and the global-norm clip
+  like every other parameter, as in the official trainer. Its dropout is on in
+  training.
 
 The weights enter the train state when it is created (:func:`pretrained_params`), and
 are checkpointed with it from then on. Demo configs with an empty ``model.bert_path``
@@ -29,10 +31,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
-from decalign_jax import data as data_lib
 from xmodal import backbones, optim
 from xmodal.errors import UserError
 from xmodal.files import cache_dir
@@ -44,10 +44,8 @@ __all__ = [
     "TEXT_ENCODERS",
     "bert_folder",
     "build_bert",
-    "check_token_ids",
     "ensure_demo_bert",
     "make_optimizer",
-    "make_source",
     "optimizer_config",
     "pretrained_params",
     "uses_bert",
@@ -155,61 +153,6 @@ def pretrained_params(config: ml_collections.ConfigDict) -> dict[str, Any]:
         return {}
     _, variables = backbones.from_pretrained(folder)
     return {BERT_PARAMS: variables["params"]}
-
-
-def check_token_ids(
-    config: ml_collections.ConfigDict, splits: dict[str, data_lib.MMSASplit]
-) -> dict[str, data_lib.MMSASplit]:
-    """``splits``, checked with ``bert``: every split has ``text_bert`` ids the
-    checkpoint can embed.
-
-    Raises:
-      ValueError: one line naming the split and what is wrong (no ``text_bert``, an id
-        outside the vocabulary, a mask that is not 0 / 1, a segment id outside the
-        type vocabulary, a sequence longer than the position table).
-    """
-    folder = bert_folder(config)
-    if folder is None:
-        return splits
-    cfg = backbones.load_config(folder)
-    for name, split in splits.items():
-        where = f"{name} split text_bert"
-        if split.text_bert is None:
-            raise ValueError(
-                f"{where}: missing; model.text_encoder=bert needs the MMSA token ids"
-            )
-        tb = np.asarray(split.text_bert)
-        ids, mask, types = tb[:, 0], tb[:, 1], tb[:, 2]
-        if tb.shape[2] > cfg.max_position_embeddings:
-            raise ValueError(
-                f"{where}: length {tb.shape[2]} > the checkpoint's "
-                f"max_position_embeddings {cfg.max_position_embeddings} ({folder})"
-            )
-        if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
-            raise ValueError(
-                f"{where}: input ids in [{ids.min()}, {ids.max()}], outside the "
-                f"vocabulary [0, {cfg.vocab_size}) of {folder}"
-            )
-        if not np.isin(mask, (0, 1)).all():
-            raise ValueError(
-                f"{where}: row 1 is not a 0/1 attention mask (values "
-                f"{np.unique(mask)[:5].tolist()}...); expected MMSA's rows (input ids, "
-                "attention mask, segment ids)"
-            )
-        if types.size and (types.min() < 0 or types.max() >= cfg.type_vocab_size):
-            raise ValueError(
-                f"{where}: segment ids in [{types.min()}, {types.max()}], outside "
-                f"[0, {cfg.type_vocab_size})"
-            )
-    return splits
-
-
-def make_source(
-    split: data_lib.MMSASplit, config: ml_collections.ConfigDict
-) -> data_lib.MMSASource:
-    """The split's source with the text input the model reads (features or ids)."""
-    bert = uses_bert(config)
-    return data_lib.MMSASource(split, with_text_bert=bert, with_text=not bert)
 
 
 def optimizer_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
