@@ -15,6 +15,8 @@ measured thing, each with its ``measure`` and ``render``:
   sizes against their GEMM floor and against argsort ranks;
 - ``decalign``: the DecAlign train step at MOSI and MOSEI shapes and the shares of EM +
   Sinkhorn and of dropout RNG, and the same step with BERT fine-tuned on token ids;
+  with ``--official-src DIR`` beside the official PyTorch step (``decalign_official``
+  builds it from a checkout of the official code);
 - ``kernels``: each library kernel against its naive form, same inputs, same run;
 - ``backbones``: each backbone's (ViT, Swin, CLIP vision, BERT) step in JAX beside
   ``transformers``' PyTorch model at the same shapes, with an op breakdown where JAX
@@ -41,6 +43,7 @@ __all__ = [
     "cdds_train",
     "ceilings",
     "decalign",
+    "decalign_official",
     "decalign_setup",
     "kernels",
     "machine",

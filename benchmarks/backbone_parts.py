@@ -30,57 +30,13 @@ import numpy as np
 
 from benchmarks.backbone_cases import BackboneCase, LayerShape, config_of, layer_shape
 from benchmarks.settings import Settings
+from benchmarks.timing import side_by_side
 from xmodal.backbones.blocks import activation, attention
 
 __all__ = ["PARTS", "dominant", "measure_parts", "side_by_side"]
 
 #: The parts, in the order of the table.
 PARTS: tuple[str, ...] = ("attention", "dense", "norms + activation")
-
-
-def side_by_side(
-    calls: Mapping[str, Callable[[], Any]],
-    settings: Settings,
-    *,
-    block: Mapping[str, Callable[[Any], Any]],
-    warmup: int = 1,
-) -> dict[str, dict[str, Any]]:
-    """Times several calls interleaved (a, b, a, b, ...) so that a drifting shared
-    machine slows all of them alike; median per call.
-
-    Reps: ``budget_s / (the slowest first timed call)`` clamped to ``[1, max_reps]``.
-    ``block[name](result)`` waits for a call's result.
-    """
-    import time
-
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    warm: dict[str, list[float]] = {k: [] for k in calls}
-
-    def run(name: str, into: dict[str, list[float]]) -> None:
-        t0 = time.perf_counter()
-        block[name](calls[name]())
-        into[name].append(time.perf_counter() - t0)
-
-    for _ in range(warmup):
-        for name in calls:
-            run(name, warm)
-    for name in calls:
-        run(name, times)
-    slowest = max(t[0] for t in times.values())
-    n = min(settings.max_reps, max(1, int(settings.budget_s / max(slowest, 1e-9))))
-    while len(next(iter(times.values()))) < n:
-        for name in calls:
-            run(name, times)
-    return {
-        name: {
-            "median_s": float(np.median(t)),
-            "min_s": min(t),
-            "max_s": max(t),
-            "reps": len(t),
-            "warmup_s": warm[name],
-        }
-        for name, t in times.items()
-    }
 
 
 def _jax_parts(

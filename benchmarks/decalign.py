@@ -14,12 +14,20 @@ read by the driver, learning at the dataset's HEAD ``optim.bert_lr``, on random 
 ``text_bert`` ids ``[B, 3, T_l]``; reported as its step time and its ratio to the
 frozen-feature step. A BERT step whose compiled memory exceeds ``MEMORY_GUARD`` of the
 available memory is compiled and reported (its planned memory), not run.
+
+With ``--official-src DIR`` (``Settings.official_src``), the official PyTorch train
+step (``benchmarks.decalign_official``: the official code imported from ``DIR``, built
+with the same shapes and hyperparameters) is timed beside the HEAD step of every case
+and beside the BERT step of the cases in ``OFFICIAL_BERT_CASES``, call for call in the
+same process (``timing.side_by_side``), so both see the same machine load; the entry
+gets ``official`` (its timing, what was built, and the speed-ups official / ours).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
+import statistics
 import tempfile
 from collections.abc import Mapping
 from typing import Any
@@ -27,12 +35,22 @@ from typing import Any
 import jax
 import ml_collections
 
-from benchmarks import decalign_setup, markdown, memory, steps
+from benchmarks import decalign_official, decalign_setup, markdown, memory, steps
 from benchmarks.settings import DecAlignCase, Settings
 from benchmarks.timing import log, time_jit
 from xmodal import sharding
 
-__all__ = ["LOSS_FIELDS", "NAME", "measure", "render", "time_hetero"]
+__all__ = [
+    "LOSS_FIELDS",
+    "NAME",
+    "OFFICIAL_BERT_CASES",
+    "TARGETS",
+    "measure",
+    "render",
+    "speedups",
+    "targets",
+    "time_hetero",
+]
 
 NAME = "decalign"
 #: The ``config.loss`` fields recorded with every step.
@@ -43,6 +61,11 @@ LOSS_FIELDS: tuple[str, ...] = (
     "ot_iters",
     "ot_solver",
 )
+#: The cases whose step with BERT is also timed beside the official one: MOSI (one
+#: official BERT-base call at MOSEI's B 128 takes tens of seconds on 2 cores).
+OFFICIAL_BERT_CASES: tuple[str, ...] = ("MOSI",)
+#: The speed-up over the official step the project asks for: frozen features, BERT.
+TARGETS: dict[str, float] = {"head": 3.0, decalign_setup.BERT: 1.5}
 
 
 def time_hetero(
@@ -70,8 +93,10 @@ def _run(
     mesh: jax.sharding.Mesh,
     *,
     guard: bool = False,
+    official: decalign_official.Official | None = None,
 ) -> dict[str, Any]:
-    """The driver's step for ``config`` on ``batch_np``, compiled and timed."""
+    """The driver's step for ``config`` on ``batch_np``, compiled and timed (beside
+    the ``official`` step of the same config when given)."""
     example = {k: v[:1] for k, v in batch_np.items()}
     model = decalign_setup.build_model(config)
     state, shardings = decalign_setup.create_state(config, model, example, mesh)
@@ -84,8 +109,17 @@ def _run(
     step = decalign_setup.jit_step(config, model, shardings, mesh)
     batch = sharding.global_batch(batch_np, mesh)
     label = f"decalign {case.name} B={case.batch} [{variant}]"
-    res = steps.run_step(step, state, batch, settings, label=label, guard=guard)
-    del state, batch
+    beside, built = {}, None
+    if official is not None:
+        call, built = _official_step(official, case, config, batch_np)
+        beside[OFFICIAL] = call
+    res = steps.run_step(
+        step, state, batch, settings, label=label, guard=guard, beside=beside
+    )
+    del state, batch, beside
+    if built is not None and OFFICIAL in res.get("beside", {}):
+        res[OFFICIAL] = {**res.pop("beside")[OFFICIAL], **built}
+        res[OFFICIAL].update(speedups(res, res[OFFICIAL]))
     res.update(counts)
     res["config_loss"] = {k: config.loss[k] for k in LOSS_FIELDS}
     res["memory_bytes"], res["memory_source"] = memory.memory_of(res)
@@ -95,7 +129,54 @@ def _run(
             f"{res['median_s'] * 1e3:.2f} ms (median of {res['reps']}), memory "
             f"{markdown.gib(res['memory_bytes'])}"
         )
+    if OFFICIAL in res:
+        off = res[OFFICIAL]
+        log(
+            f"{label}: official PyTorch step {off['median_s'] * 1e3:.2f} ms, ours "
+            f"{res['median_s'] * 1e3:.2f} ms (interleaved, {off['reps']} each): ours "
+            f"x{off['speedup']:.2f} the official speed (fastest calls "
+            f"x{off['speedup_min']:.2f}, per round x{off['speedup_rounds']:.2f})"
+        )
     return res
+
+
+#: The key of the official step's timing in a step entry.
+OFFICIAL = "official"
+
+
+def speedups(ours: Mapping[str, Any], official: Mapping[str, Any]) -> dict[str, float]:
+    """Official time / our time: of the medians, of the fastest calls, and the median
+    over rounds of the per-round ratio (each round times both once, back to back)."""
+    pairs = zip(official.get("times_s", []), ours.get("times_s", []), strict=True)
+    rounds = [o / u for o, u in pairs if u > 0]
+    return {
+        "speedup": official["median_s"] / ours["median_s"],
+        "speedup_min": official["min_s"] / ours["min_s"],
+        "speedup_rounds": statistics.median(rounds) if rounds else None,
+    }
+
+
+def _official_step(
+    official: decalign_official.Official,
+    case: DecAlignCase,
+    config: ml_collections.ConfigDict,
+    batch_np: Mapping[str, Any],
+) -> tuple[Any, dict[str, Any]]:
+    """The official step for our ``config`` of ``case``, and what was built."""
+    bert_folder = hidden = None
+    if config.model.text_encoder == "bert":
+        bert_folder = decalign_setup.bert_folder(config)
+        hidden = decalign_setup.bert_setup(config)["bert_config"]["hidden_size"]
+    args, overridden = decalign_official.args_for(
+        official, config, case.dims, bert_folder=bert_folder, bert_hidden=hidden
+    )
+    call, facts = decalign_official.step_call(official, args, batch_np)
+    return call, {
+        **facts,
+        "src": str(official.src),
+        "commit": official.commit,
+        "overridden": overridden,
+    }
 
 
 def _measure_variant(
@@ -104,10 +185,13 @@ def _measure_variant(
     batch_np: Mapping[str, Any],
     settings: Settings,
     mesh: jax.sharding.Mesh,
+    official: decalign_official.Official | None,
 ) -> dict[str, Any]:
-    """One frozen-feature step variant (``decalign_setup.VARIANTS``) of ``case``."""
+    """One frozen-feature step variant (``decalign_setup.VARIANTS``) of ``case``; the
+    HEAD variant beside the ``official`` step when given."""
     config = decalign_setup.config(case, settings, variant)
-    return _run(case, config, variant, batch_np, settings, mesh)
+    beside = official if variant == "head" else None
+    return _run(case, config, variant, batch_np, settings, mesh, official=beside)
 
 
 def _measure_bert(
@@ -115,9 +199,12 @@ def _measure_bert(
     folder: pathlib.Path,
     settings: Settings,
     mesh: jax.sharding.Mesh,
+    official: decalign_official.Official | None,
 ) -> dict[str, Any]:
     """The HEAD step of ``case`` with the BERT of ``folder`` fine-tuned on random ids
-    (memory-guarded: a step that does not fit is compiled and reported, not run)."""
+    (memory-guarded: a step that does not fit is compiled and reported, not run),
+    beside the ``official`` step when given and ``case`` is in
+    ``OFFICIAL_BERT_CASES``."""
     config = decalign_setup.config(
         case, settings, decalign_setup.BERT, bert_path=folder
     )
@@ -134,7 +221,17 @@ def _measure_bert(
         "tokens_max": int(tb[:, 1].sum(1).max()),
         "segment_ids_nonzero": int((tb[:, 2] != 0).sum()),
     }
-    res = _run(case, config, decalign_setup.BERT, batch_np, settings, mesh, guard=True)
+    beside = official if case.name in OFFICIAL_BERT_CASES else None
+    res = _run(
+        case,
+        config,
+        decalign_setup.BERT,
+        batch_np,
+        settings,
+        mesh,
+        guard=True,
+        official=beside,
+    )
     return {**res, **setup, "text_bert": ids}
 
 
@@ -166,12 +263,15 @@ def _measure_case(
     bert_folder: pathlib.Path,
     settings: Settings,
     mesh: jax.sharding.Mesh,
+    official: decalign_official.Official | None,
 ) -> dict[str, Any]:
     """Every variant of ``case``, hetero_loss alone, the BERT step; shares, ratio."""
     batch_np = decalign_setup.random_batch(case)
     entry: dict[str, Any] = {**dataclasses.asdict(case), "model": dict(case.model)}
     for variant in decalign_setup.VARIANTS:
-        entry[variant] = _measure_variant(case, variant, batch_np, settings, mesh)
+        entry[variant] = _measure_variant(
+            case, variant, batch_np, settings, mesh, official
+        )
     entry["hetero_fwd_bwd"] = time_hetero(
         decalign_setup.config(case, settings), case.batch, settings
     )
@@ -183,7 +283,9 @@ def _measure_case(
         f"{entry['alpha0_share']:.1%}); dropout RNG {entry['dropout_share']:.1%}"
     )
     del batch_np
-    entry[decalign_setup.BERT] = _measure_bert(case, bert_folder, settings, mesh)
+    entry[decalign_setup.BERT] = _measure_bert(
+        case, bert_folder, settings, mesh, official
+    )
     _bert_ratio(entry)
     if entry["bert_over_frozen"] is not None:
         log(
@@ -195,13 +297,26 @@ def _measure_case(
 
 def measure(settings: Settings, results: Mapping[str, Any]) -> dict[str, Any]:
     """Per case: the step (HEAD, alpha = 0, no dropout), hetero_loss alone and the
-    step with BERT (a random checkpoint of the mode's size, written once)."""
+    step with BERT (a random checkpoint of the mode's size, written once); beside the
+    official step (``settings.official_src``) where one is given."""
     del results  # DecAlign reports shares of its own step, not ceiling fractions
     mesh = steps.single_device_mesh()
+    official = None
+    if settings.official_src:
+        official = decalign_official.load(settings.official_src)
+        log(
+            f"decalign: the official step from {official.src} (commit "
+            f"{official.commit or 'unknown: not a git checkout'})"
+        )
     with tempfile.TemporaryDirectory(prefix="decalign-bert-") as tmp:
         folder = decalign_setup.write_bert(pathlib.Path(tmp) / "bert", settings.mode)
         log(f"decalign: random BERT {decalign_setup.BERT_SIZES[settings.mode]}")
-        rows = [_measure_case(c, folder, settings, mesh) for c in settings.decalign]
+        rows = [
+            _measure_case(c, folder, settings, mesh, official)
+            for c in settings.decalign
+        ]
+    if official is not None:
+        decalign_official.unload(official)
     return {"rows": rows}
 
 
@@ -241,9 +356,63 @@ def _frozen_rows(rows: list[Mapping[str, Any]]) -> list[list[Any]]:
                 pct(r["hetero_share"]),
                 f"{ms(r['alpha0']['median_s'])} ({pct(r['alpha0_share'])})",
                 f"{ms(r['no_dropout']['median_s'])} ({pct(r['dropout_share'])})",
+                *_official_cells(head),
             ]
         )
     return out
+
+
+def _official_cells(step: Mapping[str, Any]) -> list[str]:
+    """The official step's time and our speed-up over it; ``-`` when not measured."""
+    off = step.get(OFFICIAL)
+    if not off:
+        return ["-", "-"]
+    ms = markdown.ms
+    return [
+        f"{ms(off['median_s'])} ({off['reps']}; {ms(off['min_s'])} - "
+        f"{ms(off['max_s'])})",
+        f"**{markdown.ratio(off['speedup'])}**",
+    ]
+
+
+def _official_lines(rows: list[Mapping[str, Any]]) -> list[str]:
+    """How the official step was run (or that it was not)."""
+    measured = [
+        r[v][OFFICIAL]
+        for r in rows
+        for v in ("head", decalign_setup.BERT)
+        if (r.get(v) or {}).get(OFFICIAL)
+    ]
+    if not measured:
+        return [
+            "Official step: not measured in this run (`python scripts/benchmark.py "
+            "--sections decalign --official-src DIR`, DIR a checkout of "
+            "taco-group/DecAlign, times it beside ours).",
+        ]
+    first = measured[0]
+    changed = sorted(
+        {
+            f"`{k}` {v['official']} -> {v['ours']}"
+            for m in measured
+            for k, v in m["overridden"].items()
+            if v["official"] is not None
+        }
+    )
+    return [
+        "Official step: taco-group/DecAlign "
+        f"(commit `{first.get('commit') or 'unknown, not a git checkout'}`) imported "
+        "at run time from `--official-src` (never copied here; "
+        "`benchmarks/decalign_official.py` builds it), PyTorch "
+        f"{first['torch']} on {first['torch_threads']} threads: its `DecAlign` model "
+        "in training mode, its trainer's task + DecAlign + CT losses, Adam as its "
+        "`do_train` builds it, `clip_grad_norm_`, `optimizer.step()` and "
+        "`loss.item()`, on the same batch. Hyperparameters: its own config file, then "
+        "every field our config has set from ours"
+        + (f" (where they differ: {'; '.join(changed)})" if changed else "")
+        + ". Each round runs the two steps back to back, so both see the same load; "
+        "speed-up = official median / our median (`benchmarks.json` also has the "
+        "ratio of the fastest calls and the median per-round ratio).",
+    ]
 
 
 def _bert_cells(bert: Mapping[str, Any]) -> list[str]:
@@ -272,7 +441,9 @@ def _bert_rows(rows: list[Mapping[str, Any]]) -> list[list[Any]]:
         head, bert = r["head"], r.get(decalign_setup.BERT)
         frozen = ms(head["median_s"])
         if not bert:
-            out.append([r["name"], r["batch"], *["not run"] * 6, frozen, "not run"])
+            out.append(
+                [r["name"], r["batch"], *["not run"] * 6, frozen, "not run", "-", "-"]
+            )
             continue
         if "median_s" in bert:
             step = (
@@ -291,6 +462,7 @@ def _bert_rows(rows: list[Mapping[str, Any]]) -> list[list[Any]]:
                 markdown.gib(bert.get("memory_bytes")),
                 frozen,
                 markdown.ratio(r.get("bert_over_frozen")),
+                *_official_cells(bert),
             ]
         )
     return out
@@ -333,6 +505,8 @@ def _bert_lines(rows: list[Mapping[str, Any]]) -> list[str]:
         "memory",
         "frozen-feature step",
         "BERT / frozen",
+        "official step with BERT (reps; min - max)",
+        "speed-up over official",
     ]
     title = ["", "### With BERT fine-tuned on the token ids", "", text, ""]
     return title + markdown.table(header, _bert_rows(rows))
@@ -366,5 +540,40 @@ def render(results: Mapping[str, Any]) -> list[str]:
         "EM + Sinkhorn share",
         "alpha = 0 step (share)",
         "no-dropout step (RNG share)",
+        "official step (reps; min - max)",
+        "speed-up over official",
     ]
-    return lines + markdown.table(header, _frozen_rows(rows)) + _bert_lines(rows)
+    return (
+        lines
+        + markdown.table(header, _frozen_rows(rows))
+        + ["", *_official_lines(rows)]
+        + _bert_lines(rows)
+    )
+
+
+def targets(results: Mapping[str, Any]) -> markdown.Targets:
+    """Our step at least ``TARGETS`` x the official one (frozen features; BERT)."""
+    rows = (results.get(NAME) or {}).get("rows") or []
+    if not rows:
+        return markdown.Targets()
+    out = []
+    for variant, goal in (
+        ("head", "frozen features"),
+        (decalign_setup.BERT, "BERT fine-tuned"),
+    ):
+        want = TARGETS[variant]
+        got = [
+            (r["name"], r[variant][OFFICIAL]["speedup"])
+            for r in rows
+            if (r.get(variant) or {}).get(OFFICIAL)
+        ]
+        measured = ", ".join(f"{name} x{x:.2f}" for name, x in got)
+        out.append(
+            markdown.Target(
+                f"DecAlign train step ({goal}): >= x{want:g} the official PyTorch "
+                "step, timed beside it",
+                measured or "not measured (no `--official-src`)",
+                all(x >= want for _, x in got) if got else None,
+            )
+        )
+    return markdown.Targets(tuple(out))

@@ -37,6 +37,7 @@ __all__ = [
     "SOLVER_FORMS",
     "STEPS_PER_EPOCH",
     "VARIANTS",
+    "bert_folder",
     "bert_setup",
     "build_model",
     "config",
@@ -169,10 +170,15 @@ def write_bert(folder: str | pathlib.Path, mode: str, seed: int = 0) -> pathlib.
     )
 
 
+def bert_folder(config: ml_collections.ConfigDict) -> pathlib.Path | None:
+    """The checkpoint folder ``config``'s BERT is read from (None: stored features)."""
+    return decalign_encoders.bert_folder(config)
+
+
 def bert_setup(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """What ``config``'s BERT is and how it learns: its ``config.json`` fields, the
     main lr, ``optim.bert_lr``, the lr BERT gets and the driver's lr groups."""
-    folder = decalign_encoders.bert_folder(config)
+    folder = bert_folder(config)
     if folder is None:
         raise ValueError("bert_setup: config.model.text_encoder is not 'bert'")
     lr, bert_lr = float(config.optim.lr), float(config.optim.bert_lr)

@@ -58,6 +58,7 @@ from benchmarks import (
     cdds_train,
     ceilings,
     decalign,
+    decalign_official,
     heads,
     kernels,
     machine,
@@ -112,7 +113,8 @@ SECTIONS: tuple[str, ...] = tuple(m.NAME for m in SECTION_MODULES)
 USAGE = """\
     python scripts/benchmark.py                     # full sizes -> ./BENCHMARKS.md + ./benchmarks.json
     python scripts/benchmark.py --quick             # laptop sizes (< 10 min on 2 CPU cores)
-    python scripts/benchmark.py --cdds-batches 8,16 --sections ceilings,cdds_train"""
+    python scripts/benchmark.py --cdds-batches 8,16 --sections ceilings,cdds_train
+    python scripts/benchmark.py --sections decalign --official-src DIR   # beside the official step"""
 
 
 def make_settings(
@@ -125,6 +127,7 @@ def make_settings(
     sections: Sequence[str] = SECTIONS,
     backbone_kinds: Sequence[str] = (),
     backbone_batches: Sequence[int] = (),
+    official_src: str | None = None,
 ) -> Settings:
     """The sizes of ``mode`` on this backend with the command line's overrides."""
     s = mode_settings(mode, accelerator=accelerator)
@@ -139,6 +142,9 @@ def make_settings(
     if any(b < 1 for b in backbone_batches):
         raise ValueError(f"backbone_batches must be positive; got {backbone_batches}")
     changes["backbone_batches"] = tuple(sorted(set(backbone_batches)))
+    if official_src is not None:
+        # Checked now, not after an hour of other sections.
+        changes["official_src"] = str(decalign_official.check_source(official_src))
     if cdds_batches:
         if any(b < 1 for b in cdds_batches):
             raise ValueError(f"cdds_batches must be positive; got {list(cdds_batches)}")
@@ -350,6 +356,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="section cdds_backbones: these batch sizes (default by mode), e.g. 8",
     )
     parser.add_argument(
+        "--official-src",
+        default=None,
+        metavar="DIR",
+        help="section decalign: a checkout of taco-group/DecAlign whose PyTorch train "
+        "step is timed beside ours (imported from DIR at run time, never copied)",
+    )
+    parser.add_argument(
         "--budget-s", type=float, default=None, help="time budget per measurement"
     )
     parser.add_argument(
@@ -392,6 +405,7 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
         backbone_batches=[
             int(x) for x in args.cdds_backbone_batches.split(",") if x.strip()
         ],
+        official_src=args.official_src,
     )
 
 

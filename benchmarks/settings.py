@@ -91,6 +91,8 @@ class Settings:
     sections: tuple[str, ...] = ()  # filled by benchmarks.runner.make_settings
     backbone_kinds: tuple[str, ...] = ()  # section backbones: only these; () = all
     backbone_batches: tuple[int, ...] = ()  # section cdds_backbones: () = by mode
+    # section decalign: a checkout of the official DecAlign code, timed beside ours
+    official_src: str | None = None
 
 
 def paper_cdds(batches: tuple[int, ...]) -> CddsSizes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -19,16 +20,21 @@ import numpy as np
 
 from benchmarks import memory
 from benchmarks.settings import Settings
-from benchmarks.timing import log, time_calls, timed
+from benchmarks.timing import log, side_by_side, time_calls, timed
 from xmodal import sharding
 
 __all__ = [
+    "OURS",
     "kernel_share",
     "process_share",
     "run_step",
     "single_device_mesh",
     "xla_flops",
 ]
+
+
+#: The name of the measured step among the calls timed ``beside`` it.
+OURS = "ours"
 
 
 def single_device_mesh() -> jax.sharding.Mesh:
@@ -73,13 +79,16 @@ def run_step(
     *,
     label: str,
     guard: bool = True,
+    beside: Mapping[str, Callable[[], Any]] | None = None,
 ) -> dict[str, Any]:
     """Compiles a donated train step, then times it; returns the numbers.
 
     ``step(state, batch) -> (state, metrics)`` must donate ``state`` and return
     ``metrics["loss"]``. With ``guard``, a step whose compiled memory exceeds
     ``MEMORY_GUARD`` of the available memory is compiled and reported (``skipped``),
-    not run.
+    not run. ``beside``: other calls (e.g. a reference implementation's step, each
+    returning when its work is done) timed interleaved with this step, call for call
+    (``timing.side_by_side``); their timings go under ``out["beside"][name]``.
     """
     log(f"{label}: compiling")
     compile_s, compiled = timed(lambda: step.lower(state, batch).compile())
@@ -108,14 +117,30 @@ def run_step(
     def call() -> Any:
         holder["state"], metrics = compiled(holder["state"], batch)
         holder.setdefault("first_loss", metrics["loss"])  # same parameters in every row
+        holder["metrics"] = metrics
         return holder["state"], metrics
 
     before, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    timing, (_, metrics) = time_calls(
-        call, settings, min_reps=settings.step_min_reps, warmup=1
-    )
+    if beside:
+        calls = {OURS: call, **beside}
+        block = {name: (lambda r: r) for name in beside}
+        timings = side_by_side(
+            calls,
+            settings,
+            block={**block, OURS: jax.block_until_ready},
+            warmup=1,
+            min_reps=settings.step_min_reps,
+        )
+        timing = timings.pop(OURS)
+        out["beside"] = timings
+    else:
+        timing, _ = time_calls(
+            call, settings, min_reps=settings.step_min_reps, warmup=1
+        )
+    metrics = holder["metrics"]
     out.update(timing)
-    out["process"] = process_share(before, time.perf_counter() - wall0)
+    if not beside:  # with calls beside, the process's CPU time is theirs too
+        out["process"] = process_share(before, time.perf_counter() - wall0)
     out["loss"] = float(metrics["loss"])
     out["first_loss"] = float(holder["first_loss"])
     out["loss_finite"] = bool(np.isfinite(out["loss"]))

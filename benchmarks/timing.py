@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 
 from benchmarks.settings import Settings
 
-__all__ = ["log", "time_calls", "time_jit", "timed"]
+__all__ = ["log", "side_by_side", "time_calls", "time_jit", "timed"]
 
 
 def log(message: str) -> None:
@@ -86,3 +86,51 @@ def time_jit(
     compile_s, _ = timed(lambda: fn(*args))
     timing, out = time_calls(lambda: fn(*args), settings, min_reps=3)
     return {"compile_s": compile_s, **timing}, out
+
+
+def side_by_side(
+    calls: Mapping[str, Callable[[], Any]],
+    settings: Settings,
+    *,
+    block: Mapping[str, Callable[[Any], Any]],
+    warmup: int = 1,
+    min_reps: int = 1,
+) -> dict[str, dict[str, Any]]:
+    """Times several calls interleaved (a, b, a, b, ...) so that a drifting shared
+    machine slows all of them alike; median per call.
+
+    Reps: ``budget_s / (the slowest first timed call)`` clamped to ``[min_reps,
+    max_reps]`` (``max_reps`` wins). ``block[name](result)`` waits for a
+    call's result. Each entry also holds its ``times_s`` in call order, so ratios can
+    be taken round by round.
+    """
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    warm: dict[str, list[float]] = {k: [] for k in calls}
+
+    def run(name: str, into: dict[str, list[float]]) -> None:
+        t0 = time.perf_counter()
+        block[name](calls[name]())
+        into[name].append(time.perf_counter() - t0)
+
+    for _ in range(warmup):
+        for name in calls:
+            run(name, warm)
+    for name in calls:
+        run(name, times)
+    slowest = max(t[0] for t in times.values())
+    n = int(settings.budget_s / max(slowest, 1e-9))
+    n = min(settings.max_reps, max(min_reps, n))
+    while len(next(iter(times.values()))) < n:
+        for name in calls:
+            run(name, times)
+    return {
+        name: {
+            "median_s": statistics.median(t),
+            "min_s": min(t),
+            "max_s": max(t),
+            "reps": len(t),
+            "warmup_s": warm[name],
+            "times_s": t,
+        }
+        for name, t in times.items()
+    }

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import sys
+import textwrap
 import types
 
 import jax
@@ -29,12 +31,14 @@ from benchmarks import (
     cdds_flops,
     cdds_setup,
     decalign,
+    decalign_official,
     decalign_setup,
     kernels,
     memory,
     runner,
     settings,
     steps,
+    timing,
 )
 from cdds_jax import retrieval
 from decalign_jax import prototypes
@@ -110,11 +114,11 @@ def _stub_backbone_steps(monkeypatch) -> None:
 def _stub_heavy_parts(monkeypatch) -> None:
     """Replaces every compile of a full train step by a stub (see module docstring)."""
 
-    def fake_run_step(step, state, batch, settings, *, label, guard=True):
+    def fake_run_step(step, state, batch, settings, *, label, guard=True, beside=None):
         first = next(k for k in ("image", "text", "text_bert") if k in batch)
         b = batch[first].shape[0]
         total = 1000 * b + 500  # grows x2 per doubling, below the x2.2 limit
-        return {
+        out = {
             **_fake_timing(0.01 * b),
             "memory_analysis": {"temp_size_in_bytes": 1000 * b, "total_bytes": total},
             "xla_flops": None,
@@ -122,6 +126,16 @@ def _stub_heavy_parts(monkeypatch) -> None:
             "loss_finite": True,
             "device_peak_bytes": None,
         }
+        if beside:  # the calls beside the step run for real, interleaved with a stub
+            timed = timing.side_by_side(
+                {steps.OURS: lambda: None, **beside},
+                settings,
+                block={k: lambda r: r for k in (steps.OURS, *beside)},
+                min_reps=2,
+            )
+            out.update(timed.pop(steps.OURS))
+            out["beside"] = timed
+        return out
 
     def fake_state(*args, **kwargs):
         return types.SimpleNamespace(params={"w": jnp.zeros((3, 4))}), None
@@ -530,3 +544,148 @@ def test_committed_markdown_is_the_rendering_of_the_committed_json():
     root = pathlib.Path(__file__).resolve().parents[1]
     results = json.loads((root / "benchmarks.json").read_text())
     assert runner.render_markdown(results) == (root / "BENCHMARKS.md").read_text()
+
+
+#: A stand-in for a checkout of taco-group/DecAlign: the files and entry points the
+#: adapter uses (``config.get_config_regression``, ``models.DecAlign``,
+#: ``trains.ATIO``), with a one-layer model of our own.
+FAKE_OFFICIAL = {
+    "config.py": """
+        import json, types
+
+        def get_config_regression(model_name, dataset_name, config_file=""):
+            fields = {"model_name": model_name, "dataset_name": dataset_name,
+                      "learning_rate": 1.0, "nlevels": 99, "use_bert": True}
+            if config_file:
+                fields.update(json.load(open(config_file)))
+            return types.SimpleNamespace(**fields)
+    """,
+    "config/dec_mosi_config.json": '{"clip": 0.123}',
+    "models/__init__.py": "from .model import DecAlign",
+    "models/model.py": """
+        import torch
+
+        class DecAlign(torch.nn.Module):
+            def __init__(self, args):
+                super().__init__()
+                self.args = args
+                self.head = torch.nn.Linear(sum(args.feature_dims), 1)
+
+            def forward(self, text, audio, video):
+                if text.dtype == torch.int64:  # token ids: no BERT in this fake
+                    text = torch.zeros(text.shape[0], 1, self.args.feature_dims[0])
+                pooled = torch.cat([x.mean(1) for x in (text, audio, video)], 1)
+                out = self.head(pooled)
+                zero = out.sum() * 0
+                return {"output_logit": out, "dec_loss": zero, "hete_loss": zero,
+                        "homo_loss": zero, "final_rep": pooled}
+    """,
+    "trains/__init__.py": "from .ATIO import ATIO",
+    "trains/ATIO.py": """
+        import torch
+
+        class Trainer:
+            def __init__(self, args):
+                self.args = args
+
+            def _main_loss(self, logits, labels):
+                return torch.mean((logits.view(-1) - labels.view(-1)) ** 2)
+
+            def _combined_loss(self, main, outputs):
+                return main + self.args.alpha * outputs["hete_loss"]
+
+            def _contrastive_loss(self, features, labels):
+                return features.pow(2).mean()
+
+        class ATIO:
+            def getTrain(self, args):
+                return Trainer
+    """,
+    "trains/subNets/transformer.py": "",
+    "utils/__init__.py": "",
+}
+
+
+def _fake_official(folder: pathlib.Path) -> pathlib.Path:
+    for name, text in FAKE_OFFICIAL.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip())
+    return folder
+
+
+def test_decalign_beside_the_official_step(tmp_path, monkeypatch):
+    """``--official-src``: the official step (a fake checkout) built from our config,
+    timed interleaved with ours, rendered as a column and a target."""
+    with pytest.raises(FileNotFoundError, match="taco-group/DecAlign"):
+        runner.make_settings("smoke", accelerator=False, official_src=str(tmp_path))
+    src = _fake_official(tmp_path / "DecAlign")
+    _stub_heavy_parts(monkeypatch)
+    out = tmp_path / "out"
+    argv = ["--smoke", "--sections", "decalign", "--official-src", str(src)]
+    runner.main([*argv, "--out", str(out)])
+    assert not {"config", "models", "trains", "utils"} & set(sys.modules)  # unloaded
+    data = json.loads((out / "benchmarks.json").read_text())
+    assert data["settings"]["official_src"] == str(src.resolve())
+    mosi, mosei = data["decalign"]["rows"]
+    for row in (mosi, mosei):
+        off = row["head"]["official"]
+        assert off["reps"] >= 2 and len(off["times_s"]) == off["reps"]
+        assert off["speedup"] == pytest.approx(
+            off["median_s"] / row["head"]["median_s"]
+        )
+        assert off["speedup_rounds"] > 0 and off["params"] > 0
+        assert off["src"] == str(src.resolve()) and off["commit"] is None
+        # The fake file's values replaced by ours, and recorded.
+        assert off["overridden"]["learning_rate"]["official"] == 1.0
+        assert off["overridden"]["nlevels"] == {"official": 99, "ours": 1}
+        assert off["overridden"]["use_bert"] == {"official": True, "ours": False}
+        for variant in ("alpha0", "no_dropout"):
+            assert "official" not in row[variant]
+    assert mosi["head"]["official"]["overridden"]["clip"]["official"] == 0.123
+    assert "official" in mosi["bert"] and "official" not in mosei["bert"]
+    changed = mosi["bert"]["official"]["overridden"]
+    assert "use_bert" not in changed  # the fake file's True, as ours
+    assert pathlib.Path(changed["pretrained"]["ours"]).name == "bert"
+    md = (out / "BENCHMARKS.md").read_text()
+    assert md.count("speed-up over official") == 2
+    assert "Official step: taco-group/DecAlign" in md
+    assert "DecAlign train step (frozen features): >= x3" in md
+    speedup = mosi["head"]["official"]["speedup"]
+    assert f"**x{speedup:.2f}**" in md
+
+
+def test_decalign_official_args_follow_our_config(tmp_path):
+    official = decalign_official.load(_fake_official(tmp_path / "DecAlign"))
+    try:
+        full = settings.mode_settings("full", accelerator=False)
+        mosei = full.decalign[1]
+        c = decalign_setup.config(mosei, full)
+        args, overridden = decalign_official.args_for(official, c, mosei.dims)
+        assert args.feature_dims == list(mosei.dims)
+        assert args.dst_feature_dim_nheads == [c.model.dim, c.model.num_heads]
+        assert (args.nlevels, args.conv1d_kernel_size_a) == (4, 5)
+        assert args.attn_dropout_v == c.model.attn_dropout[2]
+        assert (args.gmm_em_iters, args.ot_num_iters) == (5, 50)
+        assert (args.alpha, args.beta, args.batch_size) == (0.005, 0.0, 128)
+        assert args.use_bert is False and "bert_learning_rate" not in vars(args)
+        assert set(overridden) >= {"learning_rate", "nlevels", "use_bert"}
+        folder = tmp_path / "bert"
+        b = decalign_setup.config(mosei, full, decalign_setup.BERT, bert_path=folder)
+        args, _ = decalign_official.args_for(
+            official, b, mosei.dims, bert_folder=folder, bert_hidden=768
+        )
+        assert args.use_bert and args.pretrained == str(folder)
+        assert args.bert_learning_rate == 1e-5 and args.feature_dims[0] == 768
+        call, facts = decalign_official.step_call(
+            official, args, decalign_setup.random_bert_batch(mosei, 30522)
+        )
+        assert math.isfinite(call()) and facts["params"] == 768 + 74 + 35 + 1
+    finally:
+        decalign_official.unload(official)
+    with pytest.raises(ImportError, match="already imported"):
+        sys.modules["models"] = types.ModuleType("models")
+        try:
+            decalign_official.load(tmp_path / "DecAlign")
+        finally:
+            del sys.modules["models"]
