@@ -30,3 +30,38 @@ from absl import flags
 
 # grain workers read absl flags; nothing here goes through absl.app.run.
 flags.FLAGS.mark_as_parsed()
+
+
+# The longest groups start first, so the other worker fills in around them.
+_FIRST = ("tests/test_reliability.py", "tests/test_multihost.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``--dist loadgroup`` for pytest 9, and the long groups first.
+
+    pytest-xdist 3.8 puts a test in its ``xdist_group`` by renaming it
+    ``nodeid@group`` through ``item._nodeid``, which pytest 9 no longer reads (a
+    node's id is ``item._id``): the groups were silently spread over both workers,
+    each running the group's session fixtures (the multi-host jobs, the straight
+    runs) once. Renamed here the way pytest 9 stores it; a test already renamed (a
+    fixed xdist, pytest 8) is left alone.
+    """
+    from _pytest import nodes
+
+    if getattr(config.option, "loadgroup", False):
+        for item in items:
+            names = sorted(
+                {
+                    str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                    for m in item.iter_markers("xdist_group")
+                }
+            )
+            if names and "@" not in item.nodeid and hasattr(item, "_id"):
+                item._id = nodes.coerce_node_id(f"{item.nodeid}@{'_'.join(names)}")
+    items.sort(
+        key=lambda i: (
+            0
+            if i.nodeid.startswith(_FIRST) and i.get_closest_marker("xdist_group")
+            else 1
+        )
+    )

@@ -182,6 +182,11 @@ WINDOWS = {
 CASES = [(m, p, s) for m, windows in WINDOWS.items() for p, s in windows]
 
 
+# The tests that read straight runs share one worker: each reference trains once.
+STRAIGHT = pytest.mark.xdist_group("straight_runs")
+
+
+@STRAIGHT
 @pytest.mark.parametrize(
     ("method", "point", "step"), CASES, ids=[f"{m.name}-{p}@{s}" for m, p, s in CASES]
 )
@@ -396,6 +401,7 @@ def test_disk_full_at_start_names_the_file(tmp_path, monkeypatch, capsys):
     writer.close()
 
 
+@STRAIGHT
 def test_changed_config_on_finished_workdir(straight_runs, tmp_path, capsys):
     workdir = tmp_path / "run"
     src = straight_runs[CDDS]
