@@ -19,6 +19,13 @@ Arguments (``configs/flickr.py:ARG``):
 - ``scan_demo``: the demo's synthetic data written in that layout (16 regions of 64
   dims, caption text) into the cache folder, through the BiGRU; the Table 4 analogue
   (``scripts/cdds_heads.py``) runs on it. ``scan_tiny``: shrunk for the tests.
+- ``demo_raw``: JPEG files with planted visual concepts (coloured shapes), a
+  Karpathy-style JSON and tiny random ViT + BERT checkpoints, written on first use
+  into the cache folder; trains end to end through the backbones in minutes on a
+  2-core CPU (README for the numbers). With ``--config.model.image_encoder=clip
+  --config.model.text_encoder=clip_text`` it trains through a tiny random CLIPModel.
+- ``clip_zeroshot_demo``: the zero-shot command on the same JPEGs and a tiny random
+  CLIPModel (``python -m cdds_jax.zeroshot``; random weights score near chance).
 
 Every argument takes ``--config.model.head=vse|scan|sgr|chan|laps`` (a Table 4 head
 on the same encoders in place of the CDDS score, with its published loss settings,
@@ -27,13 +34,6 @@ added to that head, ``plugin.weight`` x its score; docs/cdds.md §15.7):
 
     python -m cdds_jax.train --config configs/flickr.py:scan --workdir runs/f30k_scan_ds \
         --config.model.head=scan --config.plugin.enabled=True
-- ``demo_raw``: JPEG files with planted visual concepts (coloured shapes), a
-  Karpathy-style JSON and tiny random ViT + BERT checkpoints, written on first use
-  into the cache folder; trains end to end through the backbones in minutes on a
-  2-core CPU (README for the numbers). With ``--config.model.image_encoder=clip
-  --config.model.text_encoder=clip_text`` it trains through a tiny random CLIPModel.
-- ``clip_zeroshot_demo``: the zero-shot command on the same JPEGs and a tiny random
-  CLIPModel (``python -m cdds_jax.zeroshot``; random weights score near chance).
 
 The paper's rows: an image backbone and BERT-base (CLIP: its own text tower)
 fine-tuned at 0.1x the base lr on the LAPS files in ``data/f30k`` (``{split}_caps.txt``, ``{split}_ids.txt``,
