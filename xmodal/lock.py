@@ -187,6 +187,17 @@ def acquire(path: pathlib.Path, *, break_lock: bool = False) -> Lock:
     return Lock(lock, fd=fd)
 
 
+def _live(info: dict[str, Any], age: float, host: str) -> bool:
+    """Whether the lock file's owner ``info`` (heartbeat ``age`` seconds ago) counts
+    as a live run, seen from ``host``: a fresh heartbeat and, on this host, a live
+    pid (another host's pid cannot be checked)."""
+    return (
+        bool(info)
+        and age < STALE_S
+        and (info.get("host") != host or _pid_alive(info.get("pid")))
+    )
+
+
 def check_free(path: pathlib.Path) -> None:
     """Raises :class:`WorkdirBusyError` if a live run holds the lock of ``path``;
     reads only (no lock file is created). Lets a second run on a live workdir be
@@ -208,14 +219,7 @@ def check_free(path: pathlib.Path) -> None:
                 raise
             info = _owner(lock.read_text(errors="replace").strip())
             age = time.time() - os.fstat(fd).st_mtime
-            if (
-                info
-                and age < STALE_S
-                and (
-                    info.get("host") != socket.gethostname()
-                    or _pid_alive(info.get("pid"))
-                )
-            ):
+            if _live(info, age, socket.gethostname()):
                 raise _busy(path, info, f", last heartbeat {age:.0f} s ago") from None
         else:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -283,15 +287,11 @@ def _check_stale(
         return  # released in between: link again
     age = time.time() - stat.st_mtime
     beat = f", last heartbeat {age:.0f} s ago"
-    if not info:
-        pass  # empty: a flock-mode file (released) or a run killed while writing it
-    elif info.get("host") != me["host"]:
-        if age < STALE_S:
-            raise _busy(path, info, beat)
-        if not break_lock:
-            raise _other_host(path, info, beat)
-    elif _pid_alive(info.get("pid")) and age < STALE_S:
+    # An empty file: a flock-mode file (released) or a run killed while writing it.
+    if _live(info, age, me["host"]):
         raise _busy(path, info, beat)
+    if info and info.get("host") != me["host"] and not break_lock:
+        raise _other_host(path, info, beat)
     if info:
         _took_over(path, info, break_lock and info.get("host") != me["host"])
     with contextlib.suppress(FileNotFoundError):
