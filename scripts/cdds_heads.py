@@ -33,7 +33,7 @@ import numpy as np
 
 # The runner of the CDDS evidence table: one subprocess per row, its CPU seconds, and
 # the reuse of finished rows (this folder is on sys.path when run as a script).
-from cdds_variants import _cell, run_row
+from cdds_variants import cell, run_row
 
 HEADS = ("vse", "scan", "sgr", "chan", "laps")
 TITLES = {"vse": "VSE++", "scan": "SCAN", "sgr": "SGR", "chan": "CHAN", "laps": "LAPS"}
@@ -98,7 +98,7 @@ def table(records: dict[str, dict], generator: str, config: str = CONFIG) -> str
             f"{r['timing']['cpu_s_per_run']:.0f}" for r in (alone, with_ds) if r
         ] or ["-"]
         lines.append(
-            f"| {TITLES[head]} | {_cell(alone)} | {_cell(with_ds)} | {diff} | "
+            f"| {TITLES[head]} | {cell(alone)} | {cell(with_ds)} | {diff} | "
             f"{paired} | {' / '.join(cpu)} |"
         )
     return "\n".join(lines)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         with lock:
             records.setdefault(generator, {})[name] = record
             write()
-        print(f"[heads] {generator}/{name}: {_cell(record)}", flush=True)
+        print(f"[heads] {generator}/{name}: {cell(record)}", flush=True)
 
     jobs = [(g, n) for g in generators for n, r in spec.items() if r["head"] in wanted]
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:

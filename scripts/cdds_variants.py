@@ -173,7 +173,8 @@ def run_row(
     }
 
 
-def _cell(record: dict | None) -> str:
+def cell(record: dict | None) -> str:
+    """A table cell: ``rSum mean ± std (i2t R@1 / t2i R@1)``, or "not run"."""
     if record is None:
         return "not run"
     t = record["test"]
@@ -191,7 +192,7 @@ def table(spec: dict[str, dict], records: dict[str, dict[str, dict]]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for name, row in spec.items():
-        cells = [_cell(records.get(g, {}).get(name)) for g in GENERATORS]
+        cells = [cell(records.get(g, {}).get(name)) for g in GENERATORS]
         cpu = [
             records[g][name]["timing"]["cpu_s_per_run"]
             for g in GENERATORS
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                 json.dumps({"rows": spec, "records": records}, indent=2)
             )
             (out / "variants.md").write_text(table(spec, records) + "\n")
-        print(f"[variants] {generator}/{name}: {_cell(record)}", flush=True)
+        print(f"[variants] {generator}/{name}: {cell(record)}", flush=True)
 
     jobs = [(g, n) for n in names for g in generators]
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
